@@ -1,0 +1,144 @@
+//! Amazon ECR: the registry login and the repository checks made before anything is built.
+
+use anyhow::{Context, Result};
+use aws_sdk_ecr::Client;
+use aws_sdk_ecr::error::{DisplayErrorContext, SdkError};
+use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
+use base64::Engine as _;
+use bollard::auth::DockerCredentials;
+
+pub use super::Secret;
+use crate::config::normalize_registry;
+use crate::output::redactor;
+
+/// The registry credentials ECR hands out (valid 12 hours) and the registry they are for.
+#[derive(Debug, Clone)]
+pub struct EcrLogin {
+    pub username: String,
+    pub password: Secret,
+    /// The registry host of the caller's account, from the token's proxy endpoint.
+    pub endpoint: String,
+}
+
+impl EcrLogin {
+    /// Credentials for the Engine API's X-Registry-Auth header: the only place the password goes.
+    pub fn docker_credentials(&self, registry: &str) -> DockerCredentials {
+        DockerCredentials {
+            username: Some(self.username.clone()),
+            password: Some(self.password.expose().to_owned()),
+            serveraddress: Some(registry.to_owned()),
+            ..DockerCredentials::default()
+        }
+    }
+}
+
+/// ecr:GetAuthorizationToken. The token and the password inside it are registered with the log redactor
+/// before anything else can see them.
+pub async fn login(client: &Client, region: &str) -> Result<EcrLogin> {
+    let output = client.get_authorization_token().send().await.map_err(|err| {
+        if super::is_access_denied(&err) {
+            anyhow::anyhow!(
+                "ecr:GetAuthorizationToken was denied in {region}: the build role needs \
+                 \"Action\": \"ecr:GetAuthorizationToken\" with \"Resource\": \"*\" (this action cannot be \
+                 scoped to a repository): {}",
+                DisplayErrorContext(&err)
+            )
+        } else {
+            anyhow::anyhow!("ecr:GetAuthorizationToken failed in {region}: {}", DisplayErrorContext(&err))
+        }
+    })?;
+    let data = output.authorization_data().first().with_context(|| {
+        format!("ecr:GetAuthorizationToken in {region} returned no authorization data")
+    })?;
+    let token = data
+        .authorization_token()
+        .with_context(|| format!("ecr:GetAuthorizationToken in {region} returned no token"))?;
+    redactor().add(token);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .with_context(|| format!("the ECR token from {region} is not base64 of user:password"))?;
+    let (username, password) = decoded
+        .split_once(':')
+        .with_context(|| format!("the ECR token from {region} is not base64 of user:password"))?;
+    redactor().add(password);
+    let endpoint = data.proxy_endpoint().with_context(|| {
+        format!("ecr:GetAuthorizationToken in {region} returned no proxy endpoint")
+    })?;
+    let endpoint =
+        normalize_registry(endpoint).map_err(|m| anyhow::anyhow!("ECR proxy endpoint: {m}"))?;
+    Ok(EcrLogin {
+        username: username.to_owned(),
+        password: Secret(password.to_owned()),
+        endpoint,
+    })
+}
+
+/// Fails, naming every missing repository at once, before a single image is built.
+pub async fn check_repositories(
+    client: &Client,
+    region: &str,
+    repositories: &[&str],
+) -> Result<()> {
+    let lookups = repositories.iter().map(|name| async move {
+        let result = client
+            .describe_repositories()
+            .repository_names(*name)
+            .send()
+            .await;
+        (*name, result)
+    });
+    let mut missing = Vec::new();
+    for (name, result) in futures_util::future::join_all(lookups).await {
+        match result {
+            Ok(_) => {}
+            Err(SdkError::ServiceError(err))
+                if matches!(
+                    err.err(),
+                    DescribeRepositoriesError::RepositoryNotFoundException(_)
+                ) =>
+            {
+                missing.push(name);
+            }
+            Err(err) if super::is_access_denied(&err) => anyhow::bail!(
+                "ecr:DescribeRepositories on repository {name} was denied in {region}: the build role needs it \
+                 on the repository's ARN: {}",
+                DisplayErrorContext(&err)
+            ),
+            Err(err) => anyhow::bail!(
+                "ecr:DescribeRepositories on repository {name} failed in {region}: {}",
+                DisplayErrorContext(&err)
+            ),
+        }
+    }
+    anyhow::ensure!(
+        missing.is_empty(),
+        "ECR repository not found in {region}: {} (create it first, e.g. aws ecr create-repository \
+         --repository-name {})",
+        missing.join(", "),
+        missing[0]
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret("hunter2".into());
+        assert_eq!(format!("{secret:?}"), "***");
+        let login = EcrLogin {
+            username: "AWS".into(),
+            password: secret,
+            endpoint: "r".into(),
+        };
+        assert!(!format!("{login:?}").contains("hunter2"));
+        assert_eq!(
+            login.docker_credentials("r").password.as_deref(),
+            Some("hunter2")
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The raw command line. Every flag has an `ECR_BUILD_*` twin; [`crate::config`] turns this into a plan.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "ecr-build", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More detail on stderr (-v: debug lines and AWS SDK info; -vv: trace)
+    #[arg(short, long, global = true, action = ArgAction::Count, env = "ECR_BUILD_VERBOSE")]
+    pub verbose: u8,
+
+    /// Only warnings and errors on stderr
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "ECR_BUILD_QUIET",
+        conflicts_with = "verbose"
+    )]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Log in to ECR, build, tag and push every image, then write the deploy artifacts
+    Build(BuildArgs),
+    /// Print the resolved images, tags and URIs as JSON; builds nothing
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+
+    /// Build and tag locally; no AWS call, no push. Artifacts name the URIs that would be pushed
+    #[arg(long, env = "ECR_BUILD_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Directory for imagedefinitions.json, imageDetail.json and build.json (overrides [artifacts] dir)
+    #[arg(long, value_name = "DIR", env = "ECR_BUILD_OUTPUT_DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// How many images build and push at once [default: number of CPUs]
+    #[arg(long, value_name = "N", env = "ECR_BUILD_JOBS")]
+    pub jobs: Option<usize>,
+
+    /// Seconds to wait for a Docker daemon that is still starting
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        env = "ECR_BUILD_DOCKER_TIMEOUT"
+    )]
+    pub docker_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Configuration file [default: ./ecr-build.toml when no --repository is given]
+    #[arg(long, short = 'c', value_name = "FILE", env = "ECR_BUILD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Registry host to push to, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com [default: the ECR login's endpoint]
+    #[arg(long, value_name = "HOST", env = "ECR_BUILD_REGISTRY")]
+    pub registry: Option<String>,
+
+    /// Commit SHA (40 hex) [default: CODEBUILD_RESOLVED_SOURCE_VERSION, CODEBUILD_SOURCE_VERSION, git rev-parse HEAD]
+    #[arg(long, value_name = "SHA", env = "ECR_BUILD_SHA")]
+    pub sha: Option<String>,
+
+    /// Tag template, repeatable; the first is the primary tag. Replaces the config's `tags`
+    #[arg(
+        long = "tag",
+        value_name = "TEMPLATE",
+        env = "ECR_BUILD_TAG",
+        value_delimiter = ','
+    )]
+    pub tags: Vec<String>,
+
+    /// Network mode for RUN steps (docker build --network), e.g. none or host
+    #[arg(long, value_name = "MODE", env = "ECR_BUILD_NETWORK")]
+    pub network: Option<String>,
+
+    /// Builder: buildkit (default) or legacy
+    #[arg(long, value_enum, env = "ECR_BUILD_BUILDER")]
+    pub builder: Option<BuilderArg>,
+
+    #[command(flatten)]
+    pub single: SingleImageArgs,
+}
+
+/// One image without a config file.
+#[derive(Debug, Args, Default)]
+pub struct SingleImageArgs {
+    /// Container name of the image in the ECS task definition [default: last part of --repository]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "ECR_BUILD_NAME",
+        requires = "repository"
+    )]
+    pub name: Option<String>,
+
+    /// ECR repository, e.g. myapp/web; builds one image without a config file
+    #[arg(long, value_name = "REPOSITORY", env = "ECR_BUILD_REPOSITORY")]
+    pub repository: Option<String>,
+
+    /// Build context directory
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "ECR_BUILD_CONTEXT",
+        requires = "repository"
+    )]
+    pub context: Option<PathBuf>,
+
+    /// Dockerfile, relative to the context [default: Dockerfile]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ECR_BUILD_DOCKERFILE",
+        requires = "repository"
+    )]
+    pub dockerfile: Option<PathBuf>,
+
+    /// Build stage to stop at
+    #[arg(
+        long,
+        value_name = "STAGE",
+        env = "ECR_BUILD_TARGET",
+        requires = "repository"
+    )]
+    pub target: Option<String>,
+
+    /// Build argument KEY=VALUE, repeatable
+    #[arg(
+        long = "build-arg",
+        value_name = "KEY=VALUE",
+        env = "ECR_BUILD_BUILD_ARG",
+        requires = "repository"
+    )]
+    pub build_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuilderArg {
+    Buildkit,
+    Legacy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_env_twin() {
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_positional() {
+                    continue;
+                }
+                let env = arg
+                    .get_env()
+                    .unwrap_or_else(|| panic!("{path} --{id} has no ECR_BUILD_* twin"));
+                assert!(
+                    env.to_string_lossy().starts_with("ECR_BUILD_"),
+                    "{path} --{id}"
+                );
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "ecr-build");
+    }
+}

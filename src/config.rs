@@ -1,0 +1,818 @@
+//! ecr-build.toml and the command line, merged into a validated [`Plan`]. Only reading the config file
+//! touches the outside world; everything after that is pure.
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::cli::{BuilderArg, PlanArgs, SingleImageArgs};
+use crate::tags::TagTemplate;
+
+pub const DEFAULT_CONFIG_FILE: &str = "ecr-build.toml";
+const DEFAULT_TAG: &str = "{sha}";
+
+/// Bad usage or bad configuration: the run stops before any build, with exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Builder {
+    Buildkit,
+    Legacy,
+}
+
+impl From<BuilderArg> for Builder {
+    fn from(arg: BuilderArg) -> Self {
+        match arg {
+            BuilderArg::Buildkit => Self::Buildkit,
+            BuilderArg::Legacy => Self::Legacy,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    registry: Option<String>,
+    tags: Option<Vec<String>>,
+    network: Option<String>,
+    builder: Option<Builder>,
+    #[serde(default)]
+    artifacts: ArtifactsSection,
+    images: Option<IndexMap<String, ImageSection>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactsSection {
+    dir: Option<PathBuf>,
+    imagedefinitions: Option<FileSetting>,
+    image_detail: Option<FileSetting>,
+    build_json: Option<FileSetting>,
+}
+
+/// `"name"` or `false` (don't write) or `true` (the default).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileSetting {
+    Enabled(bool),
+    Value(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageSection {
+    repository: String,
+    context: Option<PathBuf>,
+    dockerfile: Option<PathBuf>,
+    target: Option<String>,
+    #[serde(default)]
+    build_args: IndexMap<String, toml::Value>,
+}
+
+/// Everything a run needs to know, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Set by --registry or the config; `None` means "the ECR login's endpoint".
+    pub registry: Option<String>,
+    pub tags: Vec<TagTemplate>,
+    pub network: Option<String>,
+    pub builder: Builder,
+    pub artifacts: ArtifactsPlan,
+    pub images: Vec<ImagePlan>,
+    /// Where `git rev-parse HEAD` is asked for the commit.
+    pub source_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePlan {
+    /// The container name in the ECS task definition.
+    pub name: String,
+    pub repository: String,
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub target: Option<String>,
+    pub build_args: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactsPlan {
+    pub dir: PathBuf,
+    pub imagedefinitions: Option<String>,
+    /// The image whose URI goes into imageDetail.json.
+    pub image_detail: Option<String>,
+    pub build_json: Option<String>,
+}
+
+pub const IMAGE_DETAIL_FILE: &str = "imageDetail.json";
+
+impl ArtifactsPlan {
+    /// Every file a successful run writes.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let image_detail = self.image_detail.as_ref().map(|_| IMAGE_DETAIL_FILE);
+        [
+            self.imagedefinitions.as_deref(),
+            image_detail,
+            self.build_json.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|name| self.dir.join(name))
+        .collect()
+    }
+}
+
+/// Reads the config file (if any) and merges it with the command line.
+pub fn load(args: &PlanArgs, output_dir: Option<&Path>, cwd: &Path) -> Result<Plan, ConfigError> {
+    let config_path = match (&args.config, &args.single.repository) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Usage(
+                "--config and --repository exclude each other: describe the image in the config file, \
+                 or drop --config to build one image from flags"
+                    .into(),
+            ));
+        }
+        (Some(path), None) => Some(cwd.join(path)),
+        (None, Some(_)) => None,
+        (None, None) => {
+            let default = cwd.join(DEFAULT_CONFIG_FILE);
+            if !default.is_file() {
+                return Err(ConfigError::Usage(format!(
+                    "no {DEFAULT_CONFIG_FILE} in {} and no --repository: give --config FILE, or \
+                     --repository REPO [--context DIR] for a single image",
+                    cwd.display()
+                )));
+            }
+            Some(default)
+        }
+    };
+    match config_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            plan_from_file(&path, &text, args, output_dir, cwd)
+        }
+        None => plan_from_flags(args, output_dir, cwd),
+    }
+}
+
+fn plan_from_file(
+    path: &Path,
+    text: &str,
+    args: &PlanArgs,
+    output_dir: Option<&Path>,
+    cwd: &Path,
+) -> Result<Plan, ConfigError> {
+    let file: ConfigFile = toml::from_str(text).map_err(|err| syntax_error(path, text, &err))?;
+    let origin = path.display().to_string();
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: origin.clone(),
+        message,
+    };
+    let base = path.parent().unwrap_or(cwd).to_path_buf();
+
+    let sections = file.images.unwrap_or_default();
+    if sections.is_empty() {
+        return Err(invalid(
+            "no images: add at least one [images.NAME] table with a repository".into(),
+        ));
+    }
+    let mut images = Vec::with_capacity(sections.len());
+    for (name, section) in sections {
+        let build_args = section
+            .build_args
+            .into_iter()
+            .map(|(key, value)| {
+                scalar_to_string(&value)
+                    .map(|v| (key.clone(), v))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "images.{name}.build_args.{key}: must be a string, number or boolean"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let context = clean(&base.join(section.context.unwrap_or_else(|| PathBuf::from("."))));
+        let dockerfile = clean(
+            &context.join(
+                section
+                    .dockerfile
+                    .unwrap_or_else(|| PathBuf::from("Dockerfile")),
+            ),
+        );
+        images.push(ImagePlan {
+            name,
+            repository: section.repository,
+            context,
+            dockerfile,
+            target: section.target,
+            build_args,
+        });
+    }
+
+    let artifacts = ArtifactsSettings {
+        dir: output_dir
+            .map(|d| clean(&cwd.join(d)))
+            .or_else(|| file.artifacts.dir.map(|d| clean(&base.join(d))))
+            .unwrap_or_else(|| cwd.to_path_buf()),
+        imagedefinitions: file.artifacts.imagedefinitions,
+        image_detail: file.artifacts.image_detail,
+        build_json: file.artifacts.build_json,
+    };
+    let tags = if args.tags.is_empty() {
+        file.tags.unwrap_or_else(|| vec![DEFAULT_TAG.into()])
+    } else {
+        args.tags.clone()
+    };
+    finish(
+        PlanParts {
+            registry: args.registry.clone().or(file.registry),
+            tags,
+            network: args.network.clone().or(file.network),
+            builder: args
+                .builder
+                .map(Builder::from)
+                .or(file.builder)
+                .unwrap_or(Builder::Buildkit),
+            artifacts,
+            images,
+            source_dir: base,
+        },
+        &origin,
+    )
+}
+
+fn plan_from_flags(
+    args: &PlanArgs,
+    output_dir: Option<&Path>,
+    cwd: &Path,
+) -> Result<Plan, ConfigError> {
+    let SingleImageArgs {
+        name,
+        repository,
+        context,
+        dockerfile,
+        target,
+        build_args,
+    } = &args.single;
+    let repository = repository.clone().unwrap_or_default();
+    let name = name.clone().unwrap_or_else(|| {
+        repository
+            .rsplit('/')
+            .next()
+            .unwrap_or(&repository)
+            .to_owned()
+    });
+    let context = clean(&cwd.join(context.clone().unwrap_or_else(|| PathBuf::from("."))));
+    let dockerfile = clean(
+        &context.join(
+            dockerfile
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("Dockerfile")),
+        ),
+    );
+    let build_args = build_args
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| ConfigError::Usage(format!("--build-arg `{pair}` is not KEY=VALUE")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tags = if args.tags.is_empty() {
+        vec![DEFAULT_TAG.into()]
+    } else {
+        args.tags.clone()
+    };
+    finish(
+        PlanParts {
+            registry: args.registry.clone(),
+            tags,
+            network: args.network.clone(),
+            builder: args.builder.map(Builder::from).unwrap_or(Builder::Buildkit),
+            artifacts: ArtifactsSettings {
+                dir: output_dir.map_or_else(|| cwd.to_path_buf(), |d| clean(&cwd.join(d))),
+                ..ArtifactsSettings::default()
+            },
+            images: vec![ImagePlan {
+                name,
+                repository,
+                context: context.clone(),
+                dockerfile,
+                target: target.clone(),
+                build_args,
+            }],
+            source_dir: context,
+        },
+        "command line",
+    )
+}
+
+#[derive(Default)]
+struct ArtifactsSettings {
+    dir: PathBuf,
+    imagedefinitions: Option<FileSetting>,
+    image_detail: Option<FileSetting>,
+    build_json: Option<FileSetting>,
+}
+
+struct PlanParts {
+    registry: Option<String>,
+    tags: Vec<String>,
+    network: Option<String>,
+    builder: Builder,
+    artifacts: ArtifactsSettings,
+    images: Vec<ImagePlan>,
+    source_dir: PathBuf,
+}
+
+/// The checks both sources of a plan share.
+fn finish(parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: origin.to_owned(),
+        message,
+    };
+    let registry = parts
+        .registry
+        .map(|r| normalize_registry(&r).map_err(invalid))
+        .transpose()?;
+    if parts.tags.is_empty() {
+        return Err(invalid(
+            "tags is empty: give at least one tag template".into(),
+        ));
+    }
+    let tags = parts
+        .tags
+        .iter()
+        .map(|t| TagTemplate::parse(t).map_err(|e| invalid(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(duplicate) = first_duplicate(parts.tags.iter()) {
+        return Err(invalid(format!(
+            "tag template `{duplicate}` is listed twice"
+        )));
+    }
+    if let Some(network) = &parts.network {
+        if network.is_empty() || network.contains(char::is_whitespace) {
+            return Err(invalid(format!(
+                "network `{network}` is not a network mode"
+            )));
+        }
+    }
+    for image in &parts.images {
+        check_container_name(&image.name).map_err(invalid)?;
+        check_repository(&image.repository)
+            .map_err(|m| invalid(format!("image {}: {m}", image.name)))?;
+        if let Some(target) = &image.target {
+            if target.is_empty() {
+                return Err(invalid(format!("image {}: target is empty", image.name)));
+            }
+        }
+        if let Some((key, _)) = image.build_args.iter().find(|(k, _)| k.is_empty()) {
+            return Err(invalid(format!(
+                "image {}: build arg `{key}` has an empty name",
+                image.name
+            )));
+        }
+    }
+    if let Some(duplicate) = first_duplicate(parts.images.iter().map(|i| &i.repository)) {
+        return Err(invalid(format!(
+            "two images push to repository {duplicate} with the same tags; give each image its own repository"
+        )));
+    }
+
+    let single_image = (parts.images.len() == 1).then(|| parts.images[0].name.clone());
+    let image_detail = match parts.artifacts.image_detail {
+        None | Some(FileSetting::Enabled(true)) => single_image,
+        Some(FileSetting::Enabled(false)) => None,
+        Some(FileSetting::Value(name)) => {
+            if !parts.images.iter().any(|i| i.name == name) {
+                return Err(invalid(format!(
+                    "artifacts.image_detail names image `{name}`, which is not among the images ({})",
+                    parts
+                        .images
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Some(name)
+        }
+    };
+    let file_name = |setting: Option<FileSetting>, default: &str, key: &str| match setting {
+        None | Some(FileSetting::Enabled(true)) => Ok(Some(default.to_owned())),
+        Some(FileSetting::Enabled(false)) => Ok(None),
+        Some(FileSetting::Value(name)) => check_file_name(&name)
+            .map(|()| Some(name.clone()))
+            .map_err(|m| invalid(format!("artifacts.{key} `{name}`: {m}"))),
+    };
+    let artifacts = ArtifactsPlan {
+        dir: parts.artifacts.dir,
+        imagedefinitions: file_name(
+            parts.artifacts.imagedefinitions,
+            "imagedefinitions.json",
+            "imagedefinitions",
+        )?,
+        image_detail,
+        build_json: file_name(parts.artifacts.build_json, "build.json", "build_json")?,
+    };
+
+    Ok(Plan {
+        registry,
+        tags,
+        network: parts.network,
+        builder: parts.builder,
+        artifacts,
+        images: parts.images,
+        source_dir: parts.source_dir,
+    })
+}
+
+/// `/src/app/./docker/Dockerfile` → `/src/app/docker/Dockerfile`, so messages name paths as people write them.
+fn clean(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
+    let offset = err.span().map_or(0, |span| span.start);
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: err.message().trim().to_owned(),
+    }
+}
+
+fn scalar_to_string(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn first_duplicate<'a>(items: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().find(|item| !seen.insert(*item))
+}
+
+/// Accepts `host[:port]`, tolerating a scheme and trailing slash as ECR's proxyEndpoint has them.
+pub fn normalize_registry(registry: &str) -> Result<String, String> {
+    let host = registry
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if valid {
+        Ok(host.to_owned())
+    } else {
+        Err(format!("registry `{registry}` is not a host[:port]"))
+    }
+}
+
+/// ECR's repository name rule: lowercase components separated by `/`, each `[a-z0-9]+([._-][a-z0-9]+)*`.
+fn check_repository(repository: &str) -> Result<(), String> {
+    let component_ok = |c: &str| {
+        !c.is_empty()
+            && c.split(['.', '_', '-']).all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+    };
+    if repository.len() < 2 || repository.len() > 256 || !repository.split('/').all(component_ok) {
+        return Err(format!(
+            "repository `{repository}` is not a valid ECR repository name \
+             (2-256 characters; lowercase letters, digits and . _ - between them, components separated by /)"
+        ));
+    }
+    Ok(())
+}
+
+/// ECS container names: up to 255 letters, digits, hyphens and underscores.
+fn check_container_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 255
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "image name `{name}` is not a valid ECS container name (1-255 letters, digits, - and _)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err("must be a plain file name inside the artifacts directory".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> PlanArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            plan: PlanArgs,
+        }
+        let argv = std::iter::once("test").chain(extra.iter().copied());
+        Wrapper::try_parse_from(argv).unwrap().plan
+    }
+
+    fn parse(text: &str) -> Result<Plan, ConfigError> {
+        parse_with(text, &[])
+    }
+
+    fn parse_with(text: &str, flags: &[&str]) -> Result<Plan, ConfigError> {
+        plan_from_file(
+            Path::new("/src/app/ecr-build.toml"),
+            text,
+            &args(flags),
+            None,
+            Path::new("/work"),
+        )
+    }
+
+    const TWO_IMAGES: &str = r#"
+registry = "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/"
+tags = ["{short_sha}", "latest"]
+network = "none"
+
+[artifacts]
+dir = "out"
+image_detail = "web"
+build_json = false
+
+[images.worker]
+repository = "myapp/worker"
+context = "worker"
+
+[images.web]
+repository = "myapp/web"
+dockerfile = "docker/web/Dockerfile"
+target = "release"
+build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
+"#;
+
+    #[test]
+    fn full_config_becomes_a_plan() {
+        let plan = parse(TWO_IMAGES).unwrap();
+        assert_eq!(
+            plan.registry.as_deref(),
+            Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(
+            plan.tags
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["{short_sha}", "latest"]
+        );
+        assert_eq!(plan.network.as_deref(), Some("none"));
+        assert_eq!(plan.builder, Builder::Buildkit);
+        // Config order, not alphabetical: imagedefinitions.json lists containers as written.
+        let names: Vec<_> = plan.images.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["worker", "web"]);
+        let worker = &plan.images[0];
+        assert_eq!(worker.context, Path::new("/src/app/worker"));
+        assert_eq!(worker.dockerfile, Path::new("/src/app/worker/Dockerfile"));
+        let web = &plan.images[1];
+        assert_eq!(web.context, Path::new("/src/app/."));
+        assert_eq!(
+            web.dockerfile,
+            Path::new("/src/app/./docker/web/Dockerfile")
+        );
+        assert_eq!(web.target.as_deref(), Some("release"));
+        assert_eq!(
+            web.build_args,
+            [
+                ("PHP_HOST".into(), "127.0.0.1".into()),
+                ("PORT".into(), "8080".into()),
+                ("DEBUG".into(), "false".into())
+            ]
+        );
+        assert_eq!(
+            plan.artifacts,
+            ArtifactsPlan {
+                dir: "/src/app/out".into(),
+                imagedefinitions: Some("imagedefinitions.json".into()),
+                image_detail: Some("web".into()),
+                build_json: None,
+            }
+        );
+        assert_eq!(plan.source_dir, Path::new("/src/app"));
+    }
+
+    #[test]
+    fn defaults() {
+        let plan = parse("[images.web]\nrepository = \"web\"\n").unwrap();
+        assert_eq!(plan.registry, None);
+        assert_eq!(plan.tags.len(), 1);
+        assert_eq!(plan.tags[0].to_string(), "{sha}");
+        assert_eq!(plan.artifacts.dir, Path::new("/work"));
+        assert_eq!(plan.artifacts.image_detail.as_deref(), Some("web"));
+        assert_eq!(plan.artifacts.build_json.as_deref(), Some("build.json"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let plan = parse_with(
+            TWO_IMAGES,
+            &[
+                "--registry",
+                "127.0.0.1:5000",
+                "--tag",
+                "x-{build_number}",
+                "--builder",
+                "legacy",
+                "--network",
+                "host",
+            ],
+        )
+        .unwrap();
+        assert_eq!(plan.registry.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(plan.tags[0].to_string(), "x-{build_number}");
+        assert_eq!(plan.builder, Builder::Legacy);
+        assert_eq!(plan.network.as_deref(), Some("host"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "tags = [\"{sha}\"]\n\n[images.web]\nrepository = \"web\"\ncontxt = \".\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("/src/app/ecr-build.toml:5:1: unknown field `contxt`"),
+            "{err}"
+        );
+        let err = parse("colour = 1\n[images.web]\nrepository = \"w1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/src/app/ecr-build.toml:1:1: unknown field `colour`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn not_toml_names_line_and_column() {
+        let err = parse("[images.web]\nrepository = = \"web\"\n").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Syntax {
+                    line: 2,
+                    column: 14,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("[images]\n", "no images"),
+            (
+                "tags = []\n[images.web]\nrepository = \"web\"\n",
+                "tags is empty",
+            ),
+            (
+                "tags = [\"{commit}\"]\n[images.web]\nrepository = \"web\"\n",
+                "unknown placeholder `{commit}`",
+            ),
+            (
+                "tags = [\"a\", \"a\"]\n[images.web]\nrepository = \"web\"\n",
+                "`a` is listed twice",
+            ),
+            (
+                "[images.web]\nrepository = \"My/Web\"\n",
+                "repository `My/Web`",
+            ),
+            ("[images.web]\nrepository = \"a//b\"\n", "repository `a//b`"),
+            (
+                "[images.\"we b\"]\nrepository = \"web\"\n",
+                "image name `we b`",
+            ),
+            (
+                "[images.a]\nrepository = \"same\"\n[images.b]\nrepository = \"same\"\n",
+                "repository same",
+            ),
+            (
+                "[artifacts]\nimage_detail = \"api\"\n[images.web]\nrepository = \"web\"\n",
+                "image `api`",
+            ),
+            (
+                "[artifacts]\nimagedefinitions = \"../x.json\"\n[images.web]\nrepository = \"web\"\n",
+                "artifacts.imagedefinitions",
+            ),
+            (
+                "registry = \"a b\"\n[images.web]\nrepository = \"web\"\n",
+                "registry `a b`",
+            ),
+            (
+                "builder = \"kaniko\"\n[images.web]\nrepository = \"web\"\n",
+                "unknown variant `kaniko`",
+            ),
+            (
+                "[images.web]\nrepository = \"web\"\nbuild_args = { A = [1] }\n",
+                "images.web.build_args.A",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn image_detail_needs_a_choice_with_several_images() {
+        let text = "[images.a]\nrepository = \"a1\"\n[images.b]\nrepository = \"b1\"\n";
+        assert_eq!(parse(text).unwrap().artifacts.image_detail, None);
+    }
+
+    #[test]
+    fn single_image_from_flags() {
+        let a = args(&[
+            "--repository",
+            "myapp/web",
+            "--context",
+            "app",
+            "--dockerfile",
+            "docker/Dockerfile",
+            "--target",
+            "prod",
+            "--build-arg",
+            "A=1=2",
+            "--tag",
+            "{short_sha},latest",
+        ]);
+        let plan = plan_from_flags(&a, Some(Path::new("out")), Path::new("/w")).unwrap();
+        let image = &plan.images[0];
+        assert_eq!(image.name, "web");
+        assert_eq!(image.context, Path::new("/w/app"));
+        assert_eq!(image.dockerfile, Path::new("/w/app/docker/Dockerfile"));
+        assert_eq!(image.build_args, [("A".into(), "1=2".into())]);
+        assert_eq!(plan.tags.len(), 2);
+        assert_eq!(plan.artifacts.dir, Path::new("/w/out"));
+        assert_eq!(plan.artifacts.image_detail.as_deref(), Some("web"));
+
+        let bad = args(&["--repository", "web", "--build-arg", "NOVALUE"]);
+        let err = plan_from_flags(&bad, None, Path::new("/w"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--build-arg `NOVALUE`"), "{err}");
+    }
+
+    #[test]
+    fn config_and_repository_exclude_each_other() {
+        let a = args(&["--config", "x.toml", "--repository", "web"]);
+        assert!(matches!(
+            load(&a, None, Path::new("/nonexistent")),
+            Err(ConfigError::Usage(_))
+        ));
+        let none = args(&[]);
+        let err = load(&none, None, Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no ecr-build.toml in /nonexistent"), "{err}");
+    }
+}

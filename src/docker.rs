@@ -1,0 +1,429 @@
+//! The Docker Engine API: connect (waiting for a daemon that is starting), build, tag, push.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error as BollardError;
+use bollard::moby::buildkit::v1::StatusResponse;
+use bollard::models::{BuildInfo, BuildInfoAux};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, BuilderVersion, PushImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use crate::config::Builder;
+
+/// Builds upload the whole context before the engine answers; bollard's timeout covers that wait.
+const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many output lines of a failed step are repeated with the error.
+const FAILED_STEP_TAIL: usize = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "Docker daemon not reachable at {host} after {waited} s: {cause}. Start dockerd or set DOCKER_HOST; \
+         in CodeBuild the project needs privileged mode (privilegedMode: true) to run Docker"
+    )]
+    Unreachable {
+        host: String,
+        waited: u64,
+        cause: String,
+    },
+    #[error("build failed{}: {message}", step.as_ref().map(|s| format!(" at step `{s}`")).unwrap_or_default())]
+    BuildFailed {
+        step: Option<String>,
+        message: String,
+    },
+    #[error("build ended without an image ID")]
+    NoImageId,
+    #[error("cannot tag {image} as {reference}: {source}")]
+    Tag {
+        image: String,
+        reference: String,
+        source: BollardError,
+    },
+    #[error("push of {reference} failed: {message}{}", push_hint(message))]
+    PushFailed { reference: String, message: String },
+    #[error("push of {reference} ended without a digest")]
+    NoDigest { reference: String },
+    #[error("Docker Engine API: {0}")]
+    Api(#[from] BollardError),
+}
+
+fn push_hint(message: &str) -> &'static str {
+    let lower = message.trim_start().to_ascii_lowercase();
+    if lower.starts_with("tag invalid") {
+        " (the repository's tags are immutable and this tag already exists)"
+    } else if lower.starts_with("denied") || lower.starts_with("unauthorized") {
+        " (check the build role's ecr:InitiateLayerUpload/UploadLayerPart/CompleteLayerUpload/PutImage \
+         permissions on the repository, and that the ECR token is fresh)"
+    } else if lower.contains("name unknown") || lower.contains("does not exist") {
+        " (create the repository first)"
+    } else {
+        ""
+    }
+}
+
+pub struct Engine {
+    docker: Docker,
+}
+
+/// What `DOCKER_HOST` says, for messages.
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .map_or_else(
+            || "unix:///var/run/docker.sock (DOCKER_HOST is not set)".to_owned(),
+            |h| format!("{h} (DOCKER_HOST)"),
+        )
+}
+
+impl Engine {
+    /// Connects, waiting up to `wait` for a daemon that is still starting, as buildspecs do with
+    /// `until docker info; do sleep 1; done`.
+    pub async fn connect(wait: Duration) -> Result<Engine, DockerError> {
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            let attempt = async {
+                let docker = Docker::connect_with_defaults()?.with_timeout(PING_TIMEOUT);
+                docker.ping().await?;
+                // bollard 0.21.1 sends unversioned paths; negotiating keeps a later upgrade working on old engines.
+                docker.negotiate_version().await
+            };
+            match attempt.await {
+                Ok(docker) => {
+                    tracing::debug!("connected to Docker at {}", docker_host());
+                    return Ok(Engine {
+                        docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
+                    });
+                }
+                Err(err) if started.elapsed() >= wait => {
+                    return Err(DockerError::Unreachable {
+                        host: docker_host(),
+                        waited: wait.as_secs(),
+                        cause: err.to_string(),
+                    });
+                }
+                Err(err) => {
+                    if !announced {
+                        tracing::info!(
+                            "waiting up to {} s for the Docker daemon at {} ({err})",
+                            wait.as_secs(),
+                            docker_host()
+                        );
+                        announced = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Builds one image, streaming its output to the log with the image's name, and returns the image ID.
+    pub async fn build(
+        &self,
+        request: BuildRequest<'_>,
+        context_tar: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    ) -> Result<String, DockerError> {
+        let mut options = BuildImageOptionsBuilder::default()
+            .dockerfile(request.dockerfile)
+            .t(request.reference)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&request.build_args.iter().cloned().collect())
+            .labels(&request.labels.iter().cloned().collect());
+        if let Some(target) = request.target {
+            options = options.target(target);
+        }
+        if let Some(network) = request.network {
+            options = options.networkmode(network);
+        }
+        let mut progress = BuildProgress::new(request.image);
+        options = match request.builder {
+            Builder::Buildkit => options
+                .version(BuilderVersion::BuilderBuildKit)
+                .session(&session_id(request.image)),
+            Builder::Legacy => options.version(BuilderVersion::BuilderV1),
+        };
+        let mut stream = self.docker.build_image(
+            options.build(),
+            request.registry_auth,
+            Some(bollard::body_try_stream(context_tar)),
+        );
+        let mut image_id = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(id) = progress.handle(info) {
+                        image_id = Some(id);
+                    }
+                }
+                Err(BollardError::DockerStreamError { error }) => {
+                    return Err(progress.failure(error));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        progress.flush();
+        image_id.ok_or(DockerError::NoImageId)
+    }
+
+    pub async fn tag(
+        &self,
+        image_id: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<(), DockerError> {
+        let options = TagImageOptionsBuilder::default()
+            .repo(repository)
+            .tag(tag)
+            .build();
+        self.docker
+            .tag_image(image_id, Some(options))
+            .await
+            .map_err(|source| DockerError::Tag {
+                image: image_id.to_owned(),
+                reference: format!("{repository}:{tag}"),
+                source,
+            })
+    }
+
+    /// Pushes `repository:tag`; returns the manifest digest the registry stored.
+    pub async fn push(
+        &self,
+        image: &str,
+        repository: &str,
+        tag: &str,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<String, DockerError> {
+        let reference = format!("{repository}:{tag}");
+        let options = PushImageOptionsBuilder::default().tag(tag).build();
+        let mut stream = self
+            .docker
+            .push_image(repository, Some(options), credentials);
+        let mut digest = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    let Some(status) = info.status else { continue };
+                    if let Some(found) = digest_in_status(&status) {
+                        digest = Some(found.to_owned());
+                    }
+                    if info.progress_detail.is_none() || status.starts_with("Pushed") {
+                        tracing::debug!(image, "push {reference}: {status}");
+                    }
+                }
+                Err(BollardError::DockerStreamError { error }) => {
+                    return Err(DockerError::PushFailed {
+                        reference,
+                        message: error,
+                    });
+                }
+                Err(err) => {
+                    return Err(DockerError::PushFailed {
+                        reference,
+                        message: err.to_string(),
+                    });
+                }
+            }
+        }
+        digest.ok_or(DockerError::NoDigest { reference })
+    }
+}
+
+/// A build session ID must be unique per build; the image name keeps it readable in engine logs.
+fn session_id(image: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("ecr-build-{image}-{}-{nanos:x}", std::process::id())
+}
+
+/// `abc1234: digest: sha256:… size: 528`
+fn digest_in_status(status: &str) -> Option<&str> {
+    let (_, rest) = status.split_once("digest: ")?;
+    let digest = rest.split_whitespace().next()?;
+    (digest.starts_with("sha256:") && digest.len() == 71).then_some(digest)
+}
+
+pub struct BuildRequest<'a> {
+    pub image: &'a str,
+    pub reference: &'a str,
+    pub dockerfile: &'a str,
+    pub target: Option<&'a str>,
+    pub network: Option<&'a str>,
+    pub builder: Builder,
+    pub build_args: &'a [(String, String)],
+    pub labels: &'a [(String, String)],
+    pub registry_auth: Option<HashMap<String, DockerCredentials>>,
+}
+
+/// Turns the engine's build stream (legacy lines or BuildKit status) into log lines, and remembers the
+/// current step and its last lines so a failure can name them.
+struct BuildProgress<'a> {
+    image: &'a str,
+    /// Legacy: the "Step N/M : …" line; BuildKit: the vertex that failed or last logged.
+    step: Option<String>,
+    tail: VecDeque<String>,
+    vertex_names: HashMap<String, String>,
+    announced: std::collections::HashSet<String>,
+    partial_lines: HashMap<String, String>,
+    failed_step: Option<String>,
+}
+
+impl<'a> BuildProgress<'a> {
+    fn new(image: &'a str) -> Self {
+        Self {
+            image,
+            step: None,
+            tail: VecDeque::with_capacity(FAILED_STEP_TAIL),
+            vertex_names: HashMap::new(),
+            announced: std::collections::HashSet::new(),
+            partial_lines: HashMap::new(),
+            failed_step: None,
+        }
+    }
+
+    /// Returns the image ID when the stream announces it.
+    fn handle(&mut self, info: BuildInfo) -> Option<String> {
+        if let Some(text) = info.stream {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if line.starts_with("Step ") {
+                    self.step = line.split_once(" : ").map(|(_, s)| s.to_owned());
+                    self.tail.clear();
+                } else {
+                    self.remember(line);
+                }
+                tracing::info!(image = self.image, "{line}");
+            }
+        }
+        match info.aux {
+            Some(BuildInfoAux::BuildKit(status)) => {
+                self.buildkit_status(status);
+                None
+            }
+            Some(BuildInfoAux::Default(image)) => image.id,
+            None => None,
+        }
+    }
+
+    fn buildkit_status(&mut self, status: StatusResponse) {
+        for vertex in status.vertexes {
+            self.vertex_names
+                .insert(vertex.digest.clone(), vertex.name.clone());
+            if !vertex.error.is_empty() && self.failed_step.is_none() {
+                self.failed_step = Some(vertex.name.clone());
+            }
+            let started = vertex.started.is_some() || vertex.cached;
+            if started && self.announced.insert(vertex.digest.clone()) {
+                let cached = if vertex.cached { "CACHED " } else { "" };
+                tracing::info!(image = self.image, "=> {cached}{}", vertex.name);
+            }
+        }
+        for log in status.logs {
+            let text = String::from_utf8_lossy(&log.msg);
+            let buffered = self.partial_lines.entry(log.vertex.clone()).or_default();
+            buffered.push_str(&text);
+            let Some(end) = buffered.rfind('\n') else {
+                continue;
+            };
+            let complete: String = buffered.drain(..=end).collect();
+            if let Some(name) = self.vertex_names.get(&log.vertex) {
+                if self.step.as_ref() != Some(name) {
+                    self.step = Some(name.clone());
+                    self.tail.clear();
+                }
+            }
+            for line in complete.lines().filter(|l| !l.trim().is_empty()) {
+                self.remember(line);
+                tracing::info!(image = self.image, "   {line}");
+            }
+        }
+    }
+
+    fn remember(&mut self, line: &str) {
+        if self.tail.len() == FAILED_STEP_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_owned());
+    }
+
+    /// Output still waiting for a newline when the stream ended.
+    fn flush(&mut self) {
+        for (_, rest) in self.partial_lines.drain() {
+            if !rest.trim().is_empty() {
+                tracing::info!(image = self.image, "   {}", rest.trim_end());
+            }
+        }
+    }
+
+    fn failure(mut self, message: String) -> DockerError {
+        self.flush();
+        let step = self.failed_step.take().or(self.step.take());
+        if !self.tail.is_empty() {
+            tracing::error!(
+                image = self.image,
+                "step `{}` failed; its last output lines:",
+                step.as_deref().unwrap_or("?")
+            );
+            for line in &self.tail {
+                tracing::error!(image = self.image, "   {line}");
+            }
+        }
+        DockerError::BuildFailed { step, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_read_from_the_push_status() {
+        assert_eq!(
+            digest_in_status(&format!(
+                "abc1234: digest: sha256:{} size: 528",
+                "a".repeat(64)
+            )),
+            Some(format!("sha256:{}", "a".repeat(64)).as_str())
+        );
+        assert_eq!(digest_in_status("Pushed"), None);
+        assert_eq!(digest_in_status("x: digest: sha256:short size: 1"), None);
+    }
+
+    #[test]
+    fn push_hints_follow_the_error_prefix() {
+        assert!(push_hint("tag invalid: The image tag 'v1' already exists").contains("immutable"));
+        assert!(push_hint("denied: Your authorization token has expired.").contains("token"));
+        assert!(push_hint("unauthorized: authentication required").contains("permissions"));
+        assert_eq!(push_hint("connection refused"), "");
+    }
+
+    #[test]
+    fn legacy_failure_names_the_step_and_keeps_its_output() {
+        let mut progress = BuildProgress::new("web");
+        for text in [
+            "Step 1/2 : FROM base\n",
+            "Step 2/2 : RUN make\n",
+            " ---> Running in 1\n",
+            "boom\n",
+        ] {
+            progress.handle(BuildInfo {
+                stream: Some(text.into()),
+                ..BuildInfo::default()
+            });
+        }
+        match progress.failure("The command '/bin/sh -c make' returned a non-zero code: 2".into()) {
+            DockerError::BuildFailed { step, message } => {
+                assert_eq!(step.as_deref(), Some("RUN make"));
+                assert!(message.contains("non-zero code: 2"));
+            }
+            other => panic!("{other}"),
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! One run of `build` or `plan`: contexts, tags, login, builds and pushes in parallel, artifacts, summary.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::artifacts::{self, ImageUri};
+use crate::aws;
+use crate::config::{Builder, ConfigError, ImagePlan, Plan};
+use crate::context::{self, ContextFiles};
+use crate::docker::{BuildRequest, Engine};
+use crate::tags::{self, BuildEnv, TagVars};
+
+/// Used when a dry run has no registry from the config, the flags or AWS_ACCOUNT_ID + region.
+pub const DRY_RUN_PLACEHOLDER_REGISTRY: &str = "dry-run.invalid";
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+pub const CONTEXT_DIGEST_LABEL: &str = "dev.ecr-build.context-digest";
+
+pub struct BuildSettings {
+    pub dry_run: bool,
+    pub jobs: usize,
+    pub docker_timeout: Duration,
+}
+
+/// An image whose context has been read: the files to send and their digest.
+struct PreparedImage {
+    plan: ImagePlan,
+    files: ContextFiles,
+    digest: String,
+}
+
+/// The tags of this run and the commit they came from.
+struct RunTags {
+    /// `None` only in a dry run without any commit SHA.
+    sha: Option<String>,
+    tags: Vec<String>,
+}
+
+/// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
+/// different inputs can produce the same bytes.
+fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "builder": format!("{builder:?}"),
+        "dockerfile": dockerfile_in_context,
+        "target": image.target,
+        "build_args": image.build_args,
+    }))
+    .expect("plain values serialize")
+}
+
+/// Walks every image's context (in parallel, off the async threads) and hashes it.
+async fn prepare(plan: &Plan) -> Result<Vec<PreparedImage>> {
+    let artifact_files = plan.artifacts.paths();
+    let walks = plan.images.iter().cloned().map(|image| {
+        let builder = plan.builder;
+        let artifact_files = artifact_files.clone();
+        tokio::task::spawn_blocking(move || -> Result<PreparedImage> {
+            let mut files = context::collect(&image.context, &image.dockerfile).map_err(|err| {
+                ConfigError::Invalid {
+                    origin: format!("image {}", image.name),
+                    message: err.to_string(),
+                }
+            })?;
+            for path in files.withhold(&artifact_files) {
+                tracing::debug!(
+                    image = image.name.as_str(),
+                    "not sending {path}: it is an artifact of ecr-build"
+                );
+            }
+            let digest = files
+                .digest(&digest_inputs(
+                    &image,
+                    builder,
+                    files.dockerfile_in_context(),
+                ))
+                .with_context(|| {
+                    format!(
+                        "image {}: cannot hash the context {}",
+                        image.name,
+                        image.context.display()
+                    )
+                })?;
+            tracing::debug!(
+                image = image.name.as_str(),
+                "context {}: {} files, {} bytes, digest {digest}",
+                image.context.display(),
+                files.len(),
+                files.total_bytes()
+            );
+            Ok(PreparedImage {
+                plan: image,
+                files,
+                digest,
+            })
+        })
+    });
+    let mut prepared = Vec::with_capacity(plan.images.len());
+    for walk in futures_util::future::join_all(walks).await {
+        prepared.push(walk.context("context walk panicked")??);
+    }
+    Ok(prepared)
+}
+
+fn git_output(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|err| format!("git could not run: {err}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "git rev-parse HEAD in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Resolves the commit and renders every tag. A dry run without a commit tags with the contexts' digest.
+fn resolve_tags(
+    plan: &Plan,
+    sha_flag: Option<&str>,
+    prepared: &[PreparedImage],
+    dry_run: bool,
+) -> Result<RunTags> {
+    let env = BuildEnv::from_process();
+    let needs_sha = plan.tags.iter().any(|t| t.uses_sha());
+    let sha = match tags::resolve_sha(sha_flag, &env, || {
+        git_output(&plan.source_dir, &["rev-parse", "HEAD"])
+    }) {
+        Ok((sha, source)) => {
+            tracing::info!("commit {sha} (from {source})");
+            Some(sha)
+        }
+        Err(err @ tags::TagError::InvalidSha(_)) => {
+            return Err(ConfigError::Usage(err.to_string()).into());
+        }
+        Err(err) if dry_run => {
+            let fallback = combined_digest(prepared);
+            tracing::warn!(
+                "dry run: {err}; tagging with {} derived from the context digest instead",
+                &fallback[..7]
+            );
+            Some(fallback)
+        }
+        Err(err) if needs_sha => return Err(ConfigError::Usage(err.to_string()).into()),
+        Err(_) => None,
+    };
+    let vars = TagVars {
+        sha: sha.clone(),
+        build_number: env.build_number.clone(),
+        build_id: env.build_id.as_deref().map(tags::build_id_suffix),
+        branch: tags::resolve_branch(&env, || {
+            git_output(&plan.source_dir, &["rev-parse", "--abbrev-ref", "HEAD"])
+                .ok()
+                .filter(|b| b != "HEAD")
+        }),
+    };
+    let tags = plan
+        .tags
+        .iter()
+        .map(|t| {
+            t.render(&vars)
+                .map_err(|e| ConfigError::Usage(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunTags { sha, tags })
+}
+
+/// A 40-hex stand-in for the commit, from every image's context digest.
+fn combined_digest(prepared: &[PreparedImage]) -> String {
+    let mut hasher = Sha256::new();
+    for image in prepared {
+        hasher.update(image.plan.name.as_bytes());
+        hasher.update([0]);
+        hasher.update(image.digest.as_bytes());
+    }
+    hex(&hasher.finalize())[..40].to_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The registry of a dry run or a plan, and where it came from.
+fn offline_registry(plan: &Plan) -> (String, &'static str) {
+    if let Some(registry) = &plan.registry {
+        return (registry.clone(), "the config or --registry");
+    }
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"));
+    match (var("AWS_ACCOUNT_ID"), region) {
+        (Some(account), Some(region)) => (
+            format!("{account}.dkr.ecr.{region}.amazonaws.com"),
+            "AWS_ACCOUNT_ID and AWS_REGION",
+        ),
+        _ => (
+            DRY_RUN_PLACEHOLDER_REGISTRY.to_owned(),
+            "a placeholder: set registry, --registry, or AWS_ACCOUNT_ID and AWS_REGION",
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct PlanOutput<'a> {
+    registry: &'a str,
+    sha: Option<&'a str>,
+    tags: &'a [String],
+    images: Vec<PlannedImage<'a>>,
+}
+
+#[derive(Serialize)]
+struct PlannedImage<'a> {
+    name: &'a str,
+    repository: &'a str,
+    context: &'a Path,
+    dockerfile: &'a Path,
+    target: Option<&'a str>,
+    context_digest: &'a str,
+    uris: Vec<String>,
+}
+
+/// `ecr-build plan`: the JSON on stdout, nothing built.
+pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
+    let prepared = prepare(&plan).await?;
+    let run_tags = resolve_tags(&plan, sha_flag, &prepared, false)?;
+    let (registry, source) = offline_registry(&plan);
+    tracing::info!("registry {registry} (from {source})");
+    let output = PlanOutput {
+        registry: &registry,
+        sha: run_tags.sha.as_deref(),
+        tags: &run_tags.tags,
+        images: prepared
+            .iter()
+            .map(|p| PlannedImage {
+                name: &p.plan.name,
+                repository: &p.plan.repository,
+                context: &p.plan.context,
+                dockerfile: &p.plan.dockerfile,
+                target: p.plan.target.as_deref(),
+                context_digest: &p.digest,
+                uris: run_tags
+                    .tags
+                    .iter()
+                    .map(|t| format!("{registry}/{}:{t}", p.plan.repository))
+                    .collect(),
+            })
+            .collect(),
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(())
+}
+
+/// What one image's build and push produced.
+struct ImageOutcome {
+    name: String,
+    repository_uri: String,
+    /// Registry manifest digest; in a dry run, the local image ID.
+    digest: String,
+    seconds: f64,
+}
+
+/// The parts of a run every image shares.
+struct RunContext<'a> {
+    engine: &'a Engine,
+    registry: &'a str,
+    tags: &'a [String],
+    labels: Vec<(String, String)>,
+    network: Option<&'a str>,
+    builder: Builder,
+    login: Option<&'a aws::ecr::EcrLogin>,
+}
+
+async fn build_one(run: &RunContext<'_>, image: PreparedImage) -> Result<ImageOutcome> {
+    let started = Instant::now();
+    let name = image.plan.name.as_str();
+    let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
+    let primary = format!("{repository_uri}:{}", run.tags[0]);
+    let mut labels = run.labels.clone();
+    labels.push((CONTEXT_DIGEST_LABEL.into(), image.digest.clone()));
+    let dockerfile = image.files.dockerfile_in_context().to_owned();
+    let registry_auth = run.login.map(|login| {
+        std::iter::once((
+            run.registry.to_owned(),
+            login.docker_credentials(run.registry),
+        ))
+        .collect()
+    });
+    tracing::info!(
+        image = name,
+        "building {primary} ({} files, {} bytes of context)",
+        image.files.len(),
+        image.files.total_bytes()
+    );
+    let request = BuildRequest {
+        image: name,
+        reference: &primary,
+        dockerfile: &dockerfile,
+        target: image.plan.target.as_deref(),
+        network: run.network,
+        builder: run.builder,
+        build_args: &image.plan.build_args,
+        labels: &labels,
+        registry_auth,
+    };
+    let image_id = run
+        .engine
+        .build(request, image.files.into_tar_stream())
+        .await?;
+    tracing::info!(image = name, "built {primary} ({image_id})");
+    for tag in &run.tags[1..] {
+        run.engine.tag(&image_id, &repository_uri, tag).await?;
+    }
+    let digest = match run.login {
+        None => image_id,
+        Some(login) => {
+            let mut pushed: Option<String> = None;
+            for tag in run.tags {
+                let digest = run
+                    .engine
+                    .push(
+                        name,
+                        &repository_uri,
+                        tag,
+                        Some(login.docker_credentials(run.registry)),
+                    )
+                    .await?;
+                tracing::info!(image = name, "pushed {repository_uri}:{tag} ({digest})");
+                if let Some(first) = &pushed {
+                    anyhow::ensure!(
+                        first == &digest,
+                        "{repository_uri}:{tag} was stored as {digest}, but {} as {first}",
+                        run.tags[0]
+                    );
+                }
+                pushed = Some(digest);
+            }
+            pushed.expect("a plan has at least one tag")
+        }
+    };
+    Ok(ImageOutcome {
+        name: name.to_owned(),
+        repository_uri,
+        digest,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `ecr-build build`.
+pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) -> Result<()> {
+    let prepared = prepare(&plan).await?;
+    let run_tags = resolve_tags(&plan, sha_flag, &prepared, settings.dry_run)?;
+
+    let login;
+    let registry = if settings.dry_run {
+        login = None;
+        let (registry, source) = offline_registry(&plan);
+        tracing::info!(
+            "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
+        );
+        registry
+    } else {
+        let region_hint = plan.registry.as_deref().and_then(aws::region_of_ecr_host);
+        let sdk = aws::load_config(region_hint).await?;
+        let region = sdk.region().map(ToString::to_string).unwrap_or_default();
+        let ecr = aws_sdk_ecr::Client::new(&sdk);
+        let ecr_login = aws::ecr::login(&ecr, &region).await?;
+        let registry = plan
+            .registry
+            .clone()
+            .unwrap_or_else(|| ecr_login.endpoint.clone());
+        tracing::info!("logged in to ECR in {region}; pushing to {registry}");
+        let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
+        aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
+        login = Some(ecr_login);
+        registry
+    };
+
+    let engine = Engine::connect(settings.docker_timeout).await?;
+    let mut labels = Vec::new();
+    if let Some(sha) = &run_tags.sha {
+        labels.push((REVISION_LABEL.to_owned(), sha.clone()));
+    }
+    let run = RunContext {
+        engine: &engine,
+        registry: &registry,
+        tags: &run_tags.tags,
+        labels,
+        network: plan.network.as_deref(),
+        builder: plan.builder,
+        login: login.as_ref(),
+    };
+
+    let total = prepared.len();
+    let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
+        futures_util::stream::iter(prepared.into_iter().enumerate())
+            .map(|(index, image)| {
+                let run = &run;
+                async move {
+                    let name = image.plan.name.clone();
+                    (index, name, build_one(run, image).await)
+                }
+            })
+            .buffer_unordered(settings.jobs)
+            .collect()
+            .await;
+    outcomes.sort_by_key(|(index, _, _)| *index);
+
+    let mut succeeded = Vec::new();
+    let mut failed = Vec::new();
+    for (_, name, outcome) in outcomes {
+        match outcome {
+            Ok(outcome) => succeeded.push(outcome),
+            Err(err) => {
+                tracing::error!(image = name.as_str(), "{err:#}");
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {total} image{} failed ({}); no artifact was written",
+            failed.len(),
+            if total == 1 { "" } else { "s" },
+            failed.join(", ")
+        );
+    }
+
+    let uris: Vec<ImageUri> = succeeded
+        .iter()
+        .map(|o| ImageUri {
+            name: o.name.clone(),
+            uri: format!("{}:{}", o.repository_uri, run_tags.tags[0]),
+        })
+        .collect();
+    let rendered = artifacts::render(&plan.artifacts, &run_tags.tags[0], &uris)?;
+    for path in artifacts::write_all(&plan.artifacts.dir, &rendered)? {
+        tracing::info!("wrote {}", path.display());
+    }
+    if plan.artifacts.image_detail.is_none() && plan.images.len() > 1 {
+        tracing::info!(
+            "imageDetail.json not written: set [artifacts] image_detail to the image CodeDeploy deploys"
+        );
+    }
+
+    let verb = if settings.dry_run {
+        "built (dry run, not pushed)"
+    } else {
+        "pushed"
+    };
+    for outcome in &succeeded {
+        println!(
+            "{} {verb} {} tags={} digest={} seconds={:.1}",
+            outcome.name,
+            outcome.repository_uri,
+            run_tags.tags.join(","),
+            outcome.digest,
+            outcome.seconds
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn image(args: &[(&str, &str)], target: Option<&str>) -> ImagePlan {
+        ImagePlan {
+            name: "web".into(),
+            repository: "app/web".into(),
+            context: PathBuf::from("/c"),
+            dockerfile: PathBuf::from("/c/Dockerfile"),
+            target: target.map(str::to_owned),
+            build_args: args
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn digest_inputs_separate_everything_that_decides_the_image() {
+        let base = digest_inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile");
+        let variants = [
+            digest_inputs(&image(&[("A", "2")], None), Builder::Buildkit, "Dockerfile"),
+            digest_inputs(
+                &image(&[("A", "1")], Some("prod")),
+                Builder::Buildkit,
+                "Dockerfile",
+            ),
+            digest_inputs(&image(&[("A", "1")], None), Builder::Legacy, "Dockerfile"),
+            digest_inputs(
+                &image(&[("A", "1")], None),
+                Builder::Buildkit,
+                "other/Dockerfile",
+            ),
+            digest_inputs(
+                &image(&[("A", "1\nbuild-arg=B=2")], None),
+                Builder::Buildkit,
+                "Dockerfile",
+            ),
+        ];
+        for variant in variants {
+            assert_ne!(base, variant);
+        }
+        assert_eq!(
+            base,
+            digest_inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! Shared test harness: the services scripts/test.sh started (dockerd, registry, moto), a workspace per
+//! test, the real binary, and small clients to look at what it did.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The password moto's ECR token decodes to, and the token itself: neither may ever be printed.
+pub const ECR_PASSWORD: &str = "123456789012-auth-token";
+pub const ECR_TOKEN_BASE64: &str = "QVdTOjEyMzQ1Njc4OTAxMi1hdXRoLXRva2Vu";
+
+pub struct Services {
+    pub docker_host: String,
+    pub registry: String,
+    pub aws_endpoint: String,
+    pub base_image: String,
+    pub docker_config: PathBuf,
+}
+
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: the end-to-end tests run against the services that scripts/test.sh starts; run scripts/test.sh")
+    })
+}
+
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| Services {
+        docker_host: required("DOCKER_HOST"),
+        registry: required("ECR_BUILD_TEST_REGISTRY"),
+        aws_endpoint: required("AWS_ENDPOINT_URL"),
+        base_image: required("ECR_BUILD_TEST_BASE_IMAGE"),
+        docker_config: PathBuf::from(required("DOCKER_CONFIG")),
+    })
+}
+
+/// A fresh 40-hex commit SHA, different for every call in this process.
+pub fn new_sha() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let seed = format!(
+        "{}-{n}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    sha256_hex(seed.as_bytes())[..40].to_owned()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A temporary directory holding a copy of a project.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn empty() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// A copy of examples/app.
+    pub fn example_app() -> Self {
+        let ws = Self::empty();
+        copy_tree(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/app"),
+            ws.path(),
+        );
+        ws
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, relative: &str, contents: &str) -> PathBuf {
+        let path = self.path().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        let path = self.path().join(relative);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    pub fn exists(&self, relative: &str) -> bool {
+        self.path().join(relative).exists()
+    }
+
+    /// Names of every entry directly in the workspace.
+    pub fn entries(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    }
+
+    /// The command, run in the workspace with the test services' environment.
+    pub fn ecr_build(&self) -> EcrBuild {
+        EcrBuild::new(self.path())
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+pub struct EcrBuild {
+    command: Command,
+}
+
+/// Variables a developer's or CodeBuild's environment could carry into a test run.
+const SCRUBBED: &[&str] = &[
+    "CODEBUILD_RESOLVED_SOURCE_VERSION",
+    "CODEBUILD_SOURCE_VERSION",
+    "CODEBUILD_BUILD_NUMBER",
+    "CODEBUILD_BUILD_ID",
+    "CODEBUILD_WEBHOOK_TRIGGER",
+    "AWS_ACCOUNT_ID",
+    "AWS_PROFILE",
+];
+
+impl EcrBuild {
+    fn new(dir: &Path) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ecr-build"));
+        command.current_dir(dir);
+        for name in SCRUBBED {
+            command.env_remove(name);
+        }
+        for (name, _) in std::env::vars() {
+            if name.starts_with("ECR_BUILD_") && !name.starts_with("ECR_BUILD_TEST_") {
+                command.env_remove(name);
+            }
+        }
+        Self { command }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.command.args(args);
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.env(name, value);
+        self
+    }
+
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.command.env_remove(name);
+        self
+    }
+
+    pub fn run(mut self) -> Run {
+        let output = self.command.output().expect("ecr-build runs");
+        Run::from(output)
+    }
+}
+
+/// One finished run of the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn failure(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// Neither stream carries the ECR password or the token it came in.
+    #[track_caller]
+    pub fn no_ecr_secret(self) -> Self {
+        for secret in [ECR_PASSWORD, ECR_TOKEN_BASE64] {
+            assert!(!self.stdout.contains(secret), "stdout leaks {secret}");
+            assert!(!self.stderr.contains(secret), "stderr leaks {secret}");
+        }
+        self
+    }
+
+    /// The summary line of one image: `NAME pushed URI tags=… digest=… seconds=…`.
+    #[track_caller]
+    pub fn summary(&self, image: &str) -> Summary {
+        let line = self
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(image))
+            .unwrap_or_else(|| panic!("no summary line for {image} in stdout:\n{}", self.stdout));
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+                .to_owned()
+        };
+        Summary {
+            tags: field("tags").split(',').map(str::to_owned).collect(),
+            digest: field("digest"),
+        }
+    }
+}
+
+pub struct Summary {
+    pub tags: Vec<String>,
+    pub digest: String,
+}
+
+/// Docker's client (an observer here: it inspects and runs what ecr-build built).
+#[track_caller]
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", &services().docker_host)
+        .output()
+        .expect("docker client runs");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs an image's default command with no network and returns its stdout.
+pub fn docker_run(image: &str, command: &[&str]) -> String {
+    let mut args = vec!["run", "--rm", "--network", "none", image];
+    args.extend_from_slice(command);
+    docker(&args)
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+
+fn registry_auth() -> String {
+    format!("Basic {ECR_TOKEN_BASE64}")
+}
+
+/// HEAD of a manifest in the test registry: `Some(digest)` if the tag exists.
+pub fn registry_digest(repository: &str, tag: &str) -> Option<String> {
+    let url = format!(
+        "http://{}/v2/{repository}/manifests/{tag}",
+        services().registry
+    );
+    let response = http()
+        .head(&url)
+        .header("Accept", MANIFEST_TYPES)
+        .header("Authorization", &registry_auth())
+        .call()
+        .unwrap_or_else(|e| panic!("HEAD {url}: {e}"));
+    match response.status().as_u16() {
+        200 => Some(
+            response
+                .headers()
+                .get("docker-content-digest")
+                .expect("Docker-Content-Digest header")
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        404 => None,
+        other => panic!("HEAD {url}: status {other}"),
+    }
+}
+
+/// Every tag of a repository in the test registry.
+pub fn registry_tags(repository: &str) -> BTreeSet<String> {
+    let url = format!("http://{}/v2/{repository}/tags/list", services().registry);
+    let mut response = http()
+        .get(&url)
+        .header("Authorization", &registry_auth())
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    if response.status().as_u16() == 404 {
+        return BTreeSet::new();
+    }
+    let body: serde_json::Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    body["tags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Calls an ECR action on moto (JSON 1.1 protocol; moto checks no signature).
+pub fn ecr_call(action: &str, body: serde_json::Value) -> serde_json::Value {
+    let mut response = http()
+        .post(&services().aws_endpoint)
+        .header("X-Amz-Target", &format!("AmazonEC2ContainerRegistry_V20150921.{action}"))
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ecr/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("ECR {action}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(status, 200, "ECR {action}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn create_repository(name: &str) {
+    ecr_call(
+        "CreateRepository",
+        serde_json::json!({ "repositoryName": name }),
+    );
+}
+
+/// A unique repository name prefix per test, so tests share the services without meeting.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &new_sha()[..8])
+}
+
+/// A moto server of one test's own, for behaviour the shared one must not have (IAM enforcement).
+pub struct PrivateMoto {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl PrivateMoto {
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(required("ECR_BUILD_TEST_MOTO_SERVER"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server on port {port} did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        moto
+    }
+
+    /// An IAM (query protocol) action; returns the XML answer.
+    pub fn iam(&self, params: &[(&str, &str)]) -> String {
+        let form: Vec<String> = params
+            .iter()
+            .chain(&[("Version", "2010-05-08")])
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect();
+        let mut response = http()
+            .post(&self.endpoint)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .send(form.join("&"))
+            .expect("IAM call");
+        let text = response.body_mut().read_to_string().unwrap();
+        assert_eq!(response.status().as_u16(), 200, "IAM {params:?}: {text}");
+        text
+    }
+}
+
+impl Drop for PrivateMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The text between `<tag>` and `</tag>`.
+pub fn xml_value(xml: &str, tag: &str) -> String {
+    let start = xml
+        .find(&format!("<{tag}>"))
+        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
+        + tag.len()
+        + 2;
+    let end = xml[start..].find(&format!("</{tag}>")).unwrap() + start;
+    xml[start..end].to_owned()
+}

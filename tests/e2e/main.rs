@@ -1,0 +1,6 @@
+//! End-to-end tests: the real binary against a real Docker Engine, registry and moto, which
+//! scripts/test.sh starts once for the whole run. One test binary, so the services are shared.
+
+mod build;
+mod errors;
+mod harness;

@@ -1,5 +1,6 @@
 //! The raw command line. Every flag has an `ECR_BUILD_*` twin; [`crate::config`] turns this into a plan.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -31,6 +32,9 @@ pub enum Command {
     Build(BuildArgs),
     /// Print the resolved images, tags and URIs as JSON; builds nothing
     Plan(PlanArgs),
+    /// Container entrypoint: export the SSM parameters under a prefix as environment variables, then
+    /// become CMD (execvp, no shell)
+    Exec(ExecArgs),
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +150,26 @@ pub struct SingleImageArgs {
         requires = "repository"
     )]
     pub build_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// SSM Parameter Store prefix to export: a path (/myapp/prod) or a dotted prefix (myapp.prod) [default: PARAMETER_STORE_PREFIX; none: no AWS call]
+    #[arg(long, value_name = "PREFIX", env = "ECR_BUILD_SSM_PATH")]
+    pub ssm_path: Option<String>,
+
+    /// Let parameters replace variables that are already set in the environment
+    #[arg(long = "override", env = "ECR_BUILD_OVERRIDE")]
+    pub override_existing: bool,
+
+    /// The command and its arguments
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod docker;
+pub mod exec;
 pub mod output;
 pub mod pipeline;
 mod run;

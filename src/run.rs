@@ -31,12 +31,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             pipeline::build(plan, args.plan.sha.as_deref(), settings).await
         }
+        Command::Exec(args) => match crate::exec::run(args).await? {},
     }
 }
 
-/// 2 for bad usage or configuration, 1 for everything that failed while doing the work.
+/// 2 for bad usage or configuration, 1 for everything that failed while doing the work; `exec` exits
+/// 127 (or 126) like a shell when it cannot run the command.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|cause| cause.is::<ConfigError>()) {
+    if let Some(exec) = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::exec::ExecError>())
+    {
+        exec.exit_code()
+    } else if err.chain().any(|cause| cause.is::<ConfigError>()) {
         2
     } else {
         1

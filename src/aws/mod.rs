@@ -2,6 +2,7 @@
 //! AWS_MAX_ATTEMPTS, AWS_RETRY_MODE, ...), so ecr-build behaves like the aws CLI it replaces.
 
 pub mod ecr;
+pub mod ssm;
 
 use std::fmt;
 

@@ -467,3 +467,51 @@ pub fn xml_value(xml: &str, tag: &str) -> String {
     let end = xml[start..].find(&format!("</{tag}>")).unwrap() + start;
     xml[start..end].to_owned()
 }
+
+impl EcrBuild {
+    /// Starts the command with stdout and stderr piped, for tests that talk to it while it runs.
+    pub fn spawn(mut self) -> std::process::Child {
+        self.command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ecr-build starts")
+    }
+}
+
+/// Calls an SSM action on the moto at `endpoint` (JSON 1.1 protocol; moto checks no signature unless
+/// IAM is enforced, and then not for its first INITIAL_NO_AUTH_ACTION_COUNT calls).
+pub fn ssm_call_at(endpoint: &str, action: &str, body: serde_json::Value) -> serde_json::Value {
+    let mut response = http()
+        .post(endpoint)
+        .header("X-Amz-Target", &format!("AmazonSSM.{action}"))
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ssm/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("SSM {action}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(status, 200, "SSM {action}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Creates or overwrites a parameter in the shared moto: a SecureString (default KMS key) if `secure`.
+pub fn put_parameter(name: &str, value: &str, secure: bool) {
+    put_parameter_at(&services().aws_endpoint, name, value, secure);
+}
+
+pub fn put_parameter_at(endpoint: &str, name: &str, value: &str, secure: bool) {
+    ssm_call_at(
+        endpoint,
+        "PutParameter",
+        serde_json::json!({
+            "Name": name,
+            "Value": value,
+            "Type": if secure { "SecureString" } else { "String" },
+            "Overwrite": true,
+        }),
+    );
+}

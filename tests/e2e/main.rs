@@ -3,4 +3,6 @@
 
 mod build;
 mod errors;
+mod exec;
 mod harness;
+mod ssm;

@@ -91,6 +91,16 @@ pub struct PlanArgs {
     #[arg(long, value_name = "MODE", env = "ECR_BUILD_NETWORK")]
     pub network: Option<String>,
 
+    /// Build secret ID=SOURCE (ssm:NAME, env:VAR or file:PATH), repeatable: replaces the source of
+    /// secret ID in every image, or adds it; in a dry run, stands in for ssm: sources
+    #[arg(
+        long = "secret",
+        value_name = "ID=SOURCE",
+        env = "ECR_BUILD_SECRET",
+        value_delimiter = ','
+    )]
+    pub secrets: Vec<String>,
+
     /// Builder: buildkit (default) or legacy
     #[arg(long, value_enum, env = "ECR_BUILD_BUILDER")]
     pub builder: Option<BuilderArg>,

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::fmt;
+
 use indexmap::IndexMap;
 use serde::Deserialize;
 
@@ -53,6 +55,7 @@ impl From<BuilderArg> for Builder {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     registry: Option<String>,
+    ssm_path: Option<String>,
     tags: Option<Vec<String>>,
     network: Option<String>,
     builder: Option<Builder>,
@@ -87,6 +90,50 @@ struct ImageSection {
     target: Option<String>,
     #[serde(default)]
     build_args: IndexMap<String, toml::Value>,
+    #[serde(default)]
+    secrets: IndexMap<String, String>,
+    ssm_path: Option<String>,
+    #[serde(default)]
+    allow_secret_build_args: bool,
+}
+
+/// Where a build secret's value comes from: `ssm:NAME`, `env:VAR` or `file:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An SSM parameter (SecureString decrypted); `name:version` and `name:label` work too.
+    Ssm(String),
+    Env(String),
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// `base` is the folder relative `file:` paths start from.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let (kind, value) = text
+            .split_once(':')
+            .filter(|(_, value)| !value.is_empty())
+            .ok_or_else(|| {
+                format!("secret source `{text}` is not ssm:NAME, env:VAR or file:PATH")
+            })?;
+        match kind {
+            "ssm" => Ok(Self::Ssm(value.to_owned())),
+            "env" => Ok(Self::Env(value.to_owned())),
+            "file" => Ok(Self::File(clean(&base.join(value)))),
+            _ => Err(format!(
+                "secret source `{text}`: `{kind}:` is not one of ssm:, env:, file:"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ssm(name) => write!(f, "ssm:{name}"),
+            Self::Env(var) => write!(f, "env:{var}"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
 }
 
 /// Everything a run needs to know, validated.
@@ -112,6 +159,18 @@ pub struct ImagePlan {
     pub dockerfile: PathBuf,
     pub target: Option<String>,
     pub build_args: Vec<(String, String)>,
+    /// BuildKit secrets by id.
+    pub secrets: Vec<(String, SecretSource)>,
+    /// Every parameter under this SSM path is a secret named by its last path segment.
+    pub ssm_path: Option<String>,
+    /// Also pass secrets as build args (readable in the image's history): an explicit opt-in.
+    pub allow_secret_build_args: bool,
+}
+
+impl ImagePlan {
+    pub fn has_secrets(&self) -> bool {
+        !self.secrets.is_empty() || self.ssm_path.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +280,15 @@ fn plan_from_file(
                     .unwrap_or_else(|| PathBuf::from("Dockerfile")),
             ),
         );
+        let secrets = section
+            .secrets
+            .into_iter()
+            .map(|(id, source)| {
+                SecretSource::parse(&source, &base)
+                    .map(|source| (id.clone(), source))
+                    .map_err(|m| invalid(format!("images.{name}.secrets.{id}: {m}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         images.push(ImagePlan {
             name,
             repository: section.repository,
@@ -228,6 +296,9 @@ fn plan_from_file(
             dockerfile,
             target: section.target,
             build_args,
+            secrets,
+            ssm_path: section.ssm_path.or_else(|| file.ssm_path.clone()),
+            allow_secret_build_args: section.allow_secret_build_args,
         });
     }
 
@@ -248,6 +319,7 @@ fn plan_from_file(
     finish(
         PlanParts {
             registry: args.registry.clone().or(file.registry),
+            secret_overrides: parse_secret_overrides(args, cwd)?,
             tags,
             network: args.network.clone().or(file.network),
             builder: args
@@ -308,6 +380,7 @@ fn plan_from_flags(
     finish(
         PlanParts {
             registry: args.registry.clone(),
+            secret_overrides: parse_secret_overrides(args, cwd)?,
             tags,
             network: args.network.clone(),
             builder: args.builder.map(Builder::from).unwrap_or(Builder::Buildkit),
@@ -322,6 +395,9 @@ fn plan_from_flags(
                 dockerfile,
                 target: target.clone(),
                 build_args,
+                secrets: Vec::new(),
+                ssm_path: None,
+                allow_secret_build_args: false,
             }],
             source_dir: context,
         },
@@ -339,6 +415,7 @@ struct ArtifactsSettings {
 
 struct PlanParts {
     registry: Option<String>,
+    secret_overrides: Vec<(String, SecretSource)>,
     tags: Vec<String>,
     network: Option<String>,
     builder: Builder,
@@ -348,11 +425,19 @@ struct PlanParts {
 }
 
 /// The checks both sources of a plan share.
-fn finish(parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
+fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         origin: origin.to_owned(),
         message,
     };
+    for (id, source) in &parts.secret_overrides {
+        for image in &mut parts.images {
+            match image.secrets.iter_mut().find(|(known, _)| known == id) {
+                Some((_, declared)) => *declared = source.clone(),
+                None => image.secrets.push((id.clone(), source.clone())),
+            }
+        }
+    }
     let registry = parts
         .registry
         .map(|r| normalize_registry(&r).map_err(invalid))
@@ -387,6 +472,26 @@ fn finish(parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
             if target.is_empty() {
                 return Err(invalid(format!("image {}: target is empty", image.name)));
             }
+        }
+        for (id, _) in &image.secrets {
+            check_secret_id(id).map_err(|m| invalid(format!("image {}: {m}", image.name)))?;
+        }
+        if let Some(path) = &image.ssm_path {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(invalid(format!(
+                    "image {}: ssm_path `{path}` must be an SSM path such as /app/prod/",
+                    image.name
+                )));
+            }
+        }
+        if image.has_secrets() && parts.builder == Builder::Legacy && !image.allow_secret_build_args
+        {
+            return Err(invalid(format!(
+                "image {} has secrets, which only BuildKit can mount (builder = \"buildkit\"); the legacy \
+                 builder could only pass them as build args, readable by anyone who pulls the image \
+                 (allow that with allow_secret_build_args = true on the image)",
+                image.name
+            )));
         }
         if let Some((key, _)) = image.build_args.iter().find(|(k, _)| k.is_empty()) {
             return Err(invalid(format!(
@@ -533,6 +638,36 @@ fn check_container_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// BuildKit secret ids as the Dockerfile names them in `--mount=type=secret,id=ID`.
+fn check_secret_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(format!("secret id `{id}` must be letters, digits, _ . -"));
+    }
+    Ok(())
+}
+
+/// `--secret ID=SOURCE`
+fn parse_secret_overrides(
+    args: &PlanArgs,
+    cwd: &Path,
+) -> Result<Vec<(String, SecretSource)>, ConfigError> {
+    args.secrets
+        .iter()
+        .map(|pair| {
+            let (id, source) = pair
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Usage(format!("--secret `{pair}` is not ID=SOURCE")))?;
+            let source = SecretSource::parse(source, cwd)
+                .map_err(|m| ConfigError::Usage(format!("--secret {id}: {m}")))?;
+            Ok((id.to_owned(), source))
+        })
+        .collect()
 }
 
 fn check_file_name(name: &str) -> Result<(), String> {

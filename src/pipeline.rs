@@ -1,5 +1,6 @@
 //! One run of `build` or `plan`: contexts, tags, login, builds and pushes in parallel, artifacts, summary.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts::{self, ImageUri};
 use crate::aws;
-use crate::config::{Builder, ConfigError, ImagePlan, Plan};
+use crate::config::{Builder, ConfigError, ImagePlan, Plan, SecretSource};
 use crate::context::{self, ContextFiles};
 use crate::docker::{BuildRequest, Engine};
 use crate::tags::{self, BuildEnv, TagVars};
@@ -48,6 +49,8 @@ fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context: &st
         "dockerfile": dockerfile_in_context,
         "target": image.target,
         "build_args": image.build_args,
+        "secret_ids": image.secrets.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        "ssm_path": image.ssm_path,
     }))
     .expect("plain values serialize")
 }
@@ -190,6 +193,128 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// BuildKit refuses secrets over 500 KiB; say so before the build instead of in the middle of it.
+const MAX_SECRET_BYTES: usize = 500 * 1024;
+
+/// Secret values of one image, by id. Held in memory only, and served only on its build session.
+type SecretValues = HashMap<String, Vec<u8>>;
+
+/// Reads every image's secrets before any build starts: all SSM names of all images in batched
+/// GetParameters calls (one error lists every missing name), each ssm_path once, then env: and file:.
+/// `ssm` is `None` in a dry run, where ssm: sources must be replaced with --secret.
+async fn resolve_secrets(
+    plan: &Plan,
+    ssm: Option<(&aws_sdk_ssm::Client, &str)>,
+) -> Result<Vec<SecretValues>> {
+    let mut from_ssm: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut by_path: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
+    match ssm {
+        Some((client, region)) => {
+            let mut names: Vec<String> = Vec::new();
+            for image in &plan.images {
+                for (_, source) in &image.secrets {
+                    if let SecretSource::Ssm(name) = source {
+                        if !names.contains(name) {
+                            names.push(name.clone());
+                        }
+                    }
+                }
+            }
+            if !names.is_empty() {
+                for (name, value) in aws::ssm::get_parameters(client, region, &names).await? {
+                    from_ssm.insert(name, value.expose().as_bytes().to_vec());
+                }
+            }
+            for path in plan.images.iter().filter_map(|i| i.ssm_path.as_ref()) {
+                if by_path.contains_key(path) {
+                    continue;
+                }
+                let parameters = aws::ssm::get_parameters_by_path(client, region, path).await?;
+                let secrets = parameters
+                    .into_iter()
+                    .map(|(name, value)| {
+                        let id = name.rsplit('/').next().unwrap_or(&name).to_owned();
+                        (id, value.expose().as_bytes().to_vec())
+                    })
+                    .collect();
+                by_path.insert(path.clone(), secrets);
+            }
+        }
+        None => {
+            let needs_ssm: Vec<String> = plan
+                .images
+                .iter()
+                .flat_map(|image| {
+                    image
+                        .secrets
+                        .iter()
+                        .filter(|(_, source)| matches!(source, SecretSource::Ssm(_)))
+                        .map(move |(id, source)| format!("{}: {id} = {source}", image.name))
+                })
+                .collect();
+            if !needs_ssm.is_empty() {
+                return Err(ConfigError::Usage(format!(
+                    "a dry run makes no AWS call, so these secrets have no value: {}; give each with \
+                     --secret ID=env:VAR or --secret ID=file:PATH",
+                    needs_ssm.join("; ")
+                ))
+                .into());
+            }
+            for image in plan.images.iter().filter(|i| i.ssm_path.is_some()) {
+                tracing::warn!(
+                    image = image.name.as_str(),
+                    "dry run: ssm_path {} is not read (no AWS call); its secrets are left out unless given with --secret",
+                    image.ssm_path.as_deref().unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    let mut resolved = Vec::with_capacity(plan.images.len());
+    for image in &plan.images {
+        let mut values = SecretValues::new();
+        if let Some(path) = &image.ssm_path {
+            for (id, value) in by_path.get(path).into_iter().flatten() {
+                values.insert(id.clone(), value.clone());
+            }
+        }
+        for (id, source) in &image.secrets {
+            let value = match source {
+                SecretSource::Ssm(name) => from_ssm
+                    .get(name)
+                    .cloned()
+                    .with_context(|| format!("image {}: SSM parameter {name} for secret {id} was not returned", image.name))?,
+                SecretSource::Env(var) => std::env::var_os(var)
+                    .map(std::os::unix::ffi::OsStringExt::into_vec)
+                    .ok_or_else(|| ConfigError::Usage(format!(
+                        "image {}: secret {id} comes from environment variable {var}, which is not set",
+                        image.name
+                    )))?,
+                SecretSource::File(path) => std::fs::read(path).map_err(|err| ConfigError::Usage(format!(
+                    "image {}: secret {id} comes from {}: {err}",
+                    image.name,
+                    path.display()
+                )))?,
+            };
+            if let Ok(text) = std::str::from_utf8(&value) {
+                crate::output::redactor().add(text);
+                crate::output::redactor().add(text.trim_end());
+            }
+            values.insert(id.clone(), value);
+        }
+        for (id, value) in &values {
+            anyhow::ensure!(
+                value.len() <= MAX_SECRET_BYTES,
+                "image {}: secret {id} is {} bytes; BuildKit accepts at most {MAX_SECRET_BYTES}",
+                image.name,
+                value.len()
+            );
+        }
+        resolved.push(values);
+    }
+    Ok(resolved)
+}
+
 /// The registry of a dry run or a plan, and where it came from.
 fn offline_registry(plan: &Plan) -> (String, &'static str) {
     if let Some(registry) = &plan.registry {
@@ -279,7 +404,11 @@ struct RunContext<'a> {
     login: Option<&'a aws::ecr::EcrLogin>,
 }
 
-async fn build_one(run: &RunContext<'_>, image: PreparedImage) -> Result<ImageOutcome> {
+async fn build_one(
+    run: &RunContext<'_>,
+    image: PreparedImage,
+    secrets: SecretValues,
+) -> Result<ImageOutcome> {
     let started = Instant::now();
     let name = image.plan.name.as_str();
     let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
@@ -300,6 +429,18 @@ async fn build_one(run: &RunContext<'_>, image: PreparedImage) -> Result<ImageOu
         image.files.len(),
         image.files.total_bytes()
     );
+    let mut build_args = image.plan.build_args.clone();
+    if image.plan.allow_secret_build_args && !secrets.is_empty() {
+        tracing::warn!(
+            image = name,
+            "secrets {} are also passed as build args (allow_secret_build_args): anyone who can pull \
+             this image can read them in its history",
+            secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        for (id, value) in &secrets {
+            build_args.push((id.clone(), String::from_utf8_lossy(value).into_owned()));
+        }
+    }
     let request = BuildRequest {
         image: name,
         reference: &primary,
@@ -307,9 +448,10 @@ async fn build_one(run: &RunContext<'_>, image: PreparedImage) -> Result<ImageOu
         target: image.plan.target.as_deref(),
         network: run.network,
         builder: run.builder,
-        build_args: &image.plan.build_args,
+        build_args: &build_args,
         labels: &labels,
         registry_auth,
+        secrets,
     };
     let image_id = run
         .engine
@@ -360,12 +502,14 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
     let run_tags = resolve_tags(&plan, sha_flag, &prepared, settings.dry_run)?;
 
     let login;
+    let secrets;
     let registry = if settings.dry_run {
         login = None;
         let (registry, source) = offline_registry(&plan);
         tracing::info!(
             "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
         );
+        secrets = resolve_secrets(&plan, None).await?;
         registry
     } else {
         let region_hint = plan.registry.as_deref().and_then(aws::region_of_ecr_host);
@@ -381,6 +525,8 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
         aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
         login = Some(ecr_login);
+        let ssm = aws_sdk_ssm::Client::new(&sdk);
+        secrets = resolve_secrets(&plan, Some((&ssm, &region))).await?;
         registry
     };
 
@@ -401,12 +547,12 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
 
     let total = prepared.len();
     let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
-        futures_util::stream::iter(prepared.into_iter().enumerate())
-            .map(|(index, image)| {
+        futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())
+            .map(|(index, (image, secrets))| {
                 let run = &run;
                 async move {
                     let name = image.plan.name.clone();
-                    (index, name, build_one(run, image).await)
+                    (index, name, build_one(run, image, secrets).await)
                 }
             })
             .buffer_unordered(settings.jobs)
@@ -485,6 +631,9 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
+            secrets: Vec::new(),
+            ssm_path: None,
+            allow_secret_build_args: false,
         }
     }
 
@@ -510,9 +659,16 @@ mod tests {
                 "Dockerfile",
             ),
         ];
-        for variant in variants {
-            assert_ne!(base, variant);
+        let mut with_secret = image(&[("A", "1")], None);
+        with_secret.secrets.push(("token".into(), SecretSource::Env("TOKEN".into())));
+        let with_secret = digest_inputs(&with_secret, Builder::Buildkit, "Dockerfile");
+        for variant in variants.iter().chain([&with_secret]) {
+            assert_ne!(&base, variant);
         }
+        // The source of a secret (and so its value) is not an input: only its id is.
+        let mut other_source = image(&[("A", "1")], None);
+        other_source.secrets.push(("token".into(), SecretSource::Ssm("/app/token".into())));
+        assert_eq!(with_secret, digest_inputs(&other_source, Builder::Buildkit, "Dockerfile"));
         assert_eq!(
             base,
             digest_inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")

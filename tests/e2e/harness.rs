@@ -515,3 +515,50 @@ pub fn put_parameter_at(endpoint: &str, name: &str, value: &str, secure: bool) {
         }),
     );
 }
+
+/// The docker client's raw stdout (for `docker save`).
+#[track_caller]
+pub fn docker_bytes(args: &[&str]) -> Vec<u8> {
+    let output = Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", &services().docker_host)
+        .output()
+        .expect("docker client runs");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+pub fn image_exists(reference: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", reference])
+        .env("DOCKER_HOST", &services().docker_host)
+        .output()
+        .expect("docker client runs")
+        .status
+        .success()
+}
+
+/// Every file below `dir`, with its bytes.
+pub fn files_below(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            found.extend(files_below(&entry.path()));
+        } else if kind.is_file() {
+            found.push((entry.path(), std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    found
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}

@@ -5,4 +5,5 @@ mod build;
 mod errors;
 mod exec;
 mod harness;
+mod secrets;
 mod ssm;

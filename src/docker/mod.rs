@@ -1,4 +1,7 @@
 //! The Docker Engine API: connect (waiting for a daemon that is starting), build, tag, push.
+//! BuildKit builds go through [`session`], which serves secrets on the build's own session.
+
+mod session;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -69,6 +72,9 @@ fn push_hint(message: &str) -> &'static str {
 
 pub struct Engine {
     docker: Docker,
+    /// For the requests bollard 0.21.1 cannot make: BuildKit builds with our own session.
+    address: session::EngineAddr,
+    api_prefix: String,
 }
 
 /// What `DOCKER_HOST` says, for messages.
@@ -98,8 +104,14 @@ impl Engine {
             match attempt.await {
                 Ok(docker) => {
                     tracing::debug!("connected to Docker at {}", docker_host());
+                    let address = session::EngineAddr::from_docker_host(
+                        std::env::var("DOCKER_HOST").ok().as_deref(),
+                    )?;
+                    let api_prefix = format!("/v{}", docker.client_version());
                     return Ok(Engine {
                         docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
+                        address,
+                        api_prefix,
                     });
                 }
                 Err(err) if started.elapsed() >= wait => {
@@ -144,17 +156,41 @@ impl Engine {
             options = options.networkmode(network);
         }
         let mut progress = BuildProgress::new(request.image);
-        options = match request.builder {
-            Builder::Buildkit => options
-                .version(BuilderVersion::BuilderBuildKit)
-                .session(&session_id(request.image)),
-            Builder::Legacy => options.version(BuilderVersion::BuilderV1),
+        let registry_auth = request.registry_auth.unwrap_or_default();
+        // The session lives until the build's stream ends: BuildKit asks it for secrets and pull
+        // credentials while steps run.
+        let (session, mut stream) = match request.builder {
+            Builder::Buildkit => {
+                let id = session_id(request.image);
+                let store = std::sync::Arc::new(session::SecretStore::new(request.secrets));
+                let session = session::open_session(
+                    &self.address,
+                    &self.api_prefix,
+                    &id,
+                    "ecr-build",
+                    store,
+                    registry_auth,
+                )
+                .await?;
+                let options = options
+                    .version(BuilderVersion::BuilderBuildKit)
+                    .session(&id)
+                    .build();
+                let stream =
+                    session::post_build(&self.address, &self.api_prefix, &options, context_tar)
+                        .await?;
+                (Some(session), stream.boxed())
+            }
+            Builder::Legacy => {
+                let options = options.version(BuilderVersion::BuilderV1).build();
+                let stream = self.docker.build_image(
+                    options,
+                    Some(registry_auth),
+                    Some(bollard::body_try_stream(context_tar)),
+                );
+                (None, stream.boxed())
+            }
         };
-        let mut stream = self.docker.build_image(
-            options.build(),
-            request.registry_auth,
-            Some(bollard::body_try_stream(context_tar)),
-        );
         let mut image_id = None;
         while let Some(item) = stream.next().await {
             match item {
@@ -170,6 +206,17 @@ impl Engine {
             }
         }
         progress.flush();
+        if let Some(session) = session {
+            let missing = session.secrets().missing();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    image = request.image,
+                    "the Dockerfile asked for secret(s) {} that are not configured for this image; \
+                     their mounts were left out",
+                    missing.join(", ")
+                );
+            }
+        }
         image_id.ok_or(DockerError::NoImageId)
     }
 
@@ -261,6 +308,8 @@ pub struct BuildRequest<'a> {
     pub build_args: &'a [(String, String)],
     pub labels: &'a [(String, String)],
     pub registry_auth: Option<HashMap<String, DockerCredentials>>,
+    /// BuildKit secrets by id; values stay in memory and are served only on the build's session.
+    pub secrets: HashMap<String, Vec<u8>>,
 }
 
 /// Turns the engine's build stream (legacy lines or BuildKit status) into log lines, and remembers the

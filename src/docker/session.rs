@@ -1,0 +1,431 @@
+//! BuildKit builds through the Docker Engine API with a build session that serves BuildKit secrets.
+//!
+//! bollard 0.21.1's `Docker::build_image` opens the session itself and serves only Auth (plus
+//! FileSend for `outputs`); its session types (`GrpcServer`, `AuthProvider`, `SecretProvider`,
+//! `Driver`) are `pub(crate)`. The generated gRPC servers and messages are public, though
+//! (`bollard::moby`, `bollard::health`), so this module:
+//!
+//! 1. opens `POST /session` itself (HTTP/1.1 `Upgrade: h2c` over the engine socket) and serves
+//!    Health + Auth + Secrets on the upgraded connection with hyper's HTTP/2 server and tonic's
+//!    `Routes`;
+//! 2. sends `POST /build?version=2&session=<id>&…` itself, streaming the context tar as the body,
+//!    and decodes the JSON-lines answer into `bollard::models::BuildInfo` with the same error
+//!    mapping as `build_image` (an `errorDetail` becomes `Error::DockerStreamError`), so the caller's
+//!    loop over the stream stays what it is for `build_image`.
+//!
+//! Only `unix://` and `tcp://`/`http://` engines are supported (no TLS, no ssh). Secret values are
+//! held in memory and never logged; only their ids are.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error;
+use bollard::health::health_check_response::ServingStatus;
+use bollard::health::health_server::{Health, HealthServer};
+use bollard::health::{
+    HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
+};
+use bollard::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
+use bollard::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
+use bollard::moby::filesync::v1::auth_server::{Auth, AuthServer};
+use bollard::moby::filesync::v1::{
+    CredentialsRequest, CredentialsResponse, FetchTokenRequest, FetchTokenResponse,
+    GetTokenAuthorityRequest, GetTokenAuthorityResponse, VerifyTokenAuthorityRequest,
+    VerifyTokenAuthorityResponse,
+};
+use bollard::models::{BuildInfo, ErrorDetail};
+use bollard::query_parameters::BuildImageOptions;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::either::Either;
+use tokio_util::io::StreamReader;
+use tonic::Status;
+use tonic::server::NamedService;
+
+/// Where the engine listens, from `DOCKER_HOST`.
+#[derive(Clone, Debug)]
+pub enum EngineAddr {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl EngineAddr {
+    pub fn from_docker_host(host: Option<&str>) -> Result<Self, Error> {
+        match host.map(str::trim).filter(|h| !h.is_empty()) {
+            None => Ok(EngineAddr::Unix(PathBuf::from("/var/run/docker.sock"))),
+            Some(h) => {
+                if let Some(path) = h.strip_prefix("unix://") {
+                    Ok(EngineAddr::Unix(PathBuf::from(path)))
+                } else if let Some(addr) = h
+                    .strip_prefix("tcp://")
+                    .or_else(|| h.strip_prefix("http://"))
+                {
+                    Ok(EngineAddr::Tcp(addr.trim_end_matches('/').to_owned()))
+                } else {
+                    Err(Error::UnsupportedURISchemeError { uri: h.to_owned() })
+                }
+            }
+        }
+    }
+
+    /// One HTTP/1.1 request on a fresh connection; the connection lives (with upgrades) as long
+    /// as the response or the upgraded stream does.
+    async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Error>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = match self {
+            EngineAddr::Unix(path) => Either::Left(UnixStream::connect(path).await?),
+            EngineAddr::Tcp(addr) => Either::Right(TcpStream::connect(addr).await?),
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                tracing::debug!("engine connection ended: {err}");
+            }
+        });
+        match sender.send_request(request).await {
+            Ok(response) => Ok(response),
+            // hyper's own text ("error from user's Body stream") hides the cause: keep the chain.
+            Err(err) => Err(Error::from(io::Error::other(error_chain(&err)))),
+        }
+    }
+}
+
+/// `outer: cause: cause's cause`
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// An error answer (not 2xx/101) as bollard reports it: the JSON `message` or the raw body.
+async fn server_error(response: Response<Incoming>) -> Error {
+    let status_code = response.status().as_u16();
+    let body = match response.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => return err.into(),
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+    Error::DockerResponseServerError {
+        status_code,
+        message,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session's gRPC services
+// ---------------------------------------------------------------------------------------------
+
+/// BuildKit's session manager checks `grpc.health.v1.Health/Check` every second and drops the
+/// session when it fails.
+struct SessionHealth;
+
+#[tonic::async_trait]
+impl Health for SessionHealth {
+    async fn check(
+        &self,
+        _request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, Status> {
+        Ok(tonic::Response::new(HealthCheckResponse {
+            status: ServingStatus::Serving as i32,
+        }))
+    }
+
+    async fn list(
+        &self,
+        _request: tonic::Request<HealthListRequest>,
+    ) -> Result<tonic::Response<HealthListResponse>, Status> {
+        Err(Status::unimplemented("health list is not served"))
+    }
+
+    type WatchStream = futures_util::stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("health watch is not served"))
+    }
+}
+
+/// Registry credentials for pulls during the build (`FROM <ecr>/…`), by registry host as BuildKit
+/// asks for it (`123456789012.dkr.ecr.eu-west-1.amazonaws.com`, `127.0.0.1:5000`). ECR answers with a
+/// Basic challenge, so BuildKit only calls `Credentials`; `FetchToken` (Bearer registries) is left
+/// unimplemented here.
+struct SessionAuth {
+    credentials: HashMap<String, DockerCredentials>,
+}
+
+#[tonic::async_trait]
+impl Auth for SessionAuth {
+    async fn credentials(
+        &self,
+        request: tonic::Request<CredentialsRequest>,
+    ) -> Result<tonic::Response<CredentialsResponse>, Status> {
+        let host = &request.get_ref().host;
+        tracing::debug!("build session: credentials asked for {host}");
+        let response = match self.credentials.get(host) {
+            Some(DockerCredentials {
+                identitytoken: Some(token),
+                ..
+            }) => CredentialsResponse {
+                username: String::new(),
+                secret: token.clone(),
+            },
+            Some(DockerCredentials {
+                username: Some(username),
+                password: Some(password),
+                ..
+            }) => CredentialsResponse {
+                username: username.clone(),
+                secret: password.clone(),
+            },
+            _ => CredentialsResponse::default(), // anonymous
+        };
+        Ok(tonic::Response::new(response))
+    }
+
+    async fn fetch_token(
+        &self,
+        request: tonic::Request<FetchTokenRequest>,
+    ) -> Result<tonic::Response<FetchTokenResponse>, Status> {
+        tracing::debug!("build session: token asked for {}", request.get_ref().host);
+        Err(Status::unimplemented(
+            "FetchToken is not served by ecr-build",
+        ))
+    }
+
+    async fn get_token_authority(
+        &self,
+        _request: tonic::Request<GetTokenAuthorityRequest>,
+    ) -> Result<tonic::Response<GetTokenAuthorityResponse>, Status> {
+        Err(Status::unavailable("client-side authentication disabled"))
+    }
+
+    async fn verify_token_authority(
+        &self,
+        _request: tonic::Request<VerifyTokenAuthorityRequest>,
+    ) -> Result<tonic::Response<VerifyTokenAuthorityResponse>, Status> {
+        Err(Status::unavailable("client-side authentication disabled"))
+    }
+}
+
+/// Secret values, held in memory only, and the ids the build asked for.
+///
+/// An id the store does not have is answered with gRPC NOT_FOUND, BuildKit's convention: a mount
+/// without `required` is then left out (the file is absent) and a `required` one fails its step.
+pub struct SecretStore {
+    values: HashMap<String, Vec<u8>>,
+    missing: Mutex<BTreeSet<String>>,
+}
+
+impl SecretStore {
+    pub fn new(values: HashMap<String, Vec<u8>>) -> Self {
+        Self {
+            values,
+            missing: Mutex::default(),
+        }
+    }
+
+    /// Ids the build asked for that the store does not have.
+    pub fn missing(&self) -> Vec<String> {
+        self.missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn known_ids(&self) -> String {
+        let mut ids: Vec<&str> = self.values.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.join(", ")
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Secrets for SecretStore {
+    async fn get_secret(
+        &self,
+        request: tonic::Request<GetSecretRequest>,
+    ) -> Result<tonic::Response<GetSecretResponse>, Status> {
+        let id = &request.get_ref().id;
+        match self.values.get(id) {
+            Some(value) => {
+                tracing::debug!("build session: served secret {id}");
+                Ok(tonic::Response::new(GetSecretResponse {
+                    data: value.clone(),
+                }))
+            }
+            None => {
+                tracing::debug!("build session: secret {id} asked for but not configured");
+                self.missing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone());
+                Err(Status::not_found(format!(
+                    "secret `{id}` is not configured for this image (configured: {})",
+                    self.known_ids()
+                )))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /session
+// ---------------------------------------------------------------------------------------------
+
+/// An open build session. Dropping it closes the connection, and the engine forgets the session.
+pub struct BuildSession {
+    secrets: Arc<SecretStore>,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl BuildSession {
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+}
+
+impl Drop for BuildSession {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// Opens session `id` on the engine, serving Health, Auth and Secrets on it. When this returns,
+/// the engine has registered the session (BuildKit's `Manager.HandleHTTPRequest` adds it to its
+/// table before it releases the lock it holds across the 101 answer), so `/build` can follow.
+///
+/// `api_prefix` is `""` (unversioned, what bollard 0.21.1 sends) or `"/v1.41"`.
+pub async fn open_session(
+    engine: &EngineAddr,
+    api_prefix: &str,
+    id: &str,
+    name: &str,
+    secrets: Arc<SecretStore>,
+    credentials: HashMap<String, DockerCredentials>,
+) -> Result<BuildSession, Error> {
+    let methods = [
+        format!("/{}/Credentials", AuthServer::<SessionAuth>::NAME),
+        format!("/{}/FetchToken", AuthServer::<SessionAuth>::NAME),
+        format!("/{}/GetSecret", SecretsServer::<SecretStore>::NAME),
+    ];
+    let mut request = Request::post(format!("{api_prefix}/session"))
+        .header(HOST, "docker")
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "h2c")
+        .header("X-Docker-Expose-Session-Uuid", id)
+        .header("X-Docker-Expose-Session-Name", name)
+        // Only used by BuildKit to key local-directory sync caches; a tar context never uses it.
+        .header("X-Docker-Expose-Session-Sharedkey", id);
+    for method in &methods {
+        request = request.header("X-Docker-Expose-Session-Grpc-Method", method);
+    }
+    let response = engine.send(request.body(Empty::<Bytes>::new())?).await?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(server_error(response).await);
+    }
+    let upgraded = hyper::upgrade::on(response).await?;
+
+    let routes = tonic::service::Routes::new(HealthServer::new(SessionHealth))
+        .add_service(AuthServer::new(SessionAuth { credentials }))
+        .add_service(SecretsServer::from_arc(Arc::clone(&secrets)));
+    let conn = tokio::spawn(async move {
+        let service = hyper_util::service::TowerToHyperService::new(routes);
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(upgraded, service)
+            .await;
+        if let Err(err) = served {
+            tracing::debug!("build session ended: {err}");
+        }
+    });
+    Ok(BuildSession { secrets, conn })
+}
+
+// ---------------------------------------------------------------------------------------------
+// POST /build
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `/build` with `options` (which must carry `version=2` and the session id) and the
+/// context tar as a streamed body; yields the engine's JSON messages as `BuildInfo`, an
+/// `errorDetail` as `Err(Error::DockerStreamError)`, exactly like bollard's `build_image`.
+pub async fn post_build(
+    engine: &EngineAddr,
+    api_prefix: &str,
+    options: &BuildImageOptions,
+    context_tar: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+) -> Result<impl Stream<Item = Result<BuildInfo, Error>> + Send + Unpin + 'static, Error> {
+    let query = serde_urlencoded::to_string(options)?;
+    let body = StreamBody::new(context_tar.map_ok(Frame::data));
+    let request = Request::post(format!("{api_prefix}/build?{query}"))
+        .header(HOST, "docker")
+        .header(CONTENT_TYPE, "application/x-tar")
+        .body(body)?;
+    let response = engine.send(request).await?;
+    if !response.status().is_success() {
+        return Err(server_error(response).await);
+    }
+    let reader = StreamReader::new(
+        response
+            .into_body()
+            .into_data_stream()
+            .map_err(io::Error::other),
+    );
+    let lines = FramedRead::new(reader, LinesCodec::new());
+    Ok(lines.filter_map(|line| futures_util::future::ready(decode_build_line(line))))
+}
+
+/// One line of the `/build` answer. bollard's `BuildInfoAux` decodes the BuildKit `aux`
+/// (base64 protobuf `StatusResponse`) in its serde impl, so plain serde_json is enough.
+fn decode_build_line(line: Result<String, LinesCodecError>) -> Option<Result<BuildInfo, Error>> {
+    let line = match line {
+        Ok(line) => line,
+        Err(LinesCodecError::Io(err)) => return Some(Err(Error::from(err))),
+        Err(err) => return Some(Err(Error::from(io::Error::other(err)))),
+    };
+    if line.trim().is_empty() {
+        return None;
+    }
+    Some(match serde_json::from_str::<BuildInfo>(&line) {
+        Ok(BuildInfo {
+            error_detail:
+                Some(ErrorDetail {
+                    message: Some(error),
+                    ..
+                }),
+            ..
+        }) => Err(Error::DockerStreamError { error }),
+        Ok(info) => Ok(info),
+        Err(err) => Err(Error::from(err)),
+    })
+}

@@ -46,6 +46,11 @@ pub struct BuildArgs {
     #[arg(long, env = "ECR_BUILD_DRY_RUN")]
     pub dry_run: bool,
 
+    /// Build every image, even one whose context digest tag (ctx-…) is already in the registry
+    /// (a moving base tag such as node:20 is looked at again only when an image is built)
+    #[arg(long, env = "ECR_BUILD_REBUILD")]
+    pub rebuild: bool,
+
     /// Directory for imagedefinitions.json, imageDetail.json and build.json (overrides [artifacts] dir)
     #[arg(long, value_name = "DIR", env = "ECR_BUILD_OUTPUT_DIR")]
     pub output_dir: Option<PathBuf>,

@@ -10,6 +10,7 @@ pub mod docker;
 pub mod exec;
 pub mod output;
 pub mod pipeline;
+pub mod registry;
 mod run;
 pub mod tags;
 

@@ -1,6 +1,6 @@
 //! One run of `build` or `plan`: contexts, tags, login, builds and pushes in parallel, artifacts, summary.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use crate::aws;
 use crate::config::{Builder, ConfigError, ImagePlan, Plan, SecretSource};
 use crate::context::{self, ContextFiles};
 use crate::docker::{BuildRequest, Engine};
+use crate::registry::{Manifest, RegistryClient};
 use crate::tags::{self, BuildEnv, TagVars};
 
 /// Used when a dry run has no registry from the config, the flags or AWS_ACCOUNT_ID + region.
@@ -23,6 +24,8 @@ pub const CONTEXT_DIGEST_LABEL: &str = "dev.ecr-build.context-digest";
 
 pub struct BuildSettings {
     pub dry_run: bool,
+    /// Build even where the registry has an image of the same context digest.
+    pub rebuild: bool,
     pub jobs: usize,
     pub docker_timeout: Duration,
 }
@@ -390,6 +393,8 @@ struct ImageOutcome {
     repository_uri: String,
     /// Registry manifest digest; in a dry run, the local image ID.
     digest: String,
+    /// What happened: built and pushed, reused from an unchanged context, or built in a dry run.
+    result: &'static str,
     seconds: f64,
 }
 
@@ -402,6 +407,39 @@ struct RunContext<'a> {
     network: Option<&'a str>,
     builder: Builder,
     login: Option<&'a aws::ecr::EcrLogin>,
+    /// The registry's own API, to find and re-tag an image built from the same context.
+    registry_client: Option<RegistryClient>,
+    /// Repositories whose tags cannot be moved.
+    immutable: HashSet<String>,
+    rebuild: bool,
+}
+
+/// The tag that marks an image by the digest of everything that decided it.
+pub fn context_tag(context_digest: &str) -> String {
+    format!("ctx-{}", &context_digest[..20])
+}
+
+/// Puts `manifest` under `tag`: nothing to do where the tag already names it; an error where an
+/// immutable repository has the tag on other content.
+async fn put_tag(
+    client: &RegistryClient,
+    repository: &str,
+    tag: &str,
+    manifest: &Manifest,
+    immutable: bool,
+) -> Result<()> {
+    match client.manifest_digest(repository, tag).await? {
+        Some(existing) if existing == manifest.digest => Ok(()),
+        Some(existing) if immutable => anyhow::bail!(
+            "{}/{repository}:{tag} already points at {existing}, not at {}, and the repository's tags are immutable",
+            client.host(),
+            manifest.digest
+        ),
+        _ => {
+            client.put_manifest(repository, tag, manifest).await?;
+            Ok(())
+        }
+    }
 }
 
 async fn build_one(
@@ -429,6 +467,33 @@ async fn build_one(
         image.files.len(),
         image.files.total_bytes()
     );
+    let repository = image.plan.repository.as_str();
+    let immutable = run.immutable.contains(repository);
+    let ctx_tag = context_tag(&image.digest);
+    if let (Some(client), false) = (&run.registry_client, run.rebuild) {
+        if let Some(manifest) = client.get_manifest(repository, &ctx_tag).await? {
+            tracing::info!(
+                image = name,
+                "unchanged: {repository_uri}:{ctx_tag} is {}; tagging it instead of building",
+                manifest.digest
+            );
+            for tag in run.tags {
+                put_tag(client, repository, tag, &manifest, immutable).await?;
+                tracing::info!(
+                    image = name,
+                    "tagged {repository_uri}:{tag} ({})",
+                    manifest.digest
+                );
+            }
+            return Ok(ImageOutcome {
+                name: name.to_owned(),
+                repository_uri,
+                digest: manifest.digest,
+                result: "reused",
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
         tracing::warn!(
@@ -461,11 +526,21 @@ async fn build_one(
     for tag in &run.tags[1..] {
         run.engine.tag(&image_id, &repository_uri, tag).await?;
     }
-    let digest = match run.login {
-        None => image_id,
-        Some(login) => {
+    let (digest, result) = match (run.login, &run.registry_client) {
+        (Some(login), Some(client)) => {
+            run.engine.tag(&image_id, &repository_uri, &ctx_tag).await?;
+            // The context tag goes last: it marks an image whose every tag is in place.
             let mut pushed: Option<String> = None;
-            for tag in run.tags {
+            for tag in run.tags.iter().chain([&ctx_tag]) {
+                if immutable {
+                    if let Some(existing) = client.manifest_digest(repository, tag).await? {
+                        anyhow::bail!(
+                            "{repository_uri}:{tag} already exists ({existing}) and the repository's tags are \
+                             immutable; this run built different content (context digest {})",
+                            image.digest
+                        );
+                    }
+                }
                 let digest = run
                     .engine
                     .push(
@@ -485,13 +560,15 @@ async fn build_one(
                 }
                 pushed = Some(digest);
             }
-            pushed.expect("a plan has at least one tag")
+            (pushed.expect("a plan has at least one tag"), "pushed")
         }
+        _ => (image_id, "built (dry run, not pushed)"),
     };
     Ok(ImageOutcome {
         name: name.to_owned(),
         repository_uri,
         digest,
+        result,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -503,6 +580,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
 
     let login;
     let secrets;
+    let mut immutable = HashSet::new();
     let registry = if settings.dry_run {
         login = None;
         let (registry, source) = offline_registry(&plan);
@@ -523,7 +601,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
             .unwrap_or_else(|| ecr_login.endpoint.clone());
         tracing::info!("logged in to ECR in {region}; pushing to {registry}");
         let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
-        aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
+        immutable = aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
         login = Some(ecr_login);
         let ssm = aws_sdk_ssm::Client::new(&sdk);
         secrets = resolve_secrets(&plan, Some((&ssm, &region))).await?;
@@ -543,6 +621,12 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         network: plan.network.as_deref(),
         builder: plan.builder,
         login: login.as_ref(),
+        registry_client: login
+            .as_ref()
+            .map(|l| RegistryClient::new(&registry, &l.username, l.password.expose()))
+            .transpose()?,
+        immutable,
+        rebuild: settings.rebuild,
     };
 
     let total = prepared.len();
@@ -560,13 +644,26 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
             .await;
     outcomes.sort_by_key(|(index, _, _)| *index);
 
+    // The summary names every image, failed or not, before the run's verdict.
     let mut succeeded = Vec::new();
     let mut failed = Vec::new();
     for (_, name, outcome) in outcomes {
         match outcome {
-            Ok(outcome) => succeeded.push(outcome),
+            Ok(outcome) => {
+                println!(
+                    "{} {} {} tags={} digest={} seconds={:.1}",
+                    outcome.name,
+                    outcome.result,
+                    outcome.repository_uri,
+                    run_tags.tags.join(","),
+                    outcome.digest,
+                    outcome.seconds
+                );
+                succeeded.push(outcome);
+            }
             Err(err) => {
                 tracing::error!(image = name.as_str(), "{err:#}");
+                println!("{name} failed");
                 failed.push(name);
             }
         }
@@ -594,22 +691,6 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
     if plan.artifacts.image_detail.is_none() && plan.images.len() > 1 {
         tracing::info!(
             "imageDetail.json not written: set [artifacts] image_detail to the image CodeDeploy deploys"
-        );
-    }
-
-    let verb = if settings.dry_run {
-        "built (dry run, not pushed)"
-    } else {
-        "pushed"
-    };
-    for outcome in &succeeded {
-        println!(
-            "{} {verb} {} tags={} digest={} seconds={:.1}",
-            outcome.name,
-            outcome.repository_uri,
-            run_tags.tags.join(","),
-            outcome.digest,
-            outcome.seconds
         );
     }
     Ok(())
@@ -660,15 +741,22 @@ mod tests {
             ),
         ];
         let mut with_secret = image(&[("A", "1")], None);
-        with_secret.secrets.push(("token".into(), SecretSource::Env("TOKEN".into())));
+        with_secret
+            .secrets
+            .push(("token".into(), SecretSource::Env("TOKEN".into())));
         let with_secret = digest_inputs(&with_secret, Builder::Buildkit, "Dockerfile");
         for variant in variants.iter().chain([&with_secret]) {
             assert_ne!(&base, variant);
         }
         // The source of a secret (and so its value) is not an input: only its id is.
         let mut other_source = image(&[("A", "1")], None);
-        other_source.secrets.push(("token".into(), SecretSource::Ssm("/app/token".into())));
-        assert_eq!(with_secret, digest_inputs(&other_source, Builder::Buildkit, "Dockerfile"));
+        other_source
+            .secrets
+            .push(("token".into(), SecretSource::Ssm("/app/token".into())));
+        assert_eq!(
+            with_secret,
+            digest_inputs(&other_source, Builder::Buildkit, "Dockerfile")
+        );
         assert_eq!(
             base,
             digest_inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")

@@ -26,6 +26,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             let settings = BuildSettings {
                 dry_run: args.dry_run,
+                rebuild: args.rebuild,
                 jobs,
                 docker_timeout: Duration::from_secs(args.docker_timeout),
             };

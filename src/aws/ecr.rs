@@ -1,9 +1,12 @@
 //! Amazon ECR: the registry login and the repository checks made before anything is built.
 
+use std::collections::HashSet;
+
 use anyhow::{Context, Result};
 use aws_sdk_ecr::Client;
 use aws_sdk_ecr::error::{DisplayErrorContext, SdkError};
 use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
+use aws_sdk_ecr::types::ImageTagMutability;
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 
@@ -75,12 +78,13 @@ pub async fn login(client: &Client, region: &str) -> Result<EcrLogin> {
     })
 }
 
-/// Fails, naming every missing repository at once, before a single image is built.
+/// Fails, naming every missing repository at once, before a single image is built. Returns the
+/// repositories whose tags are immutable.
 pub async fn check_repositories(
     client: &Client,
     region: &str,
     repositories: &[&str],
-) -> Result<()> {
+) -> Result<HashSet<String>> {
     let lookups = repositories.iter().map(|name| async move {
         let result = client
             .describe_repositories()
@@ -90,9 +94,21 @@ pub async fn check_repositories(
         (*name, result)
     });
     let mut missing = Vec::new();
+    let mut immutable = HashSet::new();
     for (name, result) in futures_util::future::join_all(lookups).await {
         match result {
-            Ok(_) => {}
+            Ok(output) => {
+                // By name: this SDK version knows IMMUTABLE_WITH_EXCLUSION only as an unknown variant.
+                let tags_immutable = output.repositories().iter().any(|r| {
+                    r.image_tag_mutability().is_some_and(|m| {
+                        m.as_str()
+                            .starts_with(ImageTagMutability::Immutable.as_str())
+                    })
+                });
+                if tags_immutable {
+                    immutable.insert(name.to_owned());
+                }
+            }
             Err(SdkError::ServiceError(err))
                 if matches!(
                     err.err(),
@@ -119,7 +135,7 @@ pub async fn check_repositories(
         missing.join(", "),
         missing[0]
     );
-    Ok(())
+    Ok(immutable)
 }
 
 #[cfg(test)]

@@ -57,7 +57,18 @@ fn two_image_app_is_built_tagged_pushed_and_described() {
                 "{repository}:{tag} in the registry"
             );
         }
-        assert_eq!(registry_tags(repository), tags.iter().cloned().collect());
+        // Plus the context digest tag that lets a later run skip an unchanged image.
+        let stored = registry_tags(repository);
+        let extra: Vec<_> = stored.iter().filter(|t| !tags.contains(t)).collect();
+        assert_eq!(stored.len(), tags.len() + 1, "{stored:?}");
+        assert!(
+            extra[0].starts_with("ctx-") && extra[0].len() == 24,
+            "{stored:?}"
+        );
+        assert_eq!(
+            registry_digest(repository, extra[0]).as_deref(),
+            Some(summary.digest.as_str())
+        );
     }
     assert!(
         run.stderr.contains("web | "),
@@ -152,8 +163,12 @@ fn rerun_on_the_same_commit_changes_nothing() {
         .map(|f| ws.read(f))
         .collect();
     assert_eq!(artifacts_before, artifacts_after);
-    assert_eq!(registry_tags(&web).len(), 3);
-    assert_eq!(registry_tags(&worker).len(), 3);
+    assert_eq!(
+        registry_tags(&web).len(),
+        4,
+        "three tags and the context digest tag"
+    );
+    assert_eq!(registry_tags(&worker).len(), 4);
     let leftovers: Vec<_> = ws
         .entries()
         .into_iter()
@@ -164,7 +179,7 @@ fn rerun_on_the_same_commit_changes_nothing() {
 
 #[test]
 fn failing_run_step_names_image_and_step_and_writes_no_artifact() {
-    let (ws, web, _worker) = example_app(&unique("e2e-fail"));
+    let (ws, web, worker) = example_app(&unique("e2e-fail"));
     build(&ws, &new_sha()).run().success();
     let before: Vec<(String, String)> = ["imagedefinitions.json", "imageDetail.json", "build.json"]
         .iter()
@@ -196,6 +211,18 @@ fn failing_run_step_names_image_and_step_and_writes_no_artifact() {
     assert!(
         registry_digest(&web, &sha[..7]).is_none(),
         "the failed image was pushed"
+    );
+    // One image failing stops nothing else: the worker is pushed under the new commit, and the
+    // summary on stdout says which image failed.
+    assert!(
+        run.stdout.lines().any(|l| l == "web failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.summary("worker").digest.starts_with("sha256:"));
+    assert_eq!(
+        registry_digest(&worker, &sha[..7]),
+        Some(run.summary("worker").digest)
     );
 }
 

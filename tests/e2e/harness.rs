@@ -562,3 +562,19 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// Layers the test registry has linked into a repository: unchanged when nothing was pushed to it.
+pub fn registry_layer_count(repository: &str) -> usize {
+    let dir = PathBuf::from(required("ECR_BUILD_TEST_DIR"))
+        .join("registry-data/docker/registry/v2/repositories")
+        .join(repository)
+        .join("_layers/sha256");
+    std::fs::read_dir(&dir).map_or(0, |entries| entries.count())
+}
+
+pub fn create_immutable_repository(name: &str) {
+    ecr_call(
+        "CreateRepository",
+        serde_json::json!({ "repositoryName": name, "imageTagMutability": "IMMUTABLE" }),
+    );
+}

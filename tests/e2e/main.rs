@@ -5,5 +5,6 @@ mod build;
 mod errors;
 mod exec;
 mod harness;
+mod reuse;
 mod secrets;
 mod ssm;

@@ -1,0 +1,166 @@
+//! Skip what did not change: an image whose context digest tag is in the registry is re-tagged, not rebuilt.
+
+use crate::harness::*;
+
+fn app(prefix: &str, immutable: bool) -> (Workspace, String, String) {
+    let ws = Workspace::example_app();
+    let web = format!("{prefix}/web");
+    let worker = format!("{prefix}/worker");
+    let config = ws
+        .read("ecr-build.toml")
+        .replace("ecr-build-example/web", &web)
+        .replace("ecr-build-example/worker", &worker);
+    ws.write("ecr-build.toml", &config);
+    for repository in [&web, &worker] {
+        if immutable {
+            create_immutable_repository(repository)
+        } else {
+            create_repository(repository)
+        }
+    }
+    (ws, web, worker)
+}
+
+fn build(ws: &Workspace, sha: &str) -> Run {
+    ws.ecr_build()
+        .args(["build", "--registry", &services().registry])
+        .env("ECR_BUILD_SHA", sha)
+        .run()
+}
+
+fn result_of(run: &Run, image: &str) -> String {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{image} ")))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    line.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+#[test]
+fn same_content_new_commit_builds_nothing_and_tags_the_old_digest() {
+    let (ws, web, worker) = app(&unique("e2e-reuse"), false);
+    let first = build(&ws, &new_sha()).success();
+    assert_eq!(result_of(&first, "web"), "pushed");
+    let layers = (registry_layer_count(&web), registry_layer_count(&worker));
+    assert!(layers.0 > 0);
+
+    let sha = new_sha();
+    let short = &sha[..7];
+    let second = build(&ws, &sha)
+        .success()
+        .no_ecr_secret()
+        .stderr_has("unchanged:");
+    for (name, repository) in [("web", &web), ("worker", &worker)] {
+        assert_eq!(result_of(&second, name), "reused");
+        let digest = first.summary(name).digest;
+        assert_eq!(second.summary(name).digest, digest);
+        assert_eq!(
+            registry_digest(repository, short).as_deref(),
+            Some(digest.as_str())
+        );
+        // Nothing was built or tagged in the engine for the new commit.
+        assert!(
+            !image_exists(&format!("{}/{repository}:{short}", services().registry)),
+            "{name} was built"
+        );
+    }
+    assert!(
+        !second.stderr.contains("=> "),
+        "a build ran:\n{}",
+        second.stderr
+    );
+    assert_eq!(
+        (registry_layer_count(&web), registry_layer_count(&worker)),
+        layers,
+        "layers were pushed"
+    );
+    assert!(
+        ws.read("imagedefinitions.json")
+            .contains(&format!("{web}:{short}\""))
+    );
+
+    // --rebuild builds anyway.
+    let forced = ws
+        .ecr_build()
+        .args(["build", "--rebuild", "--registry", &services().registry])
+        .env("ECR_BUILD_SHA", new_sha())
+        .run()
+        .success();
+    assert_eq!(result_of(&forced, "web"), "pushed");
+}
+
+#[test]
+fn a_sent_byte_rebuilds_and_an_ignored_byte_does_not() {
+    let (ws, web, _worker) = app(&unique("e2e-bytes"), false);
+    let first = build(&ws, &new_sha()).success();
+
+    // src/debug.log is excluded by .dockerignore.
+    ws.write("src/debug.log", "another line of debug output\n");
+    let ignored = build(&ws, &new_sha()).success();
+    assert_eq!(result_of(&ignored, "web"), "reused");
+    assert_eq!(ignored.summary("web").digest, first.summary("web").digest);
+
+    let script = ws.read("src/app.sh");
+    ws.write("src/app.sh", &script.replace("echo \"$1:", "echo  \"$1:"));
+    let sha = new_sha();
+    let changed = build(&ws, &sha).success();
+    assert_eq!(result_of(&changed, "web"), "pushed");
+    assert_ne!(changed.summary("web").digest, first.summary("web").digest);
+    assert_eq!(
+        registry_digest(&web, &sha[..7]),
+        Some(changed.summary("web").digest)
+    );
+}
+
+#[test]
+fn same_tree_in_two_folders_has_one_digest() {
+    let a = Workspace::example_app();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let b = Workspace::example_app();
+    // Different mtimes and a different creation order of the same files.
+    std::fs::remove_file(b.path().join("src/app.sh")).unwrap();
+    b.write("src/app.sh", &a.read("src/app.sh"));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        b.path().join("src/app.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let digest = |ws: &Workspace| -> Vec<String> {
+        let run = ws
+            .ecr_build()
+            .args(["plan", "--sha", &"a".repeat(40)])
+            .run()
+            .success();
+        let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        plan["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["context_digest"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(digest(&a), digest(&b));
+}
+
+#[test]
+fn immutable_repository_accepts_the_same_digest_and_refuses_another() {
+    let (ws, web, _worker) = app(&unique("e2e-immutable"), true);
+    let sha = new_sha();
+    let first = build(&ws, &sha).success();
+    let before = ws.read("imagedefinitions.json");
+
+    // Same commit, same content: the tags already point at these digests.
+    let again = build(&ws, &sha).success();
+    assert_eq!(again.summary("web").digest, first.summary("web").digest);
+
+    // Same commit, other content: the tag would have to move.
+    let script = ws.read("src/app.sh");
+    ws.write("src/app.sh", &format!("{script}# changed\n"));
+    build(&ws, &sha)
+        .failure(1)
+        .stderr_has(&format!("{web}:{} already exists", &sha[..7]))
+        .stderr_has("immutable");
+    assert_eq!(ws.read("imagedefinitions.json"), before);
+}

@@ -59,6 +59,15 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", env = "ECR_BUILD_JOBS")]
     pub jobs: Option<usize>,
 
+    /// Seconds a push or registry call is retried while the registry is unreachable or failing (5xx)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        env = "ECR_BUILD_PUSH_RETRY_SECONDS"
+    )]
+    pub push_retry_seconds: u64,
+
     /// Seconds to wait for a Docker daemon that is still starting
     #[arg(
         long,
@@ -156,6 +165,16 @@ pub struct SingleImageArgs {
         requires = "repository"
     )]
     pub target: Option<String>,
+
+    /// Image to reuse the BuildKit cache of (REPO:TAG in the registry, or a full reference), repeatable
+    #[arg(
+        long = "cache-from",
+        value_name = "IMAGE",
+        env = "ECR_BUILD_CACHE_FROM",
+        value_delimiter = ',',
+        requires = "repository"
+    )]
+    pub cache_from: Vec<String>,
 
     /// Build argument KEY=VALUE, repeatable
     #[arg(

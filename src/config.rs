@@ -22,17 +22,30 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
+    #[error("{}:{line}:{column}: {}", path.display(), one_line(message))]
     Syntax {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
     },
-    #[error("{origin}: {message}")]
+    #[error("{}: {}", one_line(origin), one_line(message))]
     Invalid { origin: String, message: String },
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Usage(String),
+}
+
+/// Errors are one line: control characters that came from the file or the flags are shown escaped.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -95,6 +108,8 @@ struct ImageSection {
     ssm_path: Option<String>,
     #[serde(default)]
     allow_secret_build_args: bool,
+    #[serde(default)]
+    cache_from: Vec<String>,
 }
 
 /// Where a build secret's value comes from: `ssm:NAME`, `env:VAR` or `file:PATH`.
@@ -165,6 +180,9 @@ pub struct ImagePlan {
     pub ssm_path: Option<String>,
     /// Also pass secrets as build args (readable in the image's history): an explicit opt-in.
     pub allow_secret_build_args: bool,
+    /// Images whose inline BuildKit cache a build may reuse: `REPO:TAG` in the run's registry, or a
+    /// full reference with its own registry host.
+    pub cache_from: Vec<String>,
 }
 
 impl ImagePlan {
@@ -299,6 +317,7 @@ fn plan_from_file(
             secrets,
             ssm_path: section.ssm_path.or_else(|| file.ssm_path.clone()),
             allow_secret_build_args: section.allow_secret_build_args,
+            cache_from: section.cache_from,
         });
     }
 
@@ -347,6 +366,7 @@ fn plan_from_flags(
         dockerfile,
         target,
         build_args,
+        cache_from,
     } = &args.single;
     let repository = repository.clone().unwrap_or_default();
     let name = name.clone().unwrap_or_else(|| {
@@ -398,6 +418,7 @@ fn plan_from_flags(
                 secrets: Vec::new(),
                 ssm_path: None,
                 allow_secret_build_args: false,
+                cache_from: cache_from.clone(),
             }],
             source_dir: context,
         },
@@ -949,5 +970,372 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
             .unwrap_err()
             .to_string();
         assert!(err.contains("no ecr-build.toml in /nonexistent"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of the config file parser: whatever the text, no panic, and every error is
+    //! one line; a syntax error names the file and a line and column inside the text.
+
+    use super::*;
+    use clap::Parser;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    const CONFIG_PATH: &str = "/src/app/ecr-build.toml";
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            // A failure prints its minimal input; nothing is written next to the sources.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn args(extra: &[&str]) -> PlanArgs {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            plan: PlanArgs,
+        }
+        let argv = std::iter::once("test").chain(extra.iter().copied());
+        Wrapper::try_parse_from(argv).unwrap().plan
+    }
+
+    fn parse(text: &str) -> Result<Plan, ConfigError> {
+        plan_from_file(
+            Path::new(CONFIG_PATH),
+            text,
+            &args(&[]),
+            None,
+            Path::new("/work"),
+        )
+    }
+
+    /// The properties every outcome of parsing `text` has.
+    fn check(text: &str, result: &Result<Plan, ConfigError>) -> Result<(), TestCaseError> {
+        let err = match result {
+            Ok(plan) => {
+                prop_assert!(!plan.images.is_empty() && !plan.tags.is_empty());
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        let message = err.to_string();
+        prop_assert!(
+            !message.contains(['\n', '\r']),
+            "the error is not one line: {:?}\nfrom {:?}",
+            message,
+            text
+        );
+        if let ConfigError::Syntax {
+            path,
+            line,
+            column,
+            message: detail,
+        } = err
+        {
+            prop_assert_eq!(path, Path::new(CONFIG_PATH));
+            prop_assert!(
+                message.starts_with(&format!("{CONFIG_PATH}:{line}:{column}: ")),
+                "{:?}",
+                message
+            );
+            prop_assert!(!detail.trim().is_empty(), "{:?} from {:?}", message, text);
+            let lines: Vec<&str> = text.split('\n').collect();
+            prop_assert!(
+                (1..=lines.len()).contains(line),
+                "line {} of a text of {} lines: {:?}",
+                line,
+                lines.len(),
+                text
+            );
+            let width = lines[line - 1].chars().count();
+            prop_assert!(
+                (1..=width + 1).contains(column),
+                "column {} of a line of {} characters: {:?}",
+                column,
+                width,
+                text
+            );
+        }
+        Ok(())
+    }
+
+    /// A TOML basic string holding exactly `text`.
+    fn basic_string(text: &str) -> String {
+        let mut quoted = String::from("\"");
+        for ch in text.chars() {
+            match ch {
+                '"' => quoted.push_str("\\\""),
+                '\\' => quoted.push_str("\\\\"),
+                '\n' => quoted.push_str("\\n"),
+                '\t' => quoted.push_str("\\t"),
+                _ if ch.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(ch))),
+                _ => quoted.push(ch),
+            }
+        }
+        quoted.push('"');
+        quoted
+    }
+
+    const KNOWN_KEYS: &[&str] = &[
+        "registry",
+        "ssm_path",
+        "tags",
+        "network",
+        "builder",
+        "artifacts",
+        "images",
+        "dir",
+        "imagedefinitions",
+        "image_detail",
+        "build_json",
+        "repository",
+        "context",
+        "dockerfile",
+        "target",
+        "build_args",
+        "secrets",
+        "allow_secret_build_args",
+        "cache_from",
+        "web",
+    ];
+
+    /// Strings the config's fields accept, and some they refuse.
+    const STRINGS: &[&str] = &[
+        "web",
+        "myapp/web",
+        "{sha}",
+        "{short_sha}",
+        "x-{build_number}",
+        "none",
+        "buildkit",
+        "legacy",
+        ".",
+        "Dockerfile",
+        "ssm:/app/key",
+        "env:X",
+        "file:secret.txt",
+        "/app/prod/",
+        "127.0.0.1:5000",
+        "",
+        "a\nb",
+        "we b",
+        "{commit}",
+        "a//b",
+        "My/Web",
+        "../x.json",
+        "ünï",
+        "\r",
+    ];
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => select(KNOWN_KEYS).prop_map(str::to_owned),
+            1 => "[A-Za-z0-9_\\-]{1,8}",
+            1 => any::<String>().prop_map(|key| basic_string(&key)),
+            1 => select(STRINGS).prop_map(basic_string),
+            1 => select(vec!["images.web.repository", "artifacts.dir", "a.b.c.d", "images.\"we b\".target"])
+                .prop_map(str::to_owned),
+        ]
+    }
+
+    fn leaf_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => select(STRINGS).prop_map(basic_string),
+            2 => any::<String>().prop_map(|text| basic_string(&text)),
+            1 => "'[^'\n]{0,8}'",
+            1 => "\"\"\"[a-z\n\\\\]{0,8}\"\"\"",
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>().prop_map(|x| x.to_string()),
+            1 => any::<bool>().prop_map(|b| b.to_string()),
+            1 => select(vec!["1979-05-27T07:32:00Z", "07:32:00", "inf", "nan", "0x1F", "1_000"])
+                .prop_map(str::to_owned),
+            // Not a value at all.
+            1 => "[=\\[\\]{},\"'.#\\\\]{1,3}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        leaf_value().prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(", "))),
+                prop::collection::vec((key(), inner), 0..4).prop_map(|pairs| {
+                    let pairs: Vec<String> =
+                        pairs.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", pairs.join(", "))
+                }),
+            ]
+        })
+    }
+
+    fn table_header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => select(vec![
+                "[images]",
+                "[images.web]",
+                "[images.worker]",
+                "[artifacts]",
+                "[images.web.build_args]",
+                "[images.web.secrets]",
+                "[[images]]",
+                "[[images.web]]",
+                "[images.\"we b\"]",
+                "[images.\"a\\nb\"]",
+                "[images.\"ünï\"]",
+                "[a.b.c.d.e.f.g]",
+                "[images.web.build_args.X]",
+            ])
+            .prop_map(str::to_owned),
+            1 => prop::collection::vec(key(), 1..6)
+                .prop_map(|keys| format!("[{}]", keys.join("."))),
+        ]
+    }
+
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => (key(), value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            2 => table_header(),
+            1 => "#[^\n]{0,10}",
+            1 => "[ \t]{0,2}",
+            // Whatever else a line may hold.
+            1 => any::<String>().prop_map(|text| text.replace('\n', "")),
+        ]
+    }
+
+    /// TOML-ish documents: random lines, often around a valid single-image core.
+    fn document() -> impl Strategy<Value = String> {
+        let lines = |max| prop::collection::vec(line(), 0..max);
+        (
+            prop_oneof![
+                lines(12).prop_map(|lines| lines.join("\n")),
+                (lines(4), lines(6)).prop_map(|(before, after)| format!(
+                    "{}\n[images.web]\nrepository = \"web\"\n{}",
+                    before.join("\n"),
+                    after.join("\n")
+                )),
+            ],
+            any::<bool>(),
+        )
+            .prop_map(|(text, crlf)| {
+                if crlf {
+                    text.replace('\n', "\r\n")
+                } else {
+                    text
+                }
+            })
+    }
+
+    /// A value nested `depth` levels deep, as arrays or inline tables.
+    fn nested(depth: usize, tables: bool) -> String {
+        if tables {
+            format!("{}1{}", "{ a = ".repeat(depth), " }".repeat(depth))
+        } else {
+            format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn arbitrary_text_is_a_plan_or_a_one_line_error(text in any::<String>()) {
+            check(&text, &parse(&text))?;
+        }
+
+        #[test]
+        fn toml_like_text_is_a_plan_or_a_one_line_error(text in document()) {
+            check(&text, &parse(&text))?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(64))]
+
+        /// The toml crate stops at a recursion limit (about 80 levels) instead of overflowing the
+        /// stack; deeper still is checked by hand up to 100,000 levels.
+        #[test]
+        fn deep_nesting_is_a_plan_or_a_one_line_error(
+            depth in 1usize..200,
+            tables in any::<bool>(),
+            place in 0usize..5,
+        ) {
+            let value = nested(depth, tables);
+            let text = match place {
+                0 => format!("registry = {value}\n[images.web]\nrepository = \"web\"\n"),
+                1 => format!("[images.web]\nrepository = \"web\"\nbuild_args = {{ A = {value} }}\n"),
+                2 => format!("unknown = {value}\n"),
+                3 => format!("{}a = 1\n", "a.".repeat(depth)),
+                _ => format!("[images.{}web]\nrepository = \"web\"\n", "a.".repeat(depth)),
+            };
+            check(&text, &parse(&text))?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(24))]
+
+        #[test]
+        fn any_file_content_is_a_plan_or_a_one_line_error(
+            bytes in prop_oneof![
+                any::<Vec<u8>>(),
+                document().prop_map(String::into_bytes),
+            ],
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ecr-build.toml");
+            std::fs::write(&path, &bytes).unwrap();
+            let result = load(&args(&["--config", path.to_str().unwrap()]), None, dir.path());
+            if let Err(err) = &result {
+                let message = err.to_string();
+                prop_assert!(
+                    !message.contains(['\n', '\r']),
+                    "{:?}",
+                    message
+                );
+                if matches!(err, ConfigError::Syntax { .. } | ConfigError::Read { .. }) {
+                    prop_assert!(message.starts_with(path.to_str().unwrap())
+                        || message.contains(path.to_str().unwrap()), "{:?}", message);
+                }
+            }
+        }
+    }
+
+    /// Strings from the file must not break an error over lines (ecr-build's own messages, and
+    /// serde's `unknown field` and `unknown variant`). Found by
+    /// `toml_like_text_is_a_plan_or_a_one_line_error`; its minimal input was `"\u000D" = "web"`.
+    #[test]
+    fn quotes_control_characters_from_the_file() {
+        let web = "[images.web]\nrepository = \"web\"\n";
+        let cases = [
+            format!("\"\\u000D\" = \"web\"\n{web}"),
+            format!("\"a\\nb\" = 1\n{web}"),
+            format!("builder = \"a\\nb\"\n{web}"),
+            format!("registry = \"a\\nb\"\n{web}"),
+            format!("network = \"a\\nb\"\n{web}"),
+            format!("tags = [\"{{a\\nb}}\"]\n{web}"),
+            format!("[artifacts]\nimage_detail = \"a\\nb\"\n{web}"),
+            format!("[artifacts]\nimagedefinitions = \"a/\\nb\"\n{web}"),
+            "[images.web]\nrepository = \"a\\nb\"\n".to_owned(),
+            "[images.\"a\\nb\"]\nrepository = \"web\"\n".to_owned(),
+            format!("{web}build_args = {{ \"a\\nb\" = [1] }}\n"),
+            format!("{web}secrets = {{ \"a\\nb\" = \"env:X\" }}\n"),
+            format!("{web}secrets = {{ A = \"x\\ny\" }}\n"),
+            format!("{web}ssm_path = \"a\\nb\"\n"),
+        ];
+        let multi_line: Vec<String> = cases
+            .iter()
+            .filter_map(|text| {
+                let message = parse(text).err()?.to_string();
+                message
+                    .contains(['\n', '\r'])
+                    .then(|| format!("{text:?} -> {message:?}"))
+            })
+            .collect();
+        assert!(multi_line.is_empty(), "{}", multi_line.join("\n"));
     }
 }

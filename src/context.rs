@@ -2549,3 +2549,199 @@ a\?b
         assert!(err.contains("data"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of the .dockerignore matcher: no input makes it panic, and patterns without
+    //! special characters behave as a simple model says.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            // A failure prints its minimal input; nothing is written next to the sources.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Lines rich in the characters Docker's pattern compiler treats specially.
+    fn pattern_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            r"[*?\[\]\\!/.ab^$(){}+|:# é\-,dQEpx\t\r]{0,12}",
+            // Without a BOM, which only counts at the very start of the text.
+            any::<String>().prop_map(|text| text.replace(['\n', '\u{feff}'], "")),
+        ]
+    }
+
+    fn pattern_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            prop::collection::vec(pattern_line(), 0..6).prop_map(|lines| lines.join("\n")),
+        ]
+    }
+
+    fn any_path() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), r"[ab/.*\[\]é\-^:\\]{0,14}"]
+    }
+
+    /// A path segment without special characters; a small alphabet, so that patterns and paths
+    /// meet often. Never `.` or `..`.
+    fn plain_segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec!["a", "b", "a.b", "-x", "_1", "build", ".env"])
+                .prop_map(str::to_owned),
+            1 => "[a-c_\\-][a-c0-9._\\-]{0,3}",
+        ]
+    }
+
+    fn plain_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(plain_segment(), 1..5).prop_map(|parts| parts.join("/"))
+    }
+
+    /// How a plain pattern may be written without changing what it means.
+    fn decorate(pattern: &str, style: u8) -> String {
+        match style % 6 {
+            0 => pattern.to_owned(),
+            1 => format!("/{pattern}"),
+            2 => format!("./{pattern}"),
+            3 => format!("{pattern}/"),
+            4 => format!("  {pattern}\t"),
+            _ => pattern.replace('/', "//"),
+        }
+    }
+
+    fn under(path: &str, root: &str) -> bool {
+        path.strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// Paths to ask about: the patterns themselves, their ancestors, things below them, and others.
+    fn probes(patterns: &[String], extra: &[String]) -> Vec<String> {
+        let mut paths: Vec<String> = extra.to_vec();
+        for pattern in patterns {
+            paths.push(pattern.clone());
+            paths.push(format!("{pattern}/x"));
+            paths.push(format!("{pattern}/a/b"));
+            paths.push(format!("{pattern}x"));
+            if let Some((parent, _)) = pattern.rsplit_once('/') {
+                paths.push(parent.to_owned());
+                paths.push(format!("{parent}/other"));
+            }
+        }
+        paths
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn arbitrary_patterns_and_paths_never_panic(
+            text in pattern_text(),
+            paths in prop::collection::vec(any_path(), 0..6),
+        ) {
+            if let Ok(rules) = DockerIgnore::parse(&text) {
+                for path in &paths {
+                    rules.is_excluded(path);
+                    rules.cli_excludes(path);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        #[test]
+        fn a_plain_pattern_excludes_itself_and_what_is_below_it(
+            pattern in plain_path(),
+            style in any::<u8>(),
+            others in prop::collection::vec(plain_path(), 0..6),
+        ) {
+            let rules = DockerIgnore::parse(&decorate(&pattern, style)).unwrap();
+            for path in probes(std::slice::from_ref(&pattern), &others) {
+                prop_assert_eq!(
+                    rules.is_excluded(&path),
+                    under(&path, &pattern),
+                    "pattern {:?} ({:?}), path {:?}", pattern, decorate(&pattern, style), path
+                );
+            }
+        }
+
+        #[test]
+        fn plain_exceptions_of_the_same_patterns_reinclude(
+            patterns in prop::collection::vec((plain_path(), any::<u8>()), 1..5),
+            excepted in prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+            others in prop::collection::vec(plain_path(), 0..6),
+        ) {
+            // `patterns`, then `!P` for some of those same P: a path is excluded when it is a
+            // pattern or below one, unless it is an excepted pattern or below one.
+            let plain: Vec<String> = patterns.iter().map(|(pattern, _)| pattern.clone()).collect();
+            let exceptions: Vec<&String> =
+                excepted.iter().map(|index| index.get(&plain)).collect();
+            let mut lines: Vec<String> = patterns
+                .iter()
+                .map(|(pattern, style)| decorate(pattern, *style))
+                .collect();
+            lines.extend(exceptions.iter().map(|pattern| format!("!{pattern}")));
+            let text = lines.join("\n");
+            let rules = DockerIgnore::parse(&text).unwrap();
+            for path in probes(&plain, &others) {
+                let expected = plain.iter().any(|pattern| under(&path, pattern))
+                    && !exceptions.iter().any(|pattern| under(&path, pattern));
+                prop_assert_eq!(
+                    rules.is_excluded(&path),
+                    expected,
+                    ".dockerignore {:?}, path {:?}", text, path
+                );
+            }
+        }
+
+        #[test]
+        fn comments_blank_lines_and_line_endings_change_nothing(
+            lines in prop::collection::vec(pattern_line(), 0..6),
+            noise in prop::collection::vec(
+                (any::<prop::sample::Index>(), prop_oneof![
+                    "#[^\n]{0,10}",
+                    "[ \t\r]{0,3}",
+                ]),
+                1..4,
+            ),
+            crlf in any::<bool>(),
+            paths in prop::collection::vec(any_path(), 0..4),
+        ) {
+            let text = lines.join("\n");
+            let mut noisy = lines.clone();
+            for (index, line) in &noise {
+                noisy.insert(index.index(noisy.len() + 1), line.clone());
+            }
+            let noisy = noisy.join(if crlf { "\r\n" } else { "\n" });
+            match (DockerIgnore::parse(&text), DockerIgnore::parse(&noisy)) {
+                (Ok(plain), Ok(with_noise)) => {
+                    let from_patterns: Vec<String> = lines
+                        .iter()
+                        .map(|line| line.trim().trim_start_matches('!').trim().to_owned())
+                        .collect();
+                    for path in probes(&from_patterns, &paths) {
+                        prop_assert_eq!(
+                            plain.is_excluded(&path),
+                            with_noise.is_excluded(&path),
+                            "{:?} vs {:?}, path {:?}", text, noisy, path
+                        );
+                    }
+                }
+                (Err(_), Err(_)) => {}
+                (plain, with_noise) => prop_assert!(
+                    false,
+                    "{:?} parses {}, {:?} {}",
+                    text,
+                    if plain.is_ok() { "fine" } else { "with an error" },
+                    noisy,
+                    if with_noise.is_ok() { "fine" } else { "with an error" },
+                ),
+            }
+        }
+    }
+}

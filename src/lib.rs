@@ -11,6 +11,7 @@ pub mod exec;
 pub mod output;
 pub mod pipeline;
 pub mod registry;
+pub mod retry;
 mod run;
 pub mod tags;
 

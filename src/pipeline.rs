@@ -13,8 +13,9 @@ use crate::artifacts::{self, ImageUri};
 use crate::aws;
 use crate::config::{Builder, ConfigError, ImagePlan, Plan, SecretSource};
 use crate::context::{self, ContextFiles};
-use crate::docker::{BuildRequest, Engine};
-use crate::registry::{Manifest, RegistryClient};
+use crate::docker::{BuildRequest, DockerError, Engine};
+use crate::registry::{Manifest, RegistryClient, RegistryError};
+use crate::retry;
 use crate::tags::{self, BuildEnv, TagVars};
 
 /// Used when a dry run has no registry from the config, the flags or AWS_ACCOUNT_ID + region.
@@ -26,6 +27,8 @@ pub struct BuildSettings {
     pub dry_run: bool,
     /// Build even where the registry has an image of the same context digest.
     pub rebuild: bool,
+    /// How long a push or registry call is retried while its faults are transient.
+    pub retry_budget: Duration,
     pub jobs: usize,
     pub docker_timeout: Duration,
 }
@@ -412,6 +415,43 @@ struct RunContext<'a> {
     /// Repositories whose tags cannot be moved.
     immutable: HashSet<String>,
     rebuild: bool,
+    /// How long transient registry faults are retried, per call.
+    retry_budget: Duration,
+}
+
+impl RunContext<'_> {
+    /// A registry API call, retried while its faults are transient.
+    async fn registry_call<T, F, Fut>(
+        &self,
+        image: &str,
+        what: &str,
+        call: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RegistryError>>,
+    {
+        retry::with_backoff(
+            image,
+            what,
+            self.retry_budget,
+            RegistryError::is_transient,
+            call,
+        )
+        .await
+    }
+}
+
+/// `myapp/web:latest` is in the run's registry; `host.example:5000/x:y` or `localhost/x` names its own.
+fn qualify_reference(registry: &str, reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_host = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_host {
+        reference.to_owned()
+    } else {
+        format!("{registry}/{reference}")
+    }
 }
 
 /// The tag that marks an image by the digest of everything that decided it.
@@ -422,13 +462,20 @@ pub fn context_tag(context_digest: &str) -> String {
 /// Puts `manifest` under `tag`: nothing to do where the tag already names it; an error where an
 /// immutable repository has the tag on other content.
 async fn put_tag(
+    run: &RunContext<'_>,
     client: &RegistryClient,
+    image: &str,
     repository: &str,
     tag: &str,
     manifest: &Manifest,
     immutable: bool,
 ) -> Result<()> {
-    match client.manifest_digest(repository, tag).await? {
+    let existing = run
+        .registry_call(image, &format!("looking up {repository}:{tag}"), || {
+            client.manifest_digest(repository, tag)
+        })
+        .await?;
+    match existing {
         Some(existing) if existing == manifest.digest => Ok(()),
         Some(existing) if immutable => anyhow::bail!(
             "{}/{repository}:{tag} already points at {existing}, not at {}, and the repository's tags are immutable",
@@ -436,7 +483,10 @@ async fn put_tag(
             manifest.digest
         ),
         _ => {
-            client.put_manifest(repository, tag, manifest).await?;
+            run.registry_call(image, &format!("tagging {repository}:{tag}"), || {
+                client.put_manifest(repository, tag, manifest)
+            })
+            .await?;
             Ok(())
         }
     }
@@ -471,14 +521,19 @@ async fn build_one(
     let immutable = run.immutable.contains(repository);
     let ctx_tag = context_tag(&image.digest);
     if let (Some(client), false) = (&run.registry_client, run.rebuild) {
-        if let Some(manifest) = client.get_manifest(repository, &ctx_tag).await? {
+        let unchanged = run
+            .registry_call(name, &format!("looking up {repository}:{ctx_tag}"), || {
+                client.get_manifest(repository, &ctx_tag)
+            })
+            .await?;
+        if let Some(manifest) = unchanged {
             tracing::info!(
                 image = name,
                 "unchanged: {repository_uri}:{ctx_tag} is {}; tagging it instead of building",
                 manifest.digest
             );
             for tag in run.tags {
-                put_tag(client, repository, tag, &manifest, immutable).await?;
+                put_tag(run, client, name, repository, tag, &manifest, immutable).await?;
                 tracing::info!(
                     image = name,
                     "tagged {repository_uri}:{tag} ({})",
@@ -506,8 +561,19 @@ async fn build_one(
             build_args.push((id.clone(), String::from_utf8_lossy(value).into_owned()));
         }
     }
+    let cache_from: Vec<String> = image
+        .plan
+        .cache_from
+        .iter()
+        .map(|reference| qualify_reference(run.registry, reference))
+        .collect();
+    if run.builder == Builder::Buildkit {
+        // The pushed image carries its cache metadata, so cache_from on a fresh host reuses its layers.
+        build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
+    }
     let request = BuildRequest {
         image: name,
+        cache_from: &cache_from,
         reference: &primary,
         dockerfile: &dockerfile,
         target: image.plan.target.as_deref(),
@@ -533,7 +599,12 @@ async fn build_one(
             let mut pushed: Option<String> = None;
             for tag in run.tags.iter().chain([&ctx_tag]) {
                 if immutable {
-                    if let Some(existing) = client.manifest_digest(repository, tag).await? {
+                    let existing = run
+                        .registry_call(name, &format!("looking up {repository}:{tag}"), || {
+                            client.manifest_digest(repository, tag)
+                        })
+                        .await?;
+                    if let Some(existing) = existing {
                         anyhow::bail!(
                             "{repository_uri}:{tag} already exists ({existing}) and the repository's tags are \
                              immutable; this run built different content (context digest {})",
@@ -541,15 +612,21 @@ async fn build_one(
                         );
                     }
                 }
-                let digest = run
-                    .engine
-                    .push(
-                        name,
-                        &repository_uri,
-                        tag,
-                        Some(login.docker_credentials(run.registry)),
-                    )
-                    .await?;
+                let digest = retry::with_backoff(
+                    name,
+                    &format!("push of {repository_uri}:{tag}"),
+                    run.retry_budget,
+                    DockerError::is_transient,
+                    || {
+                        run.engine.push(
+                            name,
+                            &repository_uri,
+                            tag,
+                            Some(login.docker_credentials(run.registry)),
+                        )
+                    },
+                )
+                .await?;
                 tracing::info!(image = name, "pushed {repository_uri}:{tag} ({digest})");
                 if let Some(first) = &pushed {
                     anyhow::ensure!(
@@ -593,7 +670,11 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         let region_hint = plan.registry.as_deref().and_then(aws::region_of_ecr_host);
         let sdk = aws::load_config(region_hint).await?;
         let region = sdk.region().map(ToString::to_string).unwrap_or_default();
-        let ecr = aws_sdk_ecr::Client::new(&sdk);
+        let ecr = aws_sdk_ecr::Client::from_conf(
+            aws_sdk_ecr::config::Builder::from(&sdk)
+                .interceptor(aws::LogFailedAttempts)
+                .build(),
+        );
         let ecr_login = aws::ecr::login(&ecr, &region).await?;
         let registry = plan
             .registry
@@ -603,7 +684,11 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
         immutable = aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
         login = Some(ecr_login);
-        let ssm = aws_sdk_ssm::Client::new(&sdk);
+        let ssm = aws_sdk_ssm::Client::from_conf(
+            aws_sdk_ssm::config::Builder::from(&sdk)
+                .interceptor(aws::LogFailedAttempts)
+                .build(),
+        );
         secrets = resolve_secrets(&plan, Some((&ssm, &region))).await?;
         registry
     };
@@ -627,6 +712,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
             .transpose()?,
         immutable,
         rebuild: settings.rebuild,
+        retry_budget: settings.retry_budget,
     };
 
     let total = prepared.len();
@@ -715,7 +801,33 @@ mod tests {
             secrets: Vec::new(),
             ssm_path: None,
             allow_secret_build_args: false,
+            cache_from: Vec::new(),
         }
+    }
+
+    #[test]
+    fn cache_references_default_to_the_run_registry() {
+        let registry = "1.dkr.ecr.eu-west-1.amazonaws.com";
+        assert_eq!(
+            qualify_reference(registry, "app/web:latest"),
+            format!("{registry}/app/web:latest")
+        );
+        assert_eq!(
+            qualify_reference(registry, "web:latest"),
+            format!("{registry}/web:latest")
+        );
+        assert_eq!(
+            qualify_reference(registry, "127.0.0.1:5000/app/web:latest"),
+            "127.0.0.1:5000/app/web:latest"
+        );
+        assert_eq!(
+            qualify_reference(registry, "localhost/web:1"),
+            "localhost/web:1"
+        );
+        assert_eq!(
+            qualify_reference(registry, "2.dkr.ecr.us-east-1.amazonaws.com/x:y"),
+            "2.dkr.ecr.us-east-1.amazonaws.com/x:y"
+        );
     }
 
     #[test]

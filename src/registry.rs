@@ -199,6 +199,15 @@ fn code_suffix(code: &Option<String>) -> String {
 }
 
 impl RegistryError {
+    /// Faults a later attempt can get past: the registry unreachable, or failing on its side (5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Transport { .. } => true,
+            RegistryError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// The call this error belongs to (`None` for errors of [`RegistryClient::new`]).
     pub fn target(&self) -> Option<&Target> {
         match self {

@@ -7,9 +7,15 @@ pub mod ssm;
 use std::fmt;
 
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 
 /// A value that must not be printed: `Debug` shows `***`, and there is no `Display`. Whoever reads one
 /// from AWS registers it with [`crate::output::redactor`] first.
@@ -39,6 +45,9 @@ pub async fn load_config(region_hint: Option<String>) -> anyhow::Result<SdkConfi
     let region = RegionProviderChain::default_provider().or_else(region_hint.map(Region::new));
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
+        .retry_config(retry_config(
+            std::env::var("AWS_MAX_ATTEMPTS").ok().as_deref(),
+        )?)
         .load()
         .await;
     anyhow::ensure!(
@@ -47,6 +56,53 @@ pub async fn load_config(region_hint: Option<String>) -> anyhow::Result<SdkConfi
          123456789012.dkr.ecr.eu-west-1.amazonaws.com"
     );
     Ok(config)
+}
+
+/// Throttling and 5xx are retried in adaptive mode (a client-side rate limiter on top of backoff),
+/// AWS_MAX_ATTEMPTS times in all, 5 unless set: one CodeBuild project's burst must not fail a deploy.
+fn retry_config(max_attempts: Option<&str>) -> anyhow::Result<RetryConfig> {
+    let attempts = match max_attempts.map(str::trim).filter(|v| !v.is_empty()) {
+        None => DEFAULT_MAX_ATTEMPTS,
+        Some(value) => value
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                crate::config::ConfigError::Usage(format!(
+                    "AWS_MAX_ATTEMPTS `{value}` is not a whole number of at least 1"
+                ))
+            })?,
+    };
+    Ok(RetryConfig::adaptive().with_max_attempts(attempts))
+}
+
+const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Logs every failed attempt of an AWS call with its cause; the SDK then retries what is transient.
+#[derive(Debug)]
+pub struct LogFailedAttempts;
+
+impl Intercept for LogFailedAttempts {
+    fn name(&self) -> &'static str {
+        "LogFailedAttempts"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Err(err)) = context.output_or_error() {
+            let status = context.response().map(|r| r.status().as_u16());
+            tracing::warn!(
+                "AWS call attempt failed ({}{}); retrying if it is transient and attempts remain",
+                status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
+                DisplayErrorContext(err)
+            );
+        }
+        Ok(())
+    }
 }
 
 /// AWS answers AccessDeniedException (JSON services) or AccessDenied (query services, and IAM-enforcing
@@ -69,6 +125,14 @@ pub fn region_of_ecr_host(host: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_default_to_five_and_must_be_positive() {
+        assert_eq!(retry_config(None).unwrap().max_attempts(), 5);
+        assert_eq!(retry_config(Some("8")).unwrap().max_attempts(), 8);
+        assert!(retry_config(Some("0")).is_err());
+        assert!(retry_config(Some("many")).is_err());
+    }
 
     #[test]
     fn region_comes_from_ecr_hosts_only() {

@@ -42,7 +42,7 @@ pub enum DockerError {
     },
     #[error("build ended without an image ID")]
     NoImageId,
-    #[error("cannot tag {image} as {reference}: {source}")]
+    #[error("cannot tag {image} as {reference}")]
     Tag {
         image: String,
         reference: String,
@@ -52,8 +52,47 @@ pub enum DockerError {
     PushFailed { reference: String, message: String },
     #[error("push of {reference} ended without a digest")]
     NoDigest { reference: String },
-    #[error("Docker Engine API: {0}")]
+    #[error("Docker Engine API")]
     Api(#[from] BollardError),
+}
+
+impl DockerError {
+    /// Faults a later attempt can get past: the registry unreachable or failing on its side. A push
+    /// is idempotent, so pushing again is safe. Refusals (denied, unauthorized, tag invalid, ...) are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DockerError::PushFailed { message, .. } => is_transient_registry_message(message),
+            DockerError::NoDigest { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn is_transient_registry_message(message: &str) -> bool {
+    const REFUSALS: [&str; 6] = [
+        "denied",
+        "unauthorized",
+        "tag invalid",
+        "name unknown",
+        "manifest invalid",
+        "blob unknown",
+    ];
+    const PASSING: [&str; 11] = [
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "eof",
+        "timeout",
+        "no route to host",
+        "500 internal server error",
+        "502 bad gateway",
+        "503 service unavailable",
+        "504 gateway",
+        "too many requests",
+    ];
+    let lower = message.trim_start().to_ascii_lowercase();
+    !REFUSALS.iter().any(|refusal| lower.starts_with(refusal))
+        && PASSING.iter().any(|fault| lower.contains(fault))
 }
 
 fn push_hint(message: &str) -> &'static str {
@@ -154,6 +193,9 @@ impl Engine {
         }
         if let Some(network) = request.network {
             options = options.networkmode(network);
+        }
+        if !request.cache_from.is_empty() {
+            options = options.cachefrom(&request.cache_from.to_vec());
         }
         let mut progress = BuildProgress::new(request.image);
         let registry_auth = request.registry_auth.unwrap_or_default();
@@ -308,6 +350,8 @@ pub struct BuildRequest<'a> {
     pub build_args: &'a [(String, String)],
     pub labels: &'a [(String, String)],
     pub registry_auth: Option<HashMap<String, DockerCredentials>>,
+    /// Full references of images whose inline cache the build may reuse.
+    pub cache_from: &'a [String],
     /// BuildKit secrets by id; values stay in memory and are served only on the build's session.
     pub secrets: HashMap<String, Vec<u8>>,
 }
@@ -443,6 +487,28 @@ mod tests {
         );
         assert_eq!(digest_in_status("Pushed"), None);
         assert_eq!(digest_in_status("x: digest: sha256:short size: 1"), None);
+    }
+
+    #[test]
+    fn only_passing_registry_faults_are_transient() {
+        for message in [
+            "Get \"http://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused",
+            "Put \"http://r/v2/a/blobs/uploads/x\": read tcp: connection reset by peer",
+            "received unexpected HTTP status: 503 Service Unavailable",
+            "received unexpected HTTP status: 500 Internal Server Error",
+            "Patch \"http://r/v2/\": EOF",
+        ] {
+            assert!(is_transient_registry_message(message), "{message}");
+        }
+        for message in [
+            "denied: Your authorization token has expired. Reauthenticate and try again.",
+            "unauthorized: authentication required",
+            "tag invalid: The image tag 'v1' already exists and cannot be overwritten because the repository is immutable",
+            "name unknown: The repository with name 'x' does not exist",
+            "something else entirely",
+        ] {
+            assert!(!is_transient_registry_message(message), "{message}");
+        }
     }
 
     #[test]

@@ -12,6 +12,19 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
+/// `error: cause: cause's cause`: the outer message alone often hides what happened, and
+/// `DisplayErrorContext` adds raw response dumps.
+pub fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Values that must never be printed. Shared by the log writer and anything that prints build output.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {

@@ -409,9 +409,8 @@ struct RunContext<'a> {
     labels: Vec<(String, String)>,
     network: Option<&'a str>,
     builder: Builder,
-    login: Option<&'a aws::ecr::EcrLogin>,
-    /// The registry's own API, to find and re-tag an image built from the same context.
-    registry_client: Option<RegistryClient>,
+    /// `None` in a dry run.
+    auth: Option<&'a aws::ecr::EcrAuth>,
     /// Repositories whose tags cannot be moved.
     immutable: HashSet<String>,
     rebuild: bool,
@@ -420,6 +419,17 @@ struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
+    /// The current ECR login and a client of the registry's own API (to find and re-tag an image
+    /// built from the same context), both with a token young enough for the next call.
+    async fn registry_access(&self) -> Result<Option<(aws::ecr::EcrLogin, RegistryClient)>> {
+        let Some(auth) = self.auth else {
+            return Ok(None);
+        };
+        let login = auth.current().await?;
+        let client = RegistryClient::new(self.registry, &login.username, login.password.expose())?;
+        Ok(Some((login, client)))
+    }
+
     /// A registry API call, retried while its faults are transient.
     async fn registry_call<T, F, Fut>(
         &self,
@@ -504,7 +514,9 @@ async fn build_one(
     let mut labels = run.labels.clone();
     labels.push((CONTEXT_DIGEST_LABEL.into(), image.digest.clone()));
     let dockerfile = image.files.dockerfile_in_context().to_owned();
-    let registry_auth = run.login.map(|login| {
+    let access = run.registry_access().await?;
+    // For pulls during the build (FROM or cache_from in the same registry).
+    let registry_auth = access.as_ref().map(|(login, _)| {
         std::iter::once((
             run.registry.to_owned(),
             login.docker_credentials(run.registry),
@@ -520,7 +532,7 @@ async fn build_one(
     let repository = image.plan.repository.as_str();
     let immutable = run.immutable.contains(repository);
     let ctx_tag = context_tag(&image.digest);
-    if let (Some(client), false) = (&run.registry_client, run.rebuild) {
+    if let (Some((_, client)), false) = (&access, run.rebuild) {
         let unchanged = run
             .registry_call(name, &format!("looking up {repository}:{ctx_tag}"), || {
                 client.get_manifest(repository, &ctx_tag)
@@ -592,8 +604,9 @@ async fn build_one(
     for tag in &run.tags[1..] {
         run.engine.tag(&image_id, &repository_uri, tag).await?;
     }
-    let (digest, result) = match (run.login, &run.registry_client) {
-        (Some(login), Some(client)) => {
+    // A long build can outlive the token it started with.
+    let (digest, result) = match run.registry_access().await? {
+        Some((login, client)) => {
             run.engine.tag(&image_id, &repository_uri, &ctx_tag).await?;
             // The context tag goes last: it marks an image whose every tag is in place.
             let mut pushed: Option<String> = None;
@@ -639,7 +652,7 @@ async fn build_one(
             }
             (pushed.expect("a plan has at least one tag"), "pushed")
         }
-        _ => (image_id, "built (dry run, not pushed)"),
+        None => (image_id, "built (dry run, not pushed)"),
     };
     Ok(ImageOutcome {
         name: name.to_owned(),
@@ -655,11 +668,11 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
     let prepared = prepare(&plan).await?;
     let run_tags = resolve_tags(&plan, sha_flag, &prepared, settings.dry_run)?;
 
-    let login;
+    let auth;
     let secrets;
     let mut immutable = HashSet::new();
     let registry = if settings.dry_run {
-        login = None;
+        auth = None;
         let (registry, source) = offline_registry(&plan);
         tracing::info!(
             "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
@@ -675,15 +688,13 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
                 .interceptor(aws::LogFailedAttempts)
                 .build(),
         );
-        let ecr_login = aws::ecr::login(&ecr, &region).await?;
-        let registry = plan
-            .registry
-            .clone()
-            .unwrap_or_else(|| ecr_login.endpoint.clone());
+        let ecr_auth = aws::ecr::EcrAuth::login(ecr.clone(), region.clone()).await?;
+        let endpoint = ecr_auth.current().await?.endpoint;
+        let registry = plan.registry.clone().unwrap_or(endpoint);
         tracing::info!("logged in to ECR in {region}; pushing to {registry}");
         let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
         immutable = aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
-        login = Some(ecr_login);
+        auth = Some(ecr_auth);
         let ssm = aws_sdk_ssm::Client::from_conf(
             aws_sdk_ssm::config::Builder::from(&sdk)
                 .interceptor(aws::LogFailedAttempts)
@@ -705,11 +716,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         labels,
         network: plan.network.as_deref(),
         builder: plan.builder,
-        login: login.as_ref(),
-        registry_client: login
-            .as_ref()
-            .map(|l| RegistryClient::new(&registry, &l.username, l.password.expose()))
-            .transpose()?,
+        auth: auth.as_ref(),
         immutable,
         rebuild: settings.rebuild,
         retry_budget: settings.retry_budget,

@@ -28,18 +28,6 @@ fn random_fraction() -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// `error: cause: cause's cause`, since the outer message alone often hides what happened.
-fn with_causes(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Runs `operation` until it succeeds, fails permanently, or the next retry would end after `budget`.
 pub async fn with_backoff<T, E, F, Fut>(
     image: &str,
@@ -72,7 +60,7 @@ where
                 tracing::warn!(
                     image,
                     "{what} failed ({}); retrying in {:.1} s (attempt {})",
-                    with_causes(&err),
+                    crate::output::with_causes(&err),
                     pause.as_secs_f64(),
                     attempt + 1
                 );

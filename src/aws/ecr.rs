@@ -1,6 +1,7 @@
 //! Amazon ECR: the registry login and the repository checks made before anything is built.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_ecr::Client;
@@ -78,6 +79,44 @@ pub async fn login(client: &Client, region: &str) -> Result<EcrLogin> {
     })
 }
 
+/// ECR tokens last 12 hours; a build that outlives one renews it before pushing.
+const TOKEN_RENEWAL_AGE: Duration = Duration::from_secs(11 * 3600);
+
+pub fn needs_renewal(age: Duration) -> bool {
+    age >= TOKEN_RENEWAL_AGE
+}
+
+/// The run's ECR login, renewed when it is older than 11 hours.
+pub struct EcrAuth {
+    client: Client,
+    region: String,
+    current: tokio::sync::Mutex<(EcrLogin, Instant)>,
+}
+
+impl EcrAuth {
+    pub async fn login(client: Client, region: String) -> Result<Self> {
+        let first = login(&client, &region).await?;
+        Ok(Self {
+            client,
+            region,
+            current: tokio::sync::Mutex::new((first, Instant::now())),
+        })
+    }
+
+    /// The login to use now.
+    pub async fn current(&self) -> Result<EcrLogin> {
+        let mut current = self.current.lock().await;
+        if needs_renewal(current.1.elapsed()) {
+            tracing::info!(
+                "renewing the ECR login, which is {} hours old",
+                current.1.elapsed().as_secs() / 3600
+            );
+            *current = (login(&self.client, &self.region).await?, Instant::now());
+        }
+        Ok(current.0.clone())
+    }
+}
+
 /// Fails, naming every missing repository at once, before a single image is built. Returns the
 /// repositories whose tags are immutable.
 pub async fn check_repositories(
@@ -141,6 +180,14 @@ pub async fn check_repositories(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_renewed_an_hour_before_they_expire() {
+        assert!(!needs_renewal(Duration::from_secs(0)));
+        assert!(!needs_renewal(Duration::from_secs(11 * 3600 - 1)));
+        assert!(needs_renewal(Duration::from_secs(11 * 3600)));
+        assert!(needs_renewal(Duration::from_secs(13 * 3600)));
+    }
 
     #[test]
     fn secrets_do_not_print() {

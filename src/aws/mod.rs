@@ -9,7 +9,7 @@ use std::fmt;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
@@ -45,9 +45,7 @@ pub async fn load_config(region_hint: Option<String>) -> anyhow::Result<SdkConfi
     let region = RegionProviderChain::default_provider().or_else(region_hint.map(Region::new));
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
-        .retry_config(retry_config(
-            std::env::var("AWS_MAX_ATTEMPTS").ok().as_deref(),
-        )?)
+        .retry_config(retry_config(max_attempts_from_env().as_deref())?)
         .load()
         .await;
     anyhow::ensure!(
@@ -56,6 +54,13 @@ pub async fn load_config(region_hint: Option<String>) -> anyhow::Result<SdkConfi
          123456789012.dkr.ecr.eu-west-1.amazonaws.com"
     );
     Ok(config)
+}
+
+/// ECR_BUILD_AWS_MAX_ATTEMPTS, else the SDK's own AWS_MAX_ATTEMPTS.
+fn max_attempts_from_env() -> Option<String> {
+    ["ECR_BUILD_AWS_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
 }
 
 /// Throttling and 5xx are retried in adaptive mode (a client-side rate limiter on top of backoff),
@@ -69,7 +74,7 @@ fn retry_config(max_attempts: Option<&str>) -> anyhow::Result<RetryConfig> {
             .filter(|n| *n >= 1)
             .ok_or_else(|| {
                 crate::config::ConfigError::Usage(format!(
-                    "AWS_MAX_ATTEMPTS `{value}` is not a whole number of at least 1"
+                    "AWS_MAX_ATTEMPTS / ECR_BUILD_AWS_MAX_ATTEMPTS `{value}` is not a whole number of at least 1"
                 ))
             })?,
     };
@@ -98,7 +103,7 @@ impl Intercept for LogFailedAttempts {
             tracing::warn!(
                 "AWS call attempt failed ({}{}); retrying if it is transient and attempts remain",
                 status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
-                DisplayErrorContext(err)
+                crate::output::with_causes(err)
             );
         }
         Ok(())

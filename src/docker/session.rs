@@ -100,21 +100,11 @@ impl EngineAddr {
         match sender.send_request(request).await {
             Ok(response) => Ok(response),
             // hyper's own text ("error from user's Body stream") hides the cause: keep the chain.
-            Err(err) => Err(Error::from(io::Error::other(error_chain(&err)))),
+            Err(err) => Err(Error::from(io::Error::other(crate::output::with_causes(
+                &err,
+            )))),
         }
     }
-}
-
-/// `outer: cause: cause's cause`
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// An error answer (not 2xx/101) as bollard reports it: the JSON `message` or the raw body.

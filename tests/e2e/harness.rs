@@ -578,3 +578,508 @@ pub fn create_immutable_repository(name: &str) {
         serde_json::json!({ "repositoryName": name, "imageTagMutability": "IMMUTABLE" }),
     );
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Fault injection (tests/e2e/faults.rs): services of a test's own that it may stop and start, runs
+// that the test watches and signals while they go, and views of the engine's processes.
+
+/// HEAD of a manifest in the registry at `host` (same credentials as the shared one): `Some(digest)`
+/// if the tag exists.
+pub fn registry_digest_at(host: &str, repository: &str, tag: &str) -> Option<String> {
+    let url = format!("http://{host}/v2/{repository}/manifests/{tag}");
+    let response = http()
+        .head(&url)
+        .header("Accept", MANIFEST_TYPES)
+        .header("Authorization", &registry_auth())
+        .call()
+        .unwrap_or_else(|e| panic!("HEAD {url}: {e}"));
+    match response.status().as_u16() {
+        200 => Some(
+            response
+                .headers()
+                .get("docker-content-digest")
+                .expect("Docker-Content-Digest header")
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        404 => None,
+        other => panic!("HEAD {url}: status {other}"),
+    }
+}
+
+/// A docker-registry of one test's own, with the shared one's configuration (same htpasswd, so
+/// moto's ECR token logs in) but its own port and storage, so that the test can stop it and start it
+/// again without disturbing the tests that share the services.
+pub struct PrivateRegistry {
+    /// Holds the configuration, the log and the storage; removed on drop.
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    log: PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRegistry {
+    /// Starts it and waits until `/v2/` answers 401.
+    pub fn start() -> Self {
+        let shared = std::fs::read_to_string(required("ECR_BUILD_TEST_REGISTRY_CONFIG"))
+            .expect("the shared registry's configuration");
+        let dir = tempfile::Builder::new()
+            .prefix("ecrf-registry.")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let mut registry = Self {
+            config: dir.path().join("registry.yml"),
+            log: dir.path().join("registry.log"),
+            _dir: dir,
+            port: 0,
+            child: None,
+        };
+        let mut last_error = String::new();
+        // Another process may take the free port before the registry binds it: try another one.
+        for _ in 0..3 {
+            registry.port = free_port();
+            let addr = registry.host();
+            let text: String = shared
+                .lines()
+                .map(|line| {
+                    let indent = &line[..line.len() - line.trim_start().len()];
+                    let key = line.trim_start();
+                    if key.starts_with("rootdirectory:") {
+                        format!("{indent}rootdirectory: \"{}\"\n", data.display())
+                    } else if key.starts_with("addr:") {
+                        format!("{indent}addr: \"{addr}\"\n")
+                    } else {
+                        format!("{line}\n")
+                    }
+                })
+                .collect();
+            assert!(
+                text.contains(&addr) && text.contains("rootdirectory"),
+                "unexpected registry configuration:\n{shared}"
+            );
+            std::fs::write(&registry.config, text).unwrap();
+            match registry.try_start() {
+                Ok(()) => return registry,
+                Err(error) => {
+                    last_error = error;
+                    registry.stop();
+                }
+            }
+        }
+        panic!("the private registry did not start: {last_error}");
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "the private registry is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut command = Command::new("docker-registry");
+        command
+            .arg("serve")
+            .arg(&self.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // REGISTRY_* variables override the file.
+        for (name, _) in std::env::vars() {
+            if name.starts_with("REGISTRY_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("docker-registry: {e}"))?;
+        self.child = Some(child);
+        let url = format!("http://{}/v2/", self.host());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http().get(&url).call() {
+                if response.status().as_u16() == 401 {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                self.child = None;
+                return Err(format!(
+                    "docker-registry exited ({status}):\n{}",
+                    self.log_text()
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "docker-registry did not answer on {url} within 30 s:\n{}",
+                    self.log_text()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// `127.0.0.1:PORT`, as `--registry` takes it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (as a crash would): from now on connections to its port are refused.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with the same storage.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(error) = self.try_start() {
+            panic!("the private registry did not restart: {error}");
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// HEAD of a manifest in this registry.
+    pub fn digest(&self, repository: &str, tag: &str) -> Option<String> {
+        registry_digest_at(&self.host(), repository, tag)
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A dockerd of one test's own, started in the background after a delay exactly as
+/// scripts/services.sh starts the shared one, and stopped (with everything it started) on drop.
+pub struct PrivateDockerd {
+    dir: PathBuf,
+    starter: Option<std::thread::JoinHandle<Output>>,
+}
+
+fn services_sh(script: &str, dir: &Path) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!(
+            "source {}/scripts/services.sh && {script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("services.sh")
+        .arg(dir)
+        // Its own data-root, never a reused one that the shared dockerd may hold.
+        .env_remove("ECR_BUILD_DOCKER_DATA")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+impl PrivateDockerd {
+    /// Starts it after `delay` on a thread; `docker_host()` is known at once.
+    pub fn start_after(delay: std::time::Duration) -> Self {
+        // Short: dockerd's and containerd's unix sockets live below it.
+        let dir = tempfile::Builder::new()
+            .prefix("ecrf.")
+            .tempdir_in("/tmp")
+            .expect("temp dir")
+            .keep();
+        let start_dir = dir.clone();
+        let starter = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            services_sh("ecr_build_start_dockerd \"$1\"", &start_dir)
+                .output()
+                .expect("bash runs")
+        });
+        Self {
+            dir,
+            starter: Some(starter),
+        }
+    }
+
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.display())
+    }
+
+    /// Waits for the start to finish; panics with its log if it failed.
+    #[track_caller]
+    pub fn wait_started(&mut self) {
+        if let Some(starter) = self.starter.take() {
+            let output = starter.join().expect("the start thread");
+            assert!(
+                output.status.success(),
+                "ecr_build_start_dockerd failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        // A start still under way must end first, or it would start a dockerd after the stop.
+        if let Some(starter) = self.starter.take() {
+            let _ = starter.join();
+        }
+        let _ = services_sh("ecr_build_stop_services \"$1\"", &self.dir).output();
+    }
+}
+
+/// A run of the binary that the test watches (stderr line by line) and may signal while it runs.
+/// Dropping it kills the process if it is still running.
+pub struct Running {
+    child: std::process::Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    started: std::time::Instant,
+}
+
+/// How a watched run ended.
+pub struct Finished {
+    pub run: Run,
+    pub status: std::process::ExitStatus,
+    /// From the start of the run.
+    pub elapsed: std::time::Duration,
+}
+
+impl EcrBuild {
+    /// Starts the command with both streams collected in the background.
+    pub fn start(self) -> Running {
+        let started = std::time::Instant::now();
+        let mut child = self.spawn();
+        let mut readers = Vec::new();
+        let mut collect = |mut stream: Box<dyn std::io::Read + Send>| {
+            let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = buffer.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }));
+            buffer
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Running {
+            child,
+            stdout,
+            stderr,
+            readers,
+            started,
+        }
+    }
+
+    /// Runs the command, killing it (and failing the test) if it takes longer than `limit`.
+    #[track_caller]
+    pub fn run_within(self, limit: std::time::Duration) -> Finished {
+        self.start().finish_within(limit)
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    pub fn stdout_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until a complete stderr line satisfies `wanted`; fails the test if the run ends first or
+    /// `limit` passes.
+    #[track_caller]
+    pub fn wait_for_stderr_line(
+        &mut self,
+        what: &str,
+        limit: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) {
+        self.wait_for_stderr(what, limit, |stderr| stderr.lines().any(&wanted));
+    }
+
+    /// Waits until stderr, up to its last complete line, satisfies `wanted`; fails the test if the
+    /// run ends first or `limit` passes.
+    #[track_caller]
+    pub fn wait_for_stderr(
+        &mut self,
+        what: &str,
+        limit: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let stderr = self.stderr_so_far();
+            // Only lines that have their newline: a half-written one may still change.
+            if wanted(&stderr[..stderr.rfind('\n').map_or(0, |i| i + 1)]) {
+                return;
+            }
+            let exited = self.child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "{} before stderr showed {what}\n--- stdout\n{}\n--- stderr\n{stderr}",
+                match exited {
+                    Some(status) => format!("ecr-build ended ({status})"),
+                    None => format!("{limit:?} passed"),
+                },
+                self.stdout_so_far(),
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, ...).
+    #[track_caller]
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// The end of the run if it comes within `limit`; `None` (and the process still running) if not.
+    pub fn try_finish_within(&mut self, limit: std::time::Duration) -> Option<Finished> {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let elapsed = self.started.elapsed();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Some(Finished {
+            run: Run {
+                code: status.code().unwrap_or(-1),
+                stdout: self.stdout_so_far(),
+                stderr: self.stderr_so_far(),
+            },
+            status,
+            elapsed,
+        })
+    }
+
+    /// The end of the run; kills it and fails the test if it takes longer than `limit`.
+    #[track_caller]
+    pub fn finish_within(&mut self, limit: std::time::Duration) -> Finished {
+        match self.try_finish_within(limit) {
+            Some(finished) => finished,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "ecr-build did not finish within {limit:?}; killed it\n--- stdout\n{}\n--- stderr\n{}",
+                    self.stdout_so_far(),
+                    self.stderr_so_far()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Pids of the processes whose argument vector is exactly `argv` (the program's file name is
+/// compared, not its path), anywhere on the machine: BuildKit's RUN steps are not containers that
+/// `docker ps` lists, but their processes are in /proc.
+pub fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .strip_suffix(b"\0")
+            .unwrap_or(&cmdline)
+            .split(|b| *b == 0)
+            .collect();
+        let matches = args.len() == argv.len()
+            && args.iter().zip(argv).enumerate().all(|(i, (have, want))| {
+                let have = if i == 0 {
+                    have.rsplit(|b| *b == b'/').next().unwrap_or(have)
+                } else {
+                    have
+                };
+                have == want.as_bytes()
+            });
+        // A zombie has an empty cmdline, so it never matches: only live processes count.
+        if matches {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The shared dockerd's pid (scripts/services.sh has it write a pidfile).
+pub fn dockerd_pid() -> u32 {
+    let path = PathBuf::from(required("ECR_BUILD_TEST_DIR")).join("docker.pid");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// How many descriptors a process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Every container the shared engine has, running or not.
+pub fn container_ids() -> BTreeSet<String> {
+    docker(&["ps", "-aq", "--no-trunc"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

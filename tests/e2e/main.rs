@@ -5,6 +5,7 @@ mod build;
 mod dockerignore;
 mod errors;
 mod exec;
+mod faults;
 mod harness;
 mod reuse;
 mod secrets;

@@ -390,3 +390,40 @@ fn plan_prints_images_tags_and_uris_without_building() {
     assert!(!ws.exists("imagedefinitions.json"));
     assert!(registry_tags(&web).is_empty());
 }
+
+#[test]
+fn dockerfile_outside_the_context_is_supported() {
+    let ws = Workspace::empty();
+    ws.write("app/hello.txt", "hello\n");
+    ws.write(
+        "docker/app.Dockerfile",
+        &format!("FROM {}\nCOPY . /ctx\n", services().base_image),
+    );
+    let run = ws
+        .ecr_build()
+        .args([
+            "build",
+            "--dry-run",
+            "--repository",
+            "outside/app",
+            "--network",
+            "none",
+        ])
+        .args([
+            "--context",
+            "app",
+            "--dockerfile",
+            "../docker/app.Dockerfile",
+            "--tag",
+            "t",
+        ])
+        .env("ECR_BUILD_SHA", new_sha())
+        .run()
+        .success();
+    assert!(run.summary("app").digest.starts_with("sha256:"));
+    let listing = docker_run(
+        "dry-run.invalid/outside/app:t",
+        &["find", "/ctx", "-type", "f"],
+    );
+    assert!(listing.lines().any(|l| l == "/ctx/hello.txt"), "{listing}");
+}

@@ -703,7 +703,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn args(extra: &[&str]) -> PlanArgs {
+    pub(super) fn args(extra: &[&str]) -> PlanArgs {
         #[derive(Parser)]
         struct Wrapper {
             #[command(flatten)]
@@ -978,8 +978,8 @@ mod proptests {
     //! Property tests of the config file parser: whatever the text, no panic, and every error is
     //! one line; a syntax error names the file and a line and column inside the text.
 
+    use super::tests::args;
     use super::*;
-    use clap::Parser;
     use proptest::prelude::*;
     use proptest::sample::select;
 
@@ -992,16 +992,6 @@ mod proptests {
             failure_persistence: None,
             ..ProptestConfig::default()
         }
-    }
-
-    fn args(extra: &[&str]) -> PlanArgs {
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            plan: PlanArgs,
-        }
-        let argv = std::iter::once("test").chain(extra.iter().copied());
-        Wrapper::try_parse_from(argv).unwrap().plan
     }
 
     fn parse(text: &str) -> Result<Plan, ConfigError> {

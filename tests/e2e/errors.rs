@@ -158,21 +158,14 @@ fn no_config_and_no_repository_is_a_usage_error() {
 fn access_denied_on_get_authorization_token_names_the_action_and_resource() {
     // moto enforces IAM after the first three calls: the ones that make a user who may not log in.
     let moto = PrivateMoto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
-    moto.iam(&[("Action", "CreateUser"), ("UserName", "builder")]);
-    let key = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "builder")]);
     let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:DescribeRepositories","Resource":"*"}]}"#;
-    moto.iam(&[
-        ("Action", "PutUserPolicy"),
-        ("UserName", "builder"),
-        ("PolicyName", "no-login"),
-        ("PolicyDocument", policy),
-    ]);
+    let (key_id, secret_key) = moto.user_with_policy("builder", policy);
     let ws = Workspace::empty();
     single_image(&ws);
     build_single(&ws, "err/denied")
         .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", xml_value(&key, "AccessKeyId"))
-        .env("AWS_SECRET_ACCESS_KEY", xml_value(&key, "SecretAccessKey"))
+        .env("AWS_ACCESS_KEY_ID", key_id)
+        .env("AWS_SECRET_ACCESS_KEY", secret_key)
         .env("AWS_MAX_ATTEMPTS", "1")
         .run()
         .failure(1)

@@ -304,29 +304,7 @@ fn registry_auth() -> String {
 
 /// HEAD of a manifest in the test registry: `Some(digest)` if the tag exists.
 pub fn registry_digest(repository: &str, tag: &str) -> Option<String> {
-    let url = format!(
-        "http://{}/v2/{repository}/manifests/{tag}",
-        services().registry
-    );
-    let response = http()
-        .head(&url)
-        .header("Accept", MANIFEST_TYPES)
-        .header("Authorization", &registry_auth())
-        .call()
-        .unwrap_or_else(|e| panic!("HEAD {url}: {e}"));
-    match response.status().as_u16() {
-        200 => Some(
-            response
-                .headers()
-                .get("docker-content-digest")
-                .expect("Docker-Content-Digest header")
-                .to_str()
-                .unwrap()
-                .to_owned(),
-        ),
-        404 => None,
-        other => panic!("HEAD {url}: status {other}"),
-    }
+    registry_digest_at(&services().registry, repository, tag)
 }
 
 /// Every tag of a repository in the test registry.
@@ -414,6 +392,23 @@ impl PrivateMoto {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         moto
+    }
+
+    /// Makes an IAM user allowed only `policy`, and returns its access key id and secret key.
+    /// Takes three of the calls moto makes before it enforces IAM.
+    pub fn user_with_policy(&self, user: &str, policy: &str) -> (String, String) {
+        self.iam(&[("Action", "CreateUser"), ("UserName", user)]);
+        let key = self.iam(&[("Action", "CreateAccessKey"), ("UserName", user)]);
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", user),
+            ("PolicyName", "only-this"),
+            ("PolicyDocument", policy),
+        ]);
+        (
+            xml_value(&key, "AccessKeyId"),
+            xml_value(&key, "SecretAccessKey"),
+        )
     }
 
     /// An IAM (query protocol) action; returns the XML answer.

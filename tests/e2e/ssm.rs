@@ -7,16 +7,9 @@ use crate::harness::*;
 fn ssm_denied_names_the_action_and_what_was_asked() {
     // The first 5 calls are free: a user, its key, its policy, two parameters. Then IAM applies.
     let moto = PrivateMoto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "5")]);
-    moto.iam(&[("Action", "CreateUser"), ("UserName", "task")]);
-    let key = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "task")]);
     // May list names, may not read values.
     let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ssm:DescribeParameters","Resource":"*"}]}"#;
-    moto.iam(&[
-        ("Action", "PutUserPolicy"),
-        ("UserName", "task"),
-        ("PolicyName", "list-only"),
-        ("PolicyDocument", policy),
-    ]);
+    let (key_id, secret_key) = moto.user_with_policy("task", policy);
     put_parameter_at(&moto.endpoint, "/app/prod/DB_PASSWORD", "denied-pw", true);
     put_parameter_at(
         &moto.endpoint,
@@ -29,8 +22,8 @@ fn ssm_denied_names_the_action_and_what_was_asked() {
             .ecr_build()
             .args(["exec", "--ssm-path", prefix, "--", "true"])
             .env("AWS_ENDPOINT_URL", &moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", xml_value(&key, "AccessKeyId"))
-            .env("AWS_SECRET_ACCESS_KEY", xml_value(&key, "SecretAccessKey"))
+            .env("AWS_ACCESS_KEY_ID", &key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &secret_key)
             .env("AWS_MAX_ATTEMPTS", "1")
             .run()
             .failure(1)

@@ -1,0 +1,642 @@
+#!/usr/bin/env bash
+# Benchmark: ecr-build against the shell of today's buildspecs (scripts/bench/buildspec.sh: aws CLI v1 from
+# PyPI + Debian's docker CLI + printf), on the same Docker engine, registry and moto. Run by hand;
+# not part of CI.
+#
+#   scripts/bench.sh [--rounds N] [--quick] [--bin PATH] [--no-drop-caches] [--keep]
+#
+#   --rounds N         rounds per scenario (default 5); each round runs both tools
+#   --quick            2 rounds, a smaller large context (10,000 files, 60 MB) and a 256 MB hashing
+#                      context
+#   --bin PATH         time this ecr-build binary instead of building target/release/ecr-build
+#                      (e.g. to compare two commits on the same fixtures)
+#   --no-drop-caches   do not drop the page cache for the cold hashing measurement
+#   --keep             keep the services' state dir and the fixtures (their paths are printed)
+#
+# Prints a table (median seconds per tool, ecr-build/shell ratio, the target) and writes it as
+# Markdown to target/bench/results.md; raw times go to target/bench/times.tsv and every run's
+# output to target/bench/logs/. Needs root (dockerd), like scripts/test.sh. On 2 cores a full run
+# takes ~5 minutes and --quick ~2.5, plus the release build (~11 minutes from nothing). Run it on an
+# otherwise idle machine: it prints how busy the CPUs were before and after, and warns if they were.
+#
+# Scenarios, each timed for both tools, which alternate within a round (and which one goes first
+# alternates between rounds), so that drift on the machine hits both alike:
+#   1. first build       a new commit, new repositories, and an engine with no build cache and no
+#                        image but the base (docker builder prune -af; docker rmi), for each tool
+#   2. re-run            the same commit and content again, right after that tool's first build
+#   3. one changed       a new commit in which one of the three images' sources changed
+#   4. large context     one image whose context has >= 30,000 files and >= 200 MB, most of it a
+#                        .dockerignored node_modules: a first build (clean engine, new repository)
+#                        and a re-run
+# The app (scripts/bench/fixtures.py) has three images, web, api and worker, each FROM the local busybox
+# base with network none: a slow "dependencies" RUN (seconds of busybox sha256sum), then COPY src and
+# a short "compile" RUN. Scenario 3 edits api/src/main.sh, so only api's last steps must run again.
+# Each run is checked (imagedefinitions.json, and every manifest in the registry), and ecr-build's
+# per-image verdicts (pushed, reused, ...) are recorded next to its times.
+# Both tools use the same dockerd, so they would share BuildKit's cache (it is engine-wide): that
+# is why the engine is reset before each tool's first builds, and why a tool's re-run and
+# one-changed runs follow its own first build directly. Each tool pushes to repositories of its
+# own, so neither sees the other's tags or blobs in the registry.
+# Then `ecr-build plan` over a context of ~1 GB of sent data gives the context hashing throughput
+# (sent bytes / wall time; page cache dropped when permitted, and warm) and its peak RSS, and
+# `ecr-build build --dry-run` of that context the peak RSS while it streams the tar to the engine.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+
+# The aws CLI the shell pipeline uses: awscli v1 from PyPI, pinned, in a venv of its own (moto's
+# venv pins its own botocore).
+AWSCLI_VERSION=1.46.2
+AWSCLI_VENV=${ECR_BUILD_AWSCLI_VENV:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build/awscli-venv}
+# Debian's docker CLI (docker.io), as on CodeBuild's images; /usr/local/bin/docker may be another.
+DOCKER_CLI=/usr/bin/docker
+APP_IMAGES=(web api worker)
+# The image whose source changes in scenario 3.
+CHANGED_IMAGE=api
+
+rounds=5
+quick=0
+bin=
+drop_caches=1
+keep=0
+# The large context of scenario 4 and the hashing context (MB of sent data).
+large_files=32000
+large_mb=220
+hash_mb=1000
+
+out_dir=$repo_root/target/bench
+state_dir=
+work=
+registry=
+times=
+invocation=
+load_at_start=
+load_at_end=
+# Filled in as the run goes: fixture summaries (JSON) and the hashing measurements.
+large_summary=
+hash_summary=
+hash_warm_mbs=
+hash_cold_mbs=
+plan_rss=
+dry_rss=
+dry_secs=
+shell_login_secs=
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+usage() {
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}" >&2
+    exit "${1:-2}"
+}
+
+parse_args() {
+    invocation="scripts/bench.sh${*:+ $*}"
+    local rounds_given=
+    while (($#)); do
+        case $1 in
+        --rounds)
+            if (($# < 2)) || [[ ! $2 =~ ^[1-9][0-9]*$ ]]; then
+                usage
+            fi
+            rounds_given=$2
+            shift
+            ;;
+        --quick) quick=1 ;;
+        --bin)
+            (($# >= 2)) || usage
+            bin=$(realpath "$2")
+            [[ -x $bin ]] || die "--bin $2 is not an executable"
+            shift
+            ;;
+        --no-drop-caches) drop_caches=0 ;;
+        --keep) keep=1 ;;
+        -h | --help) usage 0 ;;
+        *)
+            echo "unknown argument: $1" >&2
+            usage
+            ;;
+        esac
+        shift
+    done
+    if ((quick)); then
+        rounds=2
+        large_files=10000
+        large_mb=60
+        hash_mb=256
+    fi
+    [[ -n $rounds_given ]] && rounds=$rounds_given
+    return 0
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [[ -n $state_dir ]]; then
+        if ((keep)); then
+            log "services keep running: source $state_dir/env; stop with scripts/services.sh stop $state_dir"
+        else
+            ecr_build_stop_services "$state_dir" || true
+        fi
+    fi
+    if [[ -n $work ]]; then
+        if ((keep)); then
+            log "fixtures kept in $work"
+        else
+            rm -rf "$work"
+        fi
+    fi
+    exit "$status"
+}
+
+# Everything the benchmark needs that may be missing: the test services' packages and moto,
+# GNU time (for peak RSS), and the pinned aws CLI.
+install_deps() {
+    if [[ $(id -u) != 0 ]]; then
+        die "run as root: the benchmark starts its own dockerd"
+    fi
+    command -v cargo >/dev/null || [[ -n $bin ]] ||
+        die "cargo is not installed; see https://rustup.rs (then: . \"\$HOME/.cargo/env\")"
+    # shellcheck disable=SC2119 # no arguments: moto is needed
+    ecr_build_install
+    if [[ ! -x /usr/bin/time ]] || ! _ecr_build_pkg_installed time; then
+        _ecr_build_apt_install time
+    fi
+    [[ -x $DOCKER_CLI ]] || die "$DOCKER_CLI is missing (Debian's docker.io)"
+    local have
+    have=$("$AWSCLI_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("awscli"))' 2>/dev/null) || have=
+    if [[ $have != "$AWSCLI_VERSION" || ! -x $AWSCLI_VENV/bin/aws ]]; then
+        log "installing awscli==$AWSCLI_VERSION into $AWSCLI_VENV"
+        mkdir -p "$(dirname "$AWSCLI_VENV")"
+        "$(_ecr_build_python)" -m venv --clear "$AWSCLI_VENV"
+        "$AWSCLI_VENV/bin/python" -m pip install -q --disable-pip-version-check "awscli==$AWSCLI_VERSION"
+    fi
+}
+
+build_binary() {
+    if [[ -n $bin ]]; then
+        log "using $bin"
+        return
+    fi
+    log "cargo build --release --bin ecr-build"
+    cargo build --release --bin ecr-build
+    bin=$repo_root/target/release/ecr-build
+}
+
+start_services() {
+    state_dir=$(mktemp -d /tmp/ecrb.XXXXXX)
+    ecr_build_start_services "$state_dir"
+    # shellcheck source=/dev/null
+    source "$state_dir/env"
+    registry=$ECR_BUILD_TEST_REGISTRY
+}
+
+docker_cli() { "$DOCKER_CLI" "$@"; }
+
+new_sha() { od -An -N20 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# ECR CreateRepository on moto (JSON 1.1; moto checks no signature). Untimed set-up, so plain curl
+# rather than a Python start per repository.
+create_repositories() {
+    local prefix=$1 name code
+    shift
+    for name in "$@"; do
+        code=$(curl -s --noproxy '*' -o "$work/create-repo.out" -w '%{http_code}' -X POST "$AWS_ENDPOINT_URL" \
+            -H 'X-Amz-Target: AmazonEC2ContainerRegistry_V20150921.CreateRepository' \
+            -H 'Content-Type: application/x-amz-json-1.1' \
+            -H 'Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ecr/aws4_request, SignedHeaders=host, Signature=0' \
+            -d "{\"repositoryName\":\"$prefix/$name\"}")
+        [[ $code == 200 ]] || die "CreateRepository $prefix/$name: HTTP $code: $(cat "$work/create-repo.out")"
+    done
+}
+
+# A "first build" engine: no build cache and no image but the base (which cannot be pulled again).
+reset_engine() {
+    local base id
+    base=$(docker_cli image inspect -f '{{.Id}}' "$ECR_BUILD_BASE_IMAGE_NAME")
+    while IFS= read -r id; do
+        [[ -n $id && $id != "$base" ]] || continue
+        docker_cli image rm -f "$id" >/dev/null 2>&1 || true
+    done < <(docker_cli image ls -aq --no-trunc | sort -u)
+    docker_cli builder prune -af >/dev/null
+    sync
+}
+
+# ecr-build's config for an app dir whose images are the subdirectories named in "$@".
+write_config() {
+    local app=$1 prefix=$2 name
+    shift 2
+    {
+        echo '# Written by scripts/bench.sh: one tag, as the shell pipeline pushes.'
+        echo 'tags = ["{short_sha}"]'
+        echo 'network = "none"'
+        for name in "$@"; do
+            printf '\n[images.%s]\nrepository = "%s/%s"\ncontext = "%s"\n' "$name" "$prefix" "$name" "$name"
+        done
+    } >"$app/ecr-build.toml"
+}
+
+# run_tool TOOL APP PREFIX SHA LOG IMAGE...: one build stage of TOOL in APP, pushing to PREFIX/IMAGE.
+run_tool() {
+    local tool=$1 app=$2 prefix=$3 sha=$4 logf=$5
+    shift 5
+    case $tool in
+    shell)
+        local dc rc=0
+        dc=$(mktemp -d "$work/docker-config.XXXXXX")
+        (
+            cd "$app"
+            export DOCKER_CONFIG=$dc DOCKER_BUILDKIT=1 CODEBUILD_RESOLVED_SOURCE_VERSION=$sha
+            export REGISTRY=$registry REPO_PREFIX=$prefix IMAGES="$*"
+            export AWS=$AWSCLI_VENV/bin/aws DOCKER=$DOCKER_CLI
+            bash "$repo_root/scripts/bench/buildspec.sh"
+        ) >"$logf" 2>&1 || rc=$?
+        rm -rf "$dc"
+        return "$rc"
+        ;;
+    ecr-build)
+        # stdout (the per-image summary) apart from the log lines on stderr.
+        CODEBUILD_RESOLVED_SOURCE_VERSION=$sha "$bin" build --config "$app/ecr-build.toml" \
+            --registry "$registry" --output-dir "$app" >"${logf%.log}.summary" 2>"$logf"
+        ;;
+    esac
+}
+
+# Checks what a run left behind: imagedefinitions.json names every image at the commit's tag, and the
+# registry serves each manifest.
+verify_run() {
+    local tool=$1 app=$2 prefix=$3 sha=$4 logf=$5 name code
+    shift 5
+    local tag=${sha:0:7}
+    local want=()
+    for name in "$@"; do
+        want+=("$name=$registry/$prefix/$name:$tag")
+    done
+    if ! "$(_ecr_build_python)" - "$app/imagedefinitions.json" "${want[@]}" <<'EOF'; then
+import json, sys
+got = [f'{d["name"]}={d["imageUri"]}' for d in json.load(open(sys.argv[1]))]
+if got != sys.argv[2:]:
+    sys.exit(f"imagedefinitions.json: {got} != {sys.argv[2:]}")
+EOF
+        die "$tool wrote a wrong imagedefinitions.json (log: $logf)"
+    fi
+    for name in "$@"; do
+        code=$(_ecr_build_http_code -I -u "$ECR_BUILD_TEST_REGISTRY_USER:$ECR_BUILD_TEST_REGISTRY_PASSWORD" \
+            -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+            "http://$registry/v2/$prefix/$name/manifests/$tag")
+        [[ $code == 200 ]] || die "$tool: $registry/$prefix/$name:$tag is not in the registry (HTTP $code; log: $logf)"
+    done
+}
+
+# What ecr-build said it did per image: the second word of each summary line on its stdout
+# ("pushed", or whatever a newer binary says for an image it re-used), e.g. "pushed x3".
+ecr_outcome() {
+    awk 'NF >= 2 { print $2 }' "$1" | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }'
+}
+
+# timed SCENARIO TOOL ROUND APP PREFIX SHA IMAGE...: run, time, verify, record.
+timed() {
+    local scenario=$1 tool=$2 round=$3 app=$4 prefix=$5 sha=$6
+    shift 6
+    local logf=$out_dir/logs/r$round-$scenario-$tool.log
+    rm -f "$app/imagedefinitions.json"
+    local t0 t1 rc=0
+    t0=$EPOCHREALTIME
+    run_tool "$tool" "$app" "$prefix" "$sha" "$logf" "$@" || rc=$?
+    t1=$EPOCHREALTIME
+    if ((rc != 0)); then
+        printf -- '--- last lines of %s ---\n' "$logf" >&2
+        tail -n 30 "$logf" >&2
+        die "$tool failed in scenario $scenario, round $round (exit $rc)"
+    fi
+    verify_run "$tool" "$app" "$prefix" "$sha" "$logf" "$@"
+    local secs note=
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    if [[ $tool == ecr-build ]]; then
+        note=$(ecr_outcome "${logf%.log}.summary")
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$scenario" "$tool" "$round" "$secs" "$note" >>"$times"
+    log "round $round  $(printf '%-14s %-9s %7.2f s' "$scenario" "$tool" "$secs")${note:+  ($note)}"
+}
+
+# One tool's share of a round: scenarios 1-3 on its own copy of the app, then scenario 4.
+run_round_for() {
+    local tool=$1 round=$2 sha1=$3 sha2=$4
+    local prefix=bench-r$round-$tool
+    local app=$work/r$round-$tool
+    cp -a "$work/app-r$round" "$app"
+    write_config "$app" "$prefix" "${APP_IMAGES[@]}"
+    create_repositories "$prefix" "${APP_IMAGES[@]}" big
+
+    reset_engine
+    timed first "$tool" "$round" "$app" "$prefix" "$sha1" "${APP_IMAGES[@]}"
+    timed rerun "$tool" "$round" "$app" "$prefix" "$sha1" "${APP_IMAGES[@]}"
+    "$(_ecr_build_python)" scripts/bench/fixtures.py change "$app" "$CHANGED_IMAGE" --nonce "$sha2" >/dev/null
+    timed one-changed "$tool" "$round" "$app" "$prefix" "$sha2" "${APP_IMAGES[@]}"
+    # The same change on a new host, as CodeBuild gives every build by default: no build cache, no
+    # images. The shell rebuilds all three images; ecr-build finds two unchanged in the registry.
+    local sha3
+    sha3=$(new_sha)
+    "$(_ecr_build_python)" scripts/bench/fixtures.py change "$app" "$CHANGED_IMAGE" --nonce "$sha3" >/dev/null
+    reset_engine
+    timed one-changed-fresh "$tool" "$round" "$app" "$prefix" "$sha3" "${APP_IMAGES[@]}"
+
+    # The large context is one tree for every run (copying 200 MB per run would dominate); its
+    # VERSION file carries the round, so each round's image is new.
+    printf '%s\n' "$round" >"$work/large/big/VERSION"
+    write_config "$work/large" "$prefix" big
+    reset_engine
+    timed large-first "$tool" "$round" "$work/large" "$prefix" "$sha1" big
+    timed large-rerun "$tool" "$round" "$work/large" "$prefix" "$sha1" big
+    rm -rf "$app"
+}
+
+make_fixtures() {
+    log "generating the large context ($large_files files, ~$large_mb MB) and the hashing context (~$hash_mb MB sent)"
+    large_summary=$("$(_ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big" \
+        --files "$large_files" --mb "$large_mb" --nonce 0)
+    hash_summary=$("$(_ecr_build_python)" scripts/bench/fixtures.py hashing "$work/hash/data" --mb "$hash_mb")
+    cat >"$work/hash/ecr-build.toml" <<'EOF'
+# Written by scripts/bench.sh: the context hashing / peak RSS fixture.
+tags = ["{short_sha}"]
+network = "none"
+registry = "bench.invalid"
+
+[images.data]
+repository = "bench/hash"
+context = "data"
+EOF
+}
+
+json_field() { "$(_ecr_build_python)" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+# Peak RSS in MB from a GNU time -v report.
+max_rss_mb() { awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$1"; }
+
+# measure_hashing: fills hash_warm_mbs, hash_cold_mbs, plan_rss, dry_rss, dry_secs.
+measure_hashing() {
+    local sent sha logf tf t0 t1 i
+    sent=$(json_field "$hash_summary" sent_bytes)
+    sha=$(new_sha)
+    local -a warm=() cold=() rss=()
+    # A cold run reads the files into the page cache (1 GB fits easily), so the run after it is warm.
+    # Without dropping, the first run only warms the cache and is not counted.
+    local mode
+    local -a modes=(warmup warm warm warm warm)
+    if ((drop_caches)); then
+        if sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+            modes=(cold warm warm cold warm warm cold warm)
+        else
+            log "cannot drop the page cache here: hashing is measured warm only"
+            drop_caches=0
+        fi
+    fi
+    for i in "${!modes[@]}"; do
+        mode=${modes[$i]}
+        logf=$out_dir/logs/hashing-$i-$mode.log
+        tf=$work/time-$i.txt
+        if [[ $mode == cold ]]; then
+            sync
+            echo 3 >/proc/sys/vm/drop_caches
+        fi
+        t0=$EPOCHREALTIME
+        CODEBUILD_RESOLVED_SOURCE_VERSION=$sha /usr/bin/time -v -o "$tf" \
+            "$bin" plan --config "$work/hash/ecr-build.toml" >"$logf" 2>&1 ||
+            die "ecr-build plan failed (log: $logf)"
+        t1=$EPOCHREALTIME
+        local mbs
+        mbs=$(awk -v s="$sent" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", s / 1e6 / (b - a) }')
+        rss+=("$(max_rss_mb "$tf")")
+        case $mode in
+        cold) cold+=("$mbs") ;;
+        warm) warm+=("$mbs") ;;
+        esac
+        log "hashing $i ($mode): $mbs MB/s, peak RSS $(max_rss_mb "$tf") MB"
+    done
+    hash_warm_mbs=$(printf '%s\n' "${warm[@]}" | median)
+    hash_cold_mbs=
+    if ((${#cold[@]})); then
+        hash_cold_mbs=$(printf '%s\n' "${cold[@]}" | median)
+    fi
+    plan_rss=$(printf '%s\n' "${rss[@]}" | sort -g | tail -n1)
+
+    # The dry run streams the whole context to the engine as a tar.
+    reset_engine
+    logf=$out_dir/logs/hashing-dry-run.log
+    tf=$work/time-dry.txt
+    t0=$EPOCHREALTIME
+    CODEBUILD_RESOLVED_SOURCE_VERSION=$sha /usr/bin/time -v -o "$tf" \
+        "$bin" build --dry-run --config "$work/hash/ecr-build.toml" --output-dir "$work/hash" >"$logf" 2>&1 ||
+        die "ecr-build build --dry-run failed (log: $logf)"
+    t1=$EPOCHREALTIME
+    dry_rss=$(max_rss_mb "$tf")
+    dry_secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+    log "dry run of the hashing context: ${dry_secs} s, peak RSS $dry_rss MB"
+    reset_engine
+}
+
+# The shell's pre_build login alone, timed as often as there are rounds: the fixed cost of every
+# shell run (a Python start for the aws CLI, then the docker CLI), which a re-run cannot avoid.
+measure_shell_login() {
+    local i dc t0 t1
+    local -a secs=()
+    for ((i = 1; i <= rounds; i++)); do
+        dc=$(mktemp -d "$work/docker-config.XXXXXX")
+        t0=$EPOCHREALTIME
+        {
+            "$AWSCLI_VENV/bin/aws" ecr get-login-password |
+                DOCKER_CONFIG=$dc "$DOCKER_CLI" login --username AWS --password-stdin "$registry"
+        } >"$out_dir/logs/shell-login-$i.log" 2>&1 || die "the shell's docker login failed (log: $out_dir/logs/shell-login-$i.log)"
+        t1=$EPOCHREALTIME
+        rm -rf "$dc"
+        secs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
+    done
+    shell_login_secs=$(printf '%s\n' "${secs[@]}" | median)
+    log "shell login alone: median $shell_login_secs s"
+}
+
+median() {
+    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# stat_of SCENARIO TOOL FIELD: the median / min / max seconds of a scenario for a tool.
+stat_of() {
+    local values
+    values=$(awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t { print $4 }' "$times")
+    case $3 in
+    median) median <<<"$values" ;;
+    min) sort -g <<<"$values" | head -n1 ;;
+    max) sort -g <<<"$values" | tail -n1 ;;
+    esac
+}
+
+# How busy the CPUs are (all of them, in percent) over the next second, from /proc/stat.
+cpu_busy_percent() {
+    local a b
+    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; idle = y[2] - x[2];
+        printf "%d\n", (busy + idle > 0) ? 100 * busy / (busy + idle) : 0 }'
+}
+
+machine_line() {
+    local mem cpu docker_v driver aws_v source
+    mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)
+    cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)
+    docker_v=$(docker_cli version --format '{{.Server.Version}}' 2>/dev/null || echo '?')
+    driver=$(docker_cli info --format '{{.Driver}}' 2>/dev/null || echo '?')
+    aws_v=$("$AWSCLI_VENV/bin/aws" --version 2>&1 | awk '{ print $1 }')
+    if [[ $bin == "$repo_root/target/release/ecr-build" ]]; then
+        source="release build of $(git -C "$repo_root" describe --always --dirty 2>/dev/null || echo 'this tree')"
+    else
+        source=$bin
+    fi
+    printf 'nproc %s, %s, %s, kernel %s, docker %s (%s, BuildKit), %s, ecr-build %s (%s); CPUs %s%% busy in the second before the run, %s%% after it' \
+        "$(nproc)" "$mem" "$cpu" "$(uname -r)" "$docker_v" "$driver" "$aws_v" \
+        "$("$bin" --version | awk '{ print $2 }')" "$source" "$load_at_start" "$load_at_end"
+}
+
+# report: the table on stdout and as Markdown in target/bench/results.md.
+report() {
+    local large_desc hash_desc
+    large_desc="$(json_field "$large_summary" files) files, $(($(json_field "$large_summary" bytes) / 1000000)) MB, $(($(json_field "$large_summary" sent_bytes) / 1000)) kB sent"
+    hash_desc="$(json_field "$hash_summary" sent_files) files, $(($(json_field "$hash_summary" sent_bytes) / 1000000)) MB sent"
+
+    # scenario | label | target ratio (empty: none)
+    local -a rows=(
+        "first|first build (3 images)|1.00"
+        "rerun|re-run, nothing changed|0.10"
+        "one-changed|one of three images changed, same host (warm build cache)|0.50"
+        "one-changed-fresh|one of three images changed, new host (CodeBuild's default)|0.50"
+        "large-first|large context, first build|"
+        "large-rerun|large context, re-run|"
+    )
+    local -a md=() txt=()
+    md+=("| scenario | ecr-build s (min–max) | shell s (min–max) | ecr-build / shell | target | met |")
+    md+=("| --- | --- | --- | --- | --- | --- |")
+    txt+=("$(printf '%-30s %20s %20s %6s %8s %4s' scenario 'ecr-build s' 'shell s' ratio target met)")
+    local row scenario label target e s emin emax smin smax ratio met
+    for row in "${rows[@]}"; do
+        IFS='|' read -r scenario label target <<<"$row"
+        e=$(stat_of "$scenario" ecr-build median)
+        s=$(stat_of "$scenario" shell median)
+        emin=$(stat_of "$scenario" ecr-build min)
+        emax=$(stat_of "$scenario" ecr-build max)
+        smin=$(stat_of "$scenario" shell min)
+        smax=$(stat_of "$scenario" shell max)
+        ratio=$(awk -v e="$e" -v s="$s" 'BEGIN { printf "%.2f", e / s }')
+        met=-
+        if [[ -n $target ]]; then
+            met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t) ? "yes" : "no" }')
+        fi
+        md+=("$(printf '| %s | %.2f (%.2f–%.2f) | %.2f (%.2f–%.2f) | %s | %s | %s |' \
+            "$label" "$e" "$emin" "$emax" "$s" "$smin" "$smax" "$ratio" "${target:+≤ $target}" "$met")")
+        txt+=("$(printf '%-30s %20s %20s %6s %8s %4s' "$label" \
+            "$(printf '%.2f (%.2f-%.2f)' "$e" "$emin" "$emax")" \
+            "$(printf '%.2f (%.2f-%.2f)' "$s" "$smin" "$smax")" "$ratio" "${target:+<= $target}" "$met")")
+    done
+
+    local hash_met rss_met
+    hash_met=$(awk -v v="$hash_warm_mbs" 'BEGIN { print (v >= 300) ? "yes" : "no" }')
+    rss_met=$(awk -v a="$plan_rss" -v b="$dry_rss" 'BEGIN { print (a < 100 && b < 100) ? "yes" : "no" }')
+    local cold_txt="not measured (page cache not dropped)"
+    [[ -n $hash_cold_mbs ]] && cold_txt="$hash_cold_mbs MB/s (page cache dropped before each run)"
+    local machine outcomes
+    machine=$(machine_line)
+    # What ecr-build reported per image in the last round, per scenario.
+    outcomes=$(awk -F'\t' -v r="$rounds" '$2 == "ecr-build" && $3 == r { printf "%s%s: %s", sep, $1, $5; sep = "; " }' "$times")
+
+    local -a notes=(
+        "$rounds rounds; median seconds of the whole build stage (login, builds, pushes, imagedefinitions.json), min–max in brackets."
+        "Same engine (dockerd $(docker_cli version --format '{{.Server.Version}}' 2>/dev/null), BuildKit), registry (docker-registry 2.8, basic auth) and moto for both; each tool pushes to its own repositories."
+        "BuildKit's cache is engine-wide, so before each tool's first builds the engine is reset (docker builder prune -af, every image but the base removed); re-run and one-changed follow that tool's own first build; one-changed on a new host resets the engine first."
+        "shell: scripts/bench/buildspec.sh (aws ecr get-login-password | docker login, docker build --network none one image after another with DOCKER_BUILDKIT=1, docker push, printf). ecr-build: \`ecr-build build --registry\`, default --jobs ($(nproc))."
+        "Large context: $large_desc (node_modules, dist and .cache are .dockerignored)."
+        "The shell's login alone (aws ecr get-login-password | docker login) takes $shell_login_secs s (median): a floor under every shell run."
+        "ecr-build's own summary in the last round: $outcomes."
+    )
+
+    local -a extra_txt=(
+        "context hashing, ecr-build plan over $hash_desc: warm $hash_warm_mbs MB/s (target >= 300: $hash_met); cold $cold_txt"
+        "peak RSS: ecr-build plan $plan_rss MB; ecr-build build --dry-run (streams the tar) $dry_rss MB in $dry_secs s (target < 100 MB: $rss_met)"
+        "machine: $machine"
+    )
+
+    {
+        printf '\n'
+        printf '%s\n' "${txt[@]}"
+        printf '\n'
+        printf '%s\n' "${extra_txt[@]}"
+        printf '\n'
+        printf '%s\n' "${notes[@]}"
+    }
+
+    mkdir -p "$out_dir"
+    {
+        echo "## Benchmark: ecr-build vs. the buildspec shell"
+        echo
+        echo "\`$invocation\` on $(date -u +%Y-%m-%d). Machine: $machine."
+        echo
+        printf '%s\n' "${md[@]}"
+        echo
+        echo "| measure | value | target | met |"
+        echo "| --- | --- | --- | --- |"
+        echo "| context hashing, warm cache ($hash_desc, \`ecr-build plan\`) | $hash_warm_mbs MB/s | ≥ 300 MB/s | $hash_met |"
+        echo "| context hashing, cold cache | ${hash_cold_mbs:-not measured} ${hash_cold_mbs:+MB/s} | | |"
+        echo "| peak RSS, \`ecr-build plan\` of that context | $plan_rss MB | < 100 MB | $(awk -v a="$plan_rss" 'BEGIN { print (a < 100) ? "yes" : "no" }') |"
+        echo "| peak RSS, \`ecr-build build --dry-run\` of that context ($dry_secs s) | $dry_rss MB | < 100 MB | $(awk -v a="$dry_rss" 'BEGIN { print (a < 100) ? "yes" : "no" }') |"
+        echo
+        printf -- '- %s\n' "${notes[@]}"
+    } >"$out_dir/results.md"
+    log "wrote $out_dir/results.md, $times and $out_dir/logs/"
+}
+
+main() {
+    parse_args "$@"
+    install_deps
+    build_binary
+    # Anything else busy on the machine skews every number: say so.
+    load_at_start=$(cpu_busy_percent)
+    if ((load_at_start > 10)); then
+        log "warning: the CPUs were ${load_at_start}% busy before the benchmark; other work on this machine skews the numbers"
+    fi
+
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    rm -rf "$out_dir/logs"
+    mkdir -p "$out_dir/logs"
+    times=$out_dir/times.tsv
+    printf 'scenario\ttool\tround\tseconds\tecr-build summary\n' >"$times"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/ecrb-bench.XXXXXX")
+    start_services
+    make_fixtures
+
+    local round sha1 sha2
+    local -a order
+    local started=$SECONDS
+    for ((round = 1; round <= rounds; round++)); do
+        sha1=$(new_sha)
+        sha2=$(new_sha)
+        "$(_ecr_build_python)" scripts/bench/fixtures.py app "$work/app-r$round" --nonce "$round" >/dev/null
+        order=(shell ecr-build)
+        ((round % 2 == 0)) && order=(ecr-build shell)
+        run_round_for "${order[0]}" "$round" "$sha1" "$sha2"
+        run_round_for "${order[1]}" "$round" "$sha1" "$sha2"
+        rm -rf "$work/app-r$round"
+    done
+    log "rounds took $((SECONDS - started)) s; measuring the shell's login alone, then context hashing"
+    measure_shell_login
+    measure_hashing
+    load_at_end=$(cpu_busy_percent)
+    report
+}
+
+main "$@"

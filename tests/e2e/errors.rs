@@ -173,3 +173,29 @@ fn access_denied_on_get_authorization_token_names_the_action_and_resource() {
         .stderr_has("\"Resource\": \"*\"");
     assert!(!ws.exists("imagedefinitions.json"));
 }
+
+#[test]
+fn absurd_values_are_usage_errors_that_name_them() {
+    let ws = Workspace::empty();
+    single_image(&ws);
+    build_single(&ws, "err/absurd")
+        .args(["--jobs", "0"])
+        .run()
+        .failure(2)
+        .stderr_has("--jobs must be at least 1");
+    build_single(&ws, "err/absurd")
+        .args(["--docker-timeout=-5"])
+        .run()
+        .failure(2)
+        .stderr_has("--docker-timeout");
+    build_single(&ws, "err/absurd")
+        .env("AWS_MAX_ATTEMPTS", "0")
+        .run()
+        .failure(2)
+        .stderr_has("AWS_MAX_ATTEMPTS / ECR_BUILD_AWS_MAX_ATTEMPTS `0`");
+    ws.write("ecr-build.toml", "[images.web\nrepository = \"err/web\"\n");
+    let run = ws.ecr_build().args(["build", "--dry-run"]).run().failure(2);
+    let expected = format!("{}:1:", ws.path().join("ecr-build.toml").display());
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+}

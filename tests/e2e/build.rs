@@ -6,17 +6,11 @@ use crate::harness::*;
 
 /// The example app, pointed at this test's own repositories.
 fn example_app(prefix: &str) -> (Workspace, String, String) {
-    let ws = Workspace::example_app();
-    let web = format!("{prefix}/web");
-    let worker = format!("{prefix}/worker");
-    let config = ws
-        .read("ecr-build.toml")
-        .replace("ecr-build-example/web", &web)
-        .replace("ecr-build-example/worker", &worker)
-        .replace(
-            "tags = [\"{short_sha}\", \"latest\"]",
-            "tags = [\"{short_sha}\", \"latest\", \"build-{build_number}\"]",
-        );
+    let (ws, web, worker) = Workspace::example_app_in(prefix);
+    let config = ws.read("ecr-build.toml").replace(
+        "tags = [\"{short_sha}\", \"latest\"]",
+        "tags = [\"{short_sha}\", \"latest\", \"build-{build_number}\"]",
+    );
     ws.write("ecr-build.toml", &config);
     create_repository(&web);
     create_repository(&worker);

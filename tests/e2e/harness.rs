@@ -68,6 +68,20 @@ impl Workspace {
         }
     }
 
+    /// A copy of examples/app whose two images push to `PREFIX/web` and `PREFIX/worker`; returns
+    /// those repository names too.
+    pub fn example_app_in(prefix: &str) -> (Self, String, String) {
+        let ws = Self::example_app();
+        let web = format!("{prefix}/web");
+        let worker = format!("{prefix}/worker");
+        let config = ws
+            .read("ecr-build.toml")
+            .replace("ecr-build-example/web", &web)
+            .replace("ecr-build-example/worker", &worker);
+        ws.write("ecr-build.toml", &config);
+        (ws, web, worker)
+    }
+
     /// A copy of examples/app.
     pub fn example_app() -> Self {
         let ws = Self::empty();
@@ -330,22 +344,40 @@ pub fn registry_tags(repository: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Calls an ECR action on moto (JSON 1.1 protocol; moto checks no signature).
-pub fn ecr_call(action: &str, body: serde_json::Value) -> serde_json::Value {
+/// Calls an action of an AWS JSON 1.1 service on the moto at `endpoint`. moto checks no signature
+/// (unless IAM is enforced, and then not for its first INITIAL_NO_AUTH_ACTION_COUNT calls).
+fn aws_json_call(
+    endpoint: &str,
+    target: &str,
+    service: &str,
+    action: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
     let mut response = http()
-        .post(&services().aws_endpoint)
-        .header("X-Amz-Target", &format!("AmazonEC2ContainerRegistry_V20150921.{action}"))
+        .post(endpoint)
+        .header("X-Amz-Target", &format!("{target}.{action}"))
         .header("Content-Type", "application/x-amz-json-1.1")
         .header(
             "Authorization",
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ecr/aws4_request, SignedHeaders=host, Signature=0",
+            &format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"),
         )
         .send(body.to_string())
-        .unwrap_or_else(|e| panic!("ECR {action}: {e}"));
+        .unwrap_or_else(|e| panic!("{service} {action}: {e}"));
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap();
-    assert_eq!(status, 200, "ECR {action}: {text}");
+    assert_eq!(status, 200, "{service} {action}: {text}");
     serde_json::from_str(&text).unwrap()
+}
+
+/// Calls an ECR action on the shared moto.
+pub fn ecr_call(action: &str, body: serde_json::Value) -> serde_json::Value {
+    aws_json_call(
+        &services().aws_endpoint,
+        "AmazonEC2ContainerRegistry_V20150921",
+        "ecr",
+        action,
+        body,
+    )
 }
 
 pub fn create_repository(name: &str) {
@@ -474,23 +506,9 @@ impl EcrBuild {
     }
 }
 
-/// Calls an SSM action on the moto at `endpoint` (JSON 1.1 protocol; moto checks no signature unless
-/// IAM is enforced, and then not for its first INITIAL_NO_AUTH_ACTION_COUNT calls).
+/// Calls an SSM action on the moto at `endpoint`.
 pub fn ssm_call_at(endpoint: &str, action: &str, body: serde_json::Value) -> serde_json::Value {
-    let mut response = http()
-        .post(endpoint)
-        .header("X-Amz-Target", &format!("AmazonSSM.{action}"))
-        .header("Content-Type", "application/x-amz-json-1.1")
-        .header(
-            "Authorization",
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ssm/aws4_request, SignedHeaders=host, Signature=0",
-        )
-        .send(body.to_string())
-        .unwrap_or_else(|e| panic!("SSM {action}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    assert_eq!(status, 200, "SSM {action}: {text}");
-    serde_json::from_str(&text).unwrap()
+    aws_json_call(endpoint, "AmazonSSM", "ssm", action, body)
 }
 
 /// Creates or overwrites a parameter in the shared moto: a SecureString (default KMS key) if `secure`.

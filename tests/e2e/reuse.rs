@@ -3,14 +3,7 @@
 use crate::harness::*;
 
 fn app(prefix: &str, immutable: bool) -> (Workspace, String, String) {
-    let ws = Workspace::example_app();
-    let web = format!("{prefix}/web");
-    let worker = format!("{prefix}/worker");
-    let config = ws
-        .read("ecr-build.toml")
-        .replace("ecr-build-example/web", &web)
-        .replace("ecr-build-example/worker", &worker);
-    ws.write("ecr-build.toml", &config);
+    let (ws, web, worker) = Workspace::example_app_in(prefix);
     for repository in [&web, &worker] {
         if immutable {
             create_immutable_repository(repository)

@@ -1250,7 +1250,10 @@ fn add_outside_dockerfile(
         path: dockerfile.to_owned(),
         cause,
     })?;
-    let name = format!(".dockerfile.{}", &hex(&Sha256::digest(&content))[..20]);
+    let name = format!(
+        ".dockerfile.{}",
+        &format!("{:x}", Sha256::digest(&content))[..20]
+    );
     let mut ignore_content = ignore_bytes.unwrap_or_else(|| DOCKERIGNORE.as_bytes().to_vec());
     ignore_content.extend_from_slice(format!("\n{name}\n").as_bytes());
     let ignore_mode = entries
@@ -1359,7 +1362,7 @@ impl ContextFiles {
             }
         }
         put_framed(&mut hasher, extra);
-        Ok(hex(&hasher.finalize()))
+        Ok(format!("{:x}", hasher.finalize()))
     }
 
     /// The sha256 of every DiskFile's content, in entry order, computed by two threads that take
@@ -1511,20 +1514,6 @@ fn hash_file(path: &Path, size: u64, buffer: &mut [u8]) -> Result<[u8; 32], Cont
 fn put_framed(hasher: &mut Sha256, bytes: &[u8]) {
     hasher.update((bytes.len() as u64).to_be_bytes());
     hasher.update(bytes);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|byte| {
-            [
-                DIGITS[usize::from(byte >> 4)],
-                DIGITS[usize::from(byte & 0xf)],
-            ]
-        })
-        .map(char::from)
-        .collect()
 }
 
 /// Reads exactly the size collect saw and fails if the file is now shorter or longer: a tar
@@ -2185,7 +2174,7 @@ a\?b
         let files = collect(dir.path(), &dockerfile).unwrap();
         let expected_name = format!(
             ".dockerfile.{}",
-            &hex(&Sha256::digest(b"FROM scratch\nCOPY . /\n"))[..20]
+            &format!("{:x}", Sha256::digest(b"FROM scratch\nCOPY . /\n"))[..20]
         );
         assert_eq!(files.dockerfile_in_context(), expected_name);
         assert_eq!(

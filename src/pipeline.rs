@@ -192,11 +192,7 @@ fn combined_digest(prepared: &[PreparedImage]) -> String {
         hasher.update([0]);
         hasher.update(image.digest.as_bytes());
     }
-    hex(&hasher.finalize())[..40].to_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", hasher.finalize())[..40].to_owned()
 }
 
 /// BuildKit refuses secrets over 500 KiB; say so before the build instead of in the middle of it.

@@ -281,17 +281,7 @@ pub struct Summary {
 /// Docker's client (an observer here: it inspects and runs what ecr-build built).
 #[track_caller]
 pub fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .env("DOCKER_HOST", &services().docker_host)
-        .output()
-        .expect("docker client runs");
-    assert!(
-        output.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    String::from_utf8_lossy(&docker_bytes(args)).into_owned()
 }
 
 /// Runs an image's default command with no network and returns its stdout.

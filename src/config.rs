@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::cli::{BuilderArg, PlanArgs, SingleImageArgs};
+use crate::reference::{check_repository, normalize_registry};
 use crate::tags::TagTemplate;
 
 pub const DEFAULT_CONFIG_FILE: &str = "ecr-build.toml";
@@ -606,44 +607,6 @@ fn scalar_to_string(value: &toml::Value) -> Option<String> {
 fn first_duplicate<'a>(items: impl Iterator<Item = &'a String>) -> Option<&'a String> {
     let mut seen = std::collections::HashSet::new();
     items.into_iter().find(|item| !seen.insert(*item))
-}
-
-/// Accepts `host[:port]`, tolerating a scheme and trailing slash as ECR's proxyEndpoint has them.
-pub fn normalize_registry(registry: &str) -> Result<String, String> {
-    let host = registry
-        .trim()
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .trim_end_matches('/');
-    let valid = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    if valid {
-        Ok(host.to_owned())
-    } else {
-        Err(format!("registry `{registry}` is not a host[:port]"))
-    }
-}
-
-/// ECR's repository name rule: lowercase components separated by `/`, each `[a-z0-9]+([._-][a-z0-9]+)*`.
-fn check_repository(repository: &str) -> Result<(), String> {
-    let component_ok = |c: &str| {
-        !c.is_empty()
-            && c.split(['.', '_', '-']).all(|part| {
-                !part.is_empty()
-                    && part
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            })
-    };
-    if repository.len() < 2 || repository.len() > 256 || !repository.split('/').all(component_ok) {
-        return Err(format!(
-            "repository `{repository}` is not a valid ECR repository name \
-             (2-256 characters; lowercase letters, digits and . _ - between them, components separated by /)"
-        ));
-    }
-    Ok(())
 }
 
 /// ECS container names: up to 255 letters, digits, hyphens and underscores.

@@ -9,10 +9,9 @@ use std::fmt;
 use std::io;
 use std::os::unix::process::CommandExt as _;
 
-use anyhow::Result;
-
 use crate::aws::{self, Secret, ssm};
 use crate::cli::ExecArgs;
+use crate::error::Result;
 
 /// The variable docker-entrypoint.sh scripts read the prefix from; used when neither `--ssm-path` nor
 /// `ECR_BUILD_SSM_PATH` is given.
@@ -227,10 +226,10 @@ async fn read_parameters(prefix: &Prefix) -> Result<Vec<(String, Secret)>> {
     let region = config.region().map(ToString::to_string).unwrap_or_default();
     let client = aws_sdk_ssm::Client::new(&config);
     match prefix {
-        Prefix::Path(path) => ssm::get_parameters_by_path(&client, &region, path).await,
+        Prefix::Path(path) => Ok(ssm::get_parameters_by_path(&client, &region, path).await?),
         Prefix::Dotted(dotted) => {
             let names = ssm::names_beginning_with(&client, &region, &format!("{dotted}.")).await?;
-            ssm::get_parameters(&client, &region, &names).await
+            Ok(ssm::get_parameters(&client, &region, &names).await?)
         }
     }
 }

@@ -5,7 +5,8 @@ use ecr_build::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ecr_build::output::init(cli.verbose, cli.quiet);
+    let verbose = cli.verbose;
+    ecr_build::output::init(verbose, cli.quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -16,8 +17,8 @@ fn main() -> ExitCode {
     match runtime.block_on(ecr_build::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err:#}");
-            ExitCode::from(ecr_build::exit_code(&err))
+            tracing::error!("{}", ecr_build::output::final_error(&err, verbose));
+            ExitCode::from(err.code())
         }
     }
 }

@@ -35,16 +35,20 @@ pub struct Redactor {
 const MIN_SECRET_LEN: usize = 4;
 
 impl Redactor {
+    /// Registers a value, and each of its lines on its own: build output is logged line by line,
+    /// so a multi-line value (a PEM key, an .npmrc) never appears whole in one log line.
     pub fn add(&self, secret: &str) {
-        if secret.len() < MIN_SECRET_LEN {
-            return;
-        }
+        let pieces = std::iter::once(secret)
+            .chain(std::iter::once(secret.trim()))
+            .chain(secret.lines().map(str::trim));
         let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
-        if !secrets.iter().any(|s| s == secret) {
-            secrets.push(secret.to_owned());
-            // Longest first, so a secret that contains another is masked whole.
-            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for piece in pieces {
+            if piece.len() >= MIN_SECRET_LEN && !secrets.iter().any(|s| s == piece) {
+                secrets.push(piece.to_owned());
+            }
         }
+        // Longest first, so a secret that contains another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
 
     pub fn redact(&self, text: &str) -> String {
@@ -61,12 +65,14 @@ pub fn redactor() -> &'static Redactor {
     REDACTOR.get_or_init(Redactor::default)
 }
 
-/// Our crate at info (debug with -v); the AWS SDK at warn unless -v. bollard and hyper stay at warn
-/// at every level: their debug output includes request headers, and X-Registry-Auth carries the password.
+/// Our crate at info (debug with -v); the AWS SDK at warn unless -v, but for its instance-metadata
+/// probes, whose failures (no IMDS on a laptop) are expected and explained by our own error. bollard
+/// and hyper stay at warn at every level: their debug output includes request headers, and
+/// X-Registry-Auth carries the password.
 pub fn filter(verbose: u8, quiet: bool) -> EnvFilter {
     let directives = match (quiet, verbose) {
-        (true, _) => "warn",
-        (false, 0) => "warn,ecr_build=info",
+        (true, _) => "warn,aws_config::imds=error",
+        (false, 0) => "warn,ecr_build=info,aws_config::imds=error",
         (false, 1) => "warn,ecr_build=debug,aws_config=info,aws_sdk_ecr=info,aws_sdk_ssm=info",
         (false, _) => {
             "warn,ecr_build=trace,aws_config=debug,aws_sdk_ecr=debug,aws_sdk_ssm=debug,aws_smithy_runtime=debug"
@@ -78,13 +84,22 @@ pub fn filter(verbose: u8, quiet: bool) -> EnvFilter {
 pub fn init(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter(verbose, quiet))
-        .event_format(PlainLines)
+        .event_format(PlainLines {
+            whole_lines: verbose > 0,
+        })
         .with_writer(RedactingStderr)
         .init();
 }
 
+/// Without -v no line ecr-build prints is longer than this: long enough for a message that names
+/// the thing and the fix, short enough that an SDK's raw response dump cannot pass.
+pub const MAX_LINE_CHARS: usize = 300;
+
 /// `web | Step 2/5 : RUN make`, `warning: ...`, `error: web: ...`.
-struct PlainLines;
+struct PlainLines {
+    /// -v: other crates' events as they are; otherwise each on one line of at most MAX_LINE_CHARS.
+    whole_lines: bool,
+}
 
 #[derive(Default)]
 struct Fields {
@@ -143,6 +158,10 @@ where
         } else {
             format!("[{}] ", event.metadata().target())
         };
+        if !crate_event && !self.whole_lines {
+            fields.message = shorten(&one_line(&fields.message), MAX_LINE_CHARS / 2);
+            fields.rest = shorten(&one_line(&fields.rest), MAX_LINE_CHARS / 4);
+        }
         match fields.image {
             Some(image) => writeln!(
                 writer,
@@ -152,6 +171,37 @@ where
             None => writeln!(writer, "{level}{origin}{}{}", fields.message, fields.rest),
         }
     }
+}
+
+/// The error a command ended with, with its causes: without -v one line of at most MAX_LINE_CHARS
+/// (the message names the thing and the fix first; causes that do not fit are cut), with -v whole.
+pub fn final_error(err: &dyn std::error::Error, verbose: u8) -> String {
+    let text = one_line(&with_causes(err));
+    if verbose > 0 {
+        text
+    } else {
+        shorten(&text, MAX_LINE_CHARS - "error: ".len())
+    }
+}
+
+/// Control characters (newlines of a multi-line message) become spaces, runs of spaces one.
+fn one_line(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// At most `max` characters, with `…` where text was cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    const CUT: &str = " … (-v shows all)";
+    let keep = max.saturating_sub(CUT.chars().count());
+    let mut short: String = text.chars().take(keep).collect();
+    short.push_str(CUT);
+    short
 }
 
 /// stderr, one write per event, secrets masked.
@@ -193,6 +243,36 @@ mod tests {
             redactor.redact("pw=hunter2hunter2 and hunter2, abc"),
             "pw=*** and ***, abc"
         );
+    }
+
+    #[test]
+    fn every_line_of_a_multi_line_secret_is_masked_on_its_own() {
+        let redactor = Redactor::default();
+        let key =
+            "-----BEGIN KEY-----\nMIIEvQIBADANBgkq\r\n  hkiG9w0BAQEFAASC \nab\n-----END KEY-----\n";
+        redactor.add(key);
+        assert_eq!(redactor.redact(key), "***");
+        assert_eq!(redactor.redact("web |    MIIEvQIBADANBgkq"), "web |    ***");
+        assert_eq!(
+            redactor.redact("x=hkiG9w0BAQEFAASC;y"),
+            "x=***;y",
+            "a line inside a longer log line"
+        );
+        assert_eq!(redactor.redact("-----END KEY-----"), "***");
+        // Shorter than MIN_SECRET_LEN: left as it is (it would mask ordinary words).
+        assert_eq!(redactor.redact("ab"), "ab");
+    }
+
+    #[test]
+    fn final_errors_are_one_short_line_without_verbose() {
+        let long = anyhow::anyhow!("{}\n{}", "raw response ".repeat(40), "dump")
+            .context("no AWS region: set AWS_REGION");
+        let long: &dyn std::error::Error = long.as_ref();
+        let short = final_error(long, 0);
+        assert!(short.starts_with("no AWS region: set AWS_REGION: raw response"));
+        assert!(short.chars().count() <= MAX_LINE_CHARS - "error: ".len());
+        assert!(short.ends_with("(-v shows all)") && !short.contains('\n'));
+        assert!(final_error(long, 1).ends_with("dump"));
     }
 
     #[test]

@@ -1,22 +1,29 @@
-//! One run of `build` or `plan`: contexts, tags, login, builds and pushes in parallel, artifacts, summary.
+//! One run of `build` or `plan`. An image goes, top to bottom: its context is read and hashed
+//! ([`prepare`]); the run's tags are rendered; [`build_one`] looks up what the registry holds, asks
+//! [`decide`] what to do, and either re-tags the unchanged image or builds and pushes it; once every
+//! image is done, the artifacts are written. Decisions are pure functions in other modules; this
+//! module does the I/O in the order they say.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Context as _;
 use futures_util::StreamExt;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::artifacts::{self, ImageUri};
-use crate::aws;
-use crate::config::{Builder, ConfigError, ImagePlan, Plan, SecretSource};
+use crate::aws::{self, ecr::EcrAuth, ecr::EcrLogin};
+use crate::config::{Builder, ConfigError, ImagePlan, Plan};
 use crate::context::{self, ContextFiles};
+use crate::decide::{self, Action, RegistryState, TagRules};
 use crate::docker::{BuildRequest, DockerError, Engine};
+use crate::error::{Error, Result};
 use crate::registry::{Manifest, RegistryClient, RegistryError};
-use crate::retry;
-use crate::tags::{self, BuildEnv, TagVars};
+use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
+use crate::secrets::{self, SecretValues};
+use crate::tags::{self, BuildEnv, RunTags};
+use crate::{git, retry};
 
 /// Used when a dry run has no registry from the config, the flags or AWS_ACCOUNT_ID + region.
 pub const DRY_RUN_PLACEHOLDER_REGISTRY: &str = "dry-run.invalid";
@@ -40,13 +47,6 @@ struct PreparedImage {
     digest: String,
 }
 
-/// The tags of this run and the commit they came from.
-struct RunTags {
-    /// `None` only in a dry run without any commit SHA.
-    sha: Option<String>,
-    tags: Vec<String>,
-}
-
 /// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
 /// different inputs can produce the same bytes.
 fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context: &str) -> Vec<u8> {
@@ -61,51 +61,15 @@ fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context: &st
     .expect("plain values serialize")
 }
 
-/// Walks every image's context (in parallel, off the async threads) and hashes it.
+/// Walks and hashes every image's context, in parallel, off the async threads. The run's own
+/// artifacts and output files are never sent.
 async fn prepare(plan: &Plan) -> Result<Vec<PreparedImage>> {
-    let artifact_files = plan.artifacts.paths();
+    let mut withheld = plan.artifacts.paths();
+    withheld.extend(context::own_output_files());
     let walks = plan.images.iter().cloned().map(|image| {
         let builder = plan.builder;
-        let artifact_files = artifact_files.clone();
-        tokio::task::spawn_blocking(move || -> Result<PreparedImage> {
-            let mut files = context::collect(&image.context, &image.dockerfile).map_err(|err| {
-                ConfigError::Invalid {
-                    origin: format!("image {}", image.name),
-                    message: err.to_string(),
-                }
-            })?;
-            for path in files.withhold(&artifact_files) {
-                tracing::debug!(
-                    image = image.name.as_str(),
-                    "not sending {path}: it is an artifact of ecr-build"
-                );
-            }
-            let digest = files
-                .digest(&digest_inputs(
-                    &image,
-                    builder,
-                    files.dockerfile_in_context(),
-                ))
-                .with_context(|| {
-                    format!(
-                        "image {}: cannot hash the context {}",
-                        image.name,
-                        image.context.display()
-                    )
-                })?;
-            tracing::debug!(
-                image = image.name.as_str(),
-                "context {}: {} files, {} bytes, digest {digest}",
-                image.context.display(),
-                files.len(),
-                files.total_bytes()
-            );
-            Ok(PreparedImage {
-                plan: image,
-                files,
-                digest,
-            })
-        })
+        let withheld = withheld.clone();
+        tokio::task::spawn_blocking(move || prepare_one(image, builder, &withheld))
     });
     let mut prepared = Vec::with_capacity(plan.images.len());
     for walk in futures_util::future::join_all(walks).await {
@@ -114,207 +78,63 @@ async fn prepare(plan: &Plan) -> Result<Vec<PreparedImage>> {
     Ok(prepared)
 }
 
-fn git_output(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let output = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|err| format!("git could not run: {err}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    } else {
-        Err(format!(
-            "git rev-parse HEAD in {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+fn prepare_one(image: ImagePlan, builder: Builder, withheld: &[PathBuf]) -> Result<PreparedImage> {
+    let name = image.name.as_str();
+    let mut files = context::collect(&image.context, &image.dockerfile).map_err(|err| {
+        ConfigError::Invalid {
+            origin: format!("image {name}"),
+            message: err.to_string(),
+        }
+    })?;
+    for path in files.withhold(withheld) {
+        tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
     }
+    let inputs = digest_inputs(&image, builder, files.dockerfile_in_context());
+    let digest = files.digest(&inputs).with_context(|| {
+        format!(
+            "image {name}: cannot hash the context {}",
+            image.context.display()
+        )
+    })?;
+    tracing::debug!(
+        image = name,
+        "context {}: {} files, {} bytes, digest {digest}",
+        image.context.display(),
+        files.len(),
+        files.total_bytes()
+    );
+    Ok(PreparedImage {
+        plan: image,
+        files,
+        digest,
+    })
 }
 
-/// Resolves the commit and renders every tag. A dry run without a commit tags with the contexts' digest.
-fn resolve_tags(
+/// The run's tags; a dry run without a commit tags with a hash of every image's context digest.
+fn run_tags(
     plan: &Plan,
     sha_flag: Option<&str>,
     prepared: &[PreparedImage],
     dry_run: bool,
 ) -> Result<RunTags> {
-    let env = BuildEnv::from_process();
-    let needs_sha = plan.tags.iter().any(|t| t.uses_sha());
-    let sha = match tags::resolve_sha(sha_flag, &env, || {
-        git_output(&plan.source_dir, &["rev-parse", "HEAD"])
-    }) {
-        Ok((sha, source)) => {
-            tracing::info!("commit {sha} (from {source})");
-            Some(sha)
+    let stand_in = dry_run.then(|| {
+        let mut hasher = Sha256::new();
+        for image in prepared {
+            hasher.update(image.plan.name.as_bytes());
+            hasher.update([0]);
+            hasher.update(image.digest.as_bytes());
         }
-        Err(err @ tags::TagError::InvalidSha(_)) => {
-            return Err(ConfigError::Usage(err.to_string()).into());
-        }
-        Err(err) if dry_run => {
-            let fallback = combined_digest(prepared);
-            tracing::warn!(
-                "dry run: {err}; tagging with {} derived from the context digest instead",
-                &fallback[..7]
-            );
-            Some(fallback)
-        }
-        Err(err) if needs_sha => return Err(ConfigError::Usage(err.to_string()).into()),
-        Err(_) => None,
-    };
-    let vars = TagVars {
-        sha: sha.clone(),
-        build_number: env.build_number.clone(),
-        build_id: env.build_id.as_deref().map(tags::build_id_suffix),
-        branch: tags::resolve_branch(&env, || {
-            git_output(&plan.source_dir, &["rev-parse", "--abbrev-ref", "HEAD"])
-                .ok()
-                .filter(|b| b != "HEAD")
-        }),
-    };
-    let tags = plan
-        .tags
-        .iter()
-        .map(|t| {
-            t.render(&vars)
-                .map_err(|e| ConfigError::Usage(e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RunTags { sha, tags })
-}
-
-/// A 40-hex stand-in for the commit, from every image's context digest.
-fn combined_digest(prepared: &[PreparedImage]) -> String {
-    let mut hasher = Sha256::new();
-    for image in prepared {
-        hasher.update(image.plan.name.as_bytes());
-        hasher.update([0]);
-        hasher.update(image.digest.as_bytes());
-    }
-    format!("{:x}", hasher.finalize())[..40].to_owned()
-}
-
-/// BuildKit refuses secrets over 500 KiB; say so before the build instead of in the middle of it.
-const MAX_SECRET_BYTES: usize = 500 * 1024;
-
-/// Secret values of one image, by id. Held in memory only, and served only on its build session.
-type SecretValues = HashMap<String, Vec<u8>>;
-
-/// Reads every image's secrets before any build starts: all SSM names of all images in batched
-/// GetParameters calls (one error lists every missing name), each ssm_path once, then env: and file:.
-/// `ssm` is `None` in a dry run, where ssm: sources must be replaced with --secret.
-async fn resolve_secrets(
-    plan: &Plan,
-    ssm: Option<(&aws_sdk_ssm::Client, &str)>,
-) -> Result<Vec<SecretValues>> {
-    let mut from_ssm: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut by_path: HashMap<String, Vec<(String, Vec<u8>)>> = HashMap::new();
-    match ssm {
-        Some((client, region)) => {
-            let mut names: Vec<String> = Vec::new();
-            for image in &plan.images {
-                for (_, source) in &image.secrets {
-                    if let SecretSource::Ssm(name) = source {
-                        if !names.contains(name) {
-                            names.push(name.clone());
-                        }
-                    }
-                }
-            }
-            if !names.is_empty() {
-                for (name, value) in aws::ssm::get_parameters(client, region, &names).await? {
-                    from_ssm.insert(name, value.expose().as_bytes().to_vec());
-                }
-            }
-            for path in plan.images.iter().filter_map(|i| i.ssm_path.as_ref()) {
-                if by_path.contains_key(path) {
-                    continue;
-                }
-                let parameters = aws::ssm::get_parameters_by_path(client, region, path).await?;
-                let secrets = parameters
-                    .into_iter()
-                    .map(|(name, value)| {
-                        let id = name.rsplit('/').next().unwrap_or(&name).to_owned();
-                        (id, value.expose().as_bytes().to_vec())
-                    })
-                    .collect();
-                by_path.insert(path.clone(), secrets);
-            }
-        }
-        None => {
-            let needs_ssm: Vec<String> = plan
-                .images
-                .iter()
-                .flat_map(|image| {
-                    image
-                        .secrets
-                        .iter()
-                        .filter(|(_, source)| matches!(source, SecretSource::Ssm(_)))
-                        .map(move |(id, source)| format!("{}: {id} = {source}", image.name))
-                })
-                .collect();
-            if !needs_ssm.is_empty() {
-                return Err(ConfigError::Usage(format!(
-                    "a dry run makes no AWS call, so these secrets have no value: {}; give each with \
-                     --secret ID=env:VAR or --secret ID=file:PATH",
-                    needs_ssm.join("; ")
-                ))
-                .into());
-            }
-            for image in plan.images.iter().filter(|i| i.ssm_path.is_some()) {
-                tracing::warn!(
-                    image = image.name.as_str(),
-                    "dry run: ssm_path {} is not read (no AWS call); its secrets are left out unless given with --secret",
-                    image.ssm_path.as_deref().unwrap_or_default()
-                );
-            }
-        }
-    }
-
-    let mut resolved = Vec::with_capacity(plan.images.len());
-    for image in &plan.images {
-        let mut values = SecretValues::new();
-        if let Some(path) = &image.ssm_path {
-            for (id, value) in by_path.get(path).into_iter().flatten() {
-                values.insert(id.clone(), value.clone());
-            }
-        }
-        for (id, source) in &image.secrets {
-            let value = match source {
-                SecretSource::Ssm(name) => from_ssm
-                    .get(name)
-                    .cloned()
-                    .with_context(|| format!("image {}: SSM parameter {name} for secret {id} was not returned", image.name))?,
-                SecretSource::Env(var) => std::env::var_os(var)
-                    .map(std::os::unix::ffi::OsStringExt::into_vec)
-                    .ok_or_else(|| ConfigError::Usage(format!(
-                        "image {}: secret {id} comes from environment variable {var}, which is not set",
-                        image.name
-                    )))?,
-                SecretSource::File(path) => std::fs::read(path).map_err(|err| ConfigError::Usage(format!(
-                    "image {}: secret {id} comes from {}: {err}",
-                    image.name,
-                    path.display()
-                )))?,
-            };
-            if let Ok(text) = std::str::from_utf8(&value) {
-                crate::output::redactor().add(text);
-                crate::output::redactor().add(text.trim_end());
-            }
-            values.insert(id.clone(), value);
-        }
-        for (id, value) in &values {
-            anyhow::ensure!(
-                value.len() <= MAX_SECRET_BYTES,
-                "image {}: secret {id} is {} bytes; BuildKit accepts at most {MAX_SECRET_BYTES}",
-                image.name,
-                value.len()
-            );
-        }
-        resolved.push(values);
-    }
-    Ok(resolved)
+        format!("{:x}", hasher.finalize())[..40].to_owned()
+    });
+    let git = |args: &[&str]| git::output(&plan.source_dir, args);
+    tags::resolve_run_tags(
+        &plan.tags,
+        sha_flag,
+        &BuildEnv::from_process(),
+        git,
+        stand_in,
+    )
+    .map_err(|err| Error::usage(err.to_string()))
 }
 
 /// The registry of a dry run or a plan, and where it came from.
@@ -336,65 +156,50 @@ fn offline_registry(plan: &Plan) -> (String, &'static str) {
     }
 }
 
-#[derive(Serialize)]
-struct PlanOutput<'a> {
-    registry: &'a str,
-    sha: Option<&'a str>,
-    tags: &'a [String],
-    images: Vec<PlannedImage<'a>>,
-}
-
-#[derive(Serialize)]
-struct PlannedImage<'a> {
-    name: &'a str,
-    repository: &'a str,
-    context: &'a Path,
-    dockerfile: &'a Path,
-    target: Option<&'a str>,
-    context_digest: &'a str,
-    uris: Vec<String>,
-}
-
 /// `ecr-build plan`: the JSON on stdout, nothing built.
 pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
     let prepared = prepare(&plan).await?;
-    let run_tags = resolve_tags(&plan, sha_flag, &prepared, false)?;
+    let run_tags = run_tags(&plan, sha_flag, &prepared, false)?;
     let (registry, source) = offline_registry(&plan);
     tracing::info!("registry {registry} (from {source})");
+    let images = prepared
+        .iter()
+        .map(|p| PlannedImage {
+            name: &p.plan.name,
+            repository: &p.plan.repository,
+            context: &p.plan.context,
+            dockerfile: &p.plan.dockerfile,
+            target: p.plan.target.as_deref(),
+            context_digest: &p.digest,
+            uris: (run_tags.tags.iter())
+                .map(|t| format!("{registry}/{}:{t}", p.plan.repository))
+                .collect(),
+        })
+        .collect();
     let output = PlanOutput {
         registry: &registry,
         sha: run_tags.sha.as_deref(),
         tags: &run_tags.tags,
-        images: prepared
-            .iter()
-            .map(|p| PlannedImage {
-                name: &p.plan.name,
-                repository: &p.plan.repository,
-                context: &p.plan.context,
-                dockerfile: &p.plan.dockerfile,
-                target: p.plan.target.as_deref(),
-                context_digest: &p.digest,
-                uris: run_tags
-                    .tags
-                    .iter()
-                    .map(|t| format!("{registry}/{}:{t}", p.plan.repository))
-                    .collect(),
-            })
-            .collect(),
+        images,
     };
-    println!("{}", serde_json::to_string_pretty(&output)?);
+    report::print_plan(&output).context("cannot print the plan")?;
     Ok(())
 }
 
-/// What one image's build and push produced.
-struct ImageOutcome {
-    name: String,
-    repository_uri: String,
-    /// Registry manifest digest; in a dry run, the local image ID.
-    digest: String,
-    /// What happened: built and pushed, reused from an unchanged context, or built in a dry run.
-    result: &'static str,
-    seconds: f64,
+/// The ECR login and the registry API client, one for the whole run; `current` keeps both on a
+/// token young enough for the next call.
+struct RegistryAccess {
+    auth: EcrAuth,
+    client: RegistryClient,
+}
+
+impl RegistryAccess {
+    async fn current(&self) -> Result<EcrLogin> {
+        let login = self.auth.current().await?;
+        self.client
+            .set_login(&login.username, login.password.expose());
+        Ok(login)
+    }
 }
 
 /// The parts of a run every image shares.
@@ -406,26 +211,15 @@ struct RunContext<'a> {
     network: Option<&'a str>,
     builder: Builder,
     /// `None` in a dry run.
-    auth: Option<&'a aws::ecr::EcrAuth>,
-    /// Repositories whose tags cannot be moved.
-    immutable: HashSet<String>,
+    access: Option<RegistryAccess>,
+    /// Each repository's tag rules, from ECR.
+    rules: HashMap<String, TagRules>,
     rebuild: bool,
     /// How long transient registry faults are retried, per call.
     retry_budget: Duration,
 }
 
 impl RunContext<'_> {
-    /// The current ECR login and a client of the registry's own API (to find and re-tag an image
-    /// built from the same context), both with a token young enough for the next call.
-    async fn registry_access(&self) -> Result<Option<(aws::ecr::EcrLogin, RegistryClient)>> {
-        let Some(auth) = self.auth else {
-            return Ok(None);
-        };
-        let login = auth.current().await?;
-        let client = RegistryClient::new(self.registry, &login.username, login.password.expose())?;
-        Ok(Some((login, client)))
-    }
-
     /// A registry API call, retried while its faults are transient.
     async fn registry_call<T, F, Fut>(
         &self,
@@ -448,115 +242,116 @@ impl RunContext<'_> {
     }
 }
 
-/// `myapp/web:latest` is in the run's registry; `host.example:5000/x:y` or `localhost/x` names its own.
-fn qualify_reference(registry: &str, reference: &str) -> String {
-    let first = reference.split('/').next().unwrap_or_default();
-    let has_host = reference.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_host {
-        reference.to_owned()
-    } else {
-        format!("{registry}/{reference}")
-    }
-}
-
 /// The tag that marks an image by the digest of everything that decided it.
 pub fn context_tag(context_digest: &str) -> String {
     format!("ctx-{}", &context_digest[..20])
 }
 
-/// Puts `manifest` under `tag`: nothing to do where the tag already names it; an error where an
-/// immutable repository has the tag on other content.
-async fn put_tag(
-    run: &RunContext<'_>,
-    client: &RegistryClient,
-    image: &str,
-    repository: &str,
-    tag: &str,
-    manifest: &Manifest,
-    immutable: bool,
-) -> Result<()> {
-    let existing = run
-        .registry_call(image, &format!("looking up {repository}:{tag}"), || {
-            client.manifest_digest(repository, tag)
-        })
-        .await?;
-    match existing {
-        Some(existing) if existing == manifest.digest => Ok(()),
-        Some(existing) if immutable => anyhow::bail!(
-            "{}/{repository}:{tag} already points at {existing}, not at {}, and the repository's tags are immutable",
-            client.host(),
-            manifest.digest
-        ),
-        _ => {
-            run.registry_call(image, &format!("tagging {repository}:{tag}"), || {
-                client.put_manifest(repository, tag, manifest)
-            })
-            .await?;
-            Ok(())
-        }
-    }
-}
-
+/// One image, from its prepared context to its outcome.
 async fn build_one(
     run: &RunContext<'_>,
     image: PreparedImage,
     secrets: SecretValues,
 ) -> Result<ImageOutcome> {
     let started = Instant::now();
+    let name = image.plan.name.clone();
+    let repository = image.plan.repository.as_str();
+    let repository_uri = format!("{}/{repository}", run.registry);
+    let ctx_tag = context_tag(&image.digest);
+    let outcome = |digest: String, result| ImageOutcome {
+        name: name.clone(),
+        repository_uri: repository_uri.clone(),
+        digest,
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let Some(access) = &run.access else {
+        let image_id = build_image(run, image, secrets, None).await?;
+        return Ok(outcome(image_id, "built (dry run, not pushed)"));
+    };
+    let rules = run.rules.get(repository).copied().unwrap_or_default();
+    let (state, unchanged) = look_up(run, access, &image, &ctx_tag, rules).await?;
+    let action =
+        decide::decide(run.tags, &ctx_tag, &state, rules, run.rebuild).map_err(|conflict| {
+            anyhow::anyhow!(
+                "{repository_uri}:{conflict} (context digest {})",
+                image.digest
+            )
+        })?;
+    match action {
+        Action::Reuse { digest, put } => {
+            tracing::info!(
+                image = name.as_str(),
+                "unchanged: {repository_uri}:{ctx_tag} is {digest}; tagging it instead of building"
+            );
+            let manifest = unchanged.expect("reuse is decided on a manifest that was found");
+            for tag in put {
+                run.registry_call(&name, &format!("tagging {repository}:{tag}"), || {
+                    access.client.put_manifest(repository, &tag, &manifest)
+                })
+                .await?;
+                tracing::info!(
+                    image = name.as_str(),
+                    "tagged {repository_uri}:{tag} ({digest})"
+                );
+            }
+            Ok(outcome(digest, "reused"))
+        }
+        Action::Build { push } => {
+            let login = access.current().await?;
+            let image_id = build_image(run, image, secrets, Some(&login)).await?;
+            let digest = push_tags(run, access, &name, &repository_uri, &image_id, &push).await?;
+            Ok(outcome(digest, "pushed"))
+        }
+    }
+}
+
+/// What the registry holds: the image of the same context digest (its manifest, to put under the
+/// run's tags byte for byte), and the tags the decision needs.
+async fn look_up(
+    run: &RunContext<'_>,
+    access: &RegistryAccess,
+    image: &PreparedImage,
+    ctx_tag: &str,
+    rules: TagRules,
+) -> Result<(RegistryState, Option<Manifest>)> {
+    let (name, repository) = (image.plan.name.as_str(), image.plan.repository.as_str());
+    access.current().await?;
+    let mut state = RegistryState::default();
+    let mut unchanged = None;
+    if !run.rebuild {
+        unchanged = run
+            .registry_call(name, &format!("looking up {repository}:{ctx_tag}"), || {
+                access.client.get_manifest(repository, ctx_tag)
+            })
+            .await?;
+        state.unchanged = unchanged.as_ref().map(|m: &Manifest| m.digest.clone());
+    }
+    for tag in decide::tags_to_look_up(run.tags, rules, state.unchanged.is_some()) {
+        let digest = run
+            .registry_call(name, &format!("looking up {repository}:{tag}"), || {
+                access.client.manifest_digest(repository, tag)
+            })
+            .await?;
+        if let Some(digest) = digest {
+            state.existing.insert(tag.to_owned(), digest);
+        }
+    }
+    Ok((state, unchanged))
+}
+
+/// Builds the image and tags it locally with every run tag; returns the image ID.
+async fn build_image(
+    run: &RunContext<'_>,
+    image: PreparedImage,
+    secrets: SecretValues,
+    login: Option<&EcrLogin>,
+) -> Result<String> {
     let name = image.plan.name.as_str();
     let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
     let primary = format!("{repository_uri}:{}", run.tags[0]);
     let mut labels = run.labels.clone();
     labels.push((CONTEXT_DIGEST_LABEL.into(), image.digest.clone()));
-    let dockerfile = image.files.dockerfile_in_context().to_owned();
-    let access = run.registry_access().await?;
-    // For pulls during the build (FROM or cache_from in the same registry).
-    let registry_auth = access.as_ref().map(|(login, _)| {
-        std::iter::once((
-            run.registry.to_owned(),
-            login.docker_credentials(run.registry),
-        ))
-        .collect()
-    });
-    tracing::info!(
-        image = name,
-        "building {primary} ({} files, {} bytes of context)",
-        image.files.len(),
-        image.files.total_bytes()
-    );
-    let repository = image.plan.repository.as_str();
-    let immutable = run.immutable.contains(repository);
-    let ctx_tag = context_tag(&image.digest);
-    if let (Some((_, client)), false) = (&access, run.rebuild) {
-        let unchanged = run
-            .registry_call(name, &format!("looking up {repository}:{ctx_tag}"), || {
-                client.get_manifest(repository, &ctx_tag)
-            })
-            .await?;
-        if let Some(manifest) = unchanged {
-            tracing::info!(
-                image = name,
-                "unchanged: {repository_uri}:{ctx_tag} is {}; tagging it instead of building",
-                manifest.digest
-            );
-            for tag in run.tags {
-                put_tag(run, client, name, repository, tag, &manifest, immutable).await?;
-                tracing::info!(
-                    image = name,
-                    "tagged {repository_uri}:{tag} ({})",
-                    manifest.digest
-                );
-            }
-            return Ok(ImageOutcome {
-                name: name.to_owned(),
-                repository_uri,
-                digest: manifest.digest,
-                result: "reused",
-                seconds: started.elapsed().as_secs_f64(),
-            });
-        }
-    }
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
         tracing::warn!(
@@ -569,16 +364,20 @@ async fn build_one(
             build_args.push((id.clone(), String::from_utf8_lossy(value).into_owned()));
         }
     }
-    let cache_from: Vec<String> = image
-        .plan
-        .cache_from
-        .iter()
-        .map(|reference| qualify_reference(run.registry, reference))
-        .collect();
     if run.builder == Builder::Buildkit {
         // The pushed image carries its cache metadata, so cache_from on a fresh host reuses its layers.
         build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
     }
+    let cache_from: Vec<String> = (image.plan.cache_from.iter())
+        .map(|reference| qualify_reference(run.registry, reference))
+        .collect();
+    tracing::info!(
+        image = name,
+        "building {primary} ({} files, {} bytes of context)",
+        image.files.len(),
+        image.files.total_bytes()
+    );
+    let dockerfile = image.files.dockerfile_in_context().to_owned();
     let request = BuildRequest {
         image: name,
         cache_from: &cache_from,
@@ -589,7 +388,13 @@ async fn build_one(
         builder: run.builder,
         build_args: &build_args,
         labels: &labels,
-        registry_auth,
+        // For pulls during the build (FROM or cache_from in the same registry).
+        registry_auth: login.map(|login| {
+            HashMap::from([(
+                run.registry.to_owned(),
+                login.docker_credentials(run.registry),
+            )])
+        }),
         secrets,
     };
     let image_id = run
@@ -600,111 +405,130 @@ async fn build_one(
     for tag in &run.tags[1..] {
         run.engine.tag(&image_id, &repository_uri, tag).await?;
     }
-    // A long build can outlive the token it started with.
-    let (digest, result) = match run.registry_access().await? {
-        Some((login, client)) => {
-            run.engine.tag(&image_id, &repository_uri, &ctx_tag).await?;
-            // The context tag goes last: it marks an image whose every tag is in place.
-            let mut pushed: Option<String> = None;
-            for tag in run.tags.iter().chain([&ctx_tag]) {
-                if immutable {
-                    let existing = run
-                        .registry_call(name, &format!("looking up {repository}:{tag}"), || {
-                            client.manifest_digest(repository, tag)
-                        })
-                        .await?;
-                    if let Some(existing) = existing {
-                        anyhow::bail!(
-                            "{repository_uri}:{tag} already exists ({existing}) and the repository's tags are \
-                             immutable; this run built different content (context digest {})",
-                            image.digest
-                        );
-                    }
-                }
-                let digest = retry::with_backoff(
-                    name,
-                    &format!("push of {repository_uri}:{tag}"),
-                    run.retry_budget,
-                    DockerError::is_transient,
-                    || {
-                        run.engine.push(
-                            name,
-                            &repository_uri,
-                            tag,
-                            Some(login.docker_credentials(run.registry)),
-                        )
-                    },
-                )
-                .await?;
-                tracing::info!(image = name, "pushed {repository_uri}:{tag} ({digest})");
-                if let Some(first) = &pushed {
-                    anyhow::ensure!(
-                        first == &digest,
-                        "{repository_uri}:{tag} was stored as {digest}, but {} as {first}",
-                        run.tags[0]
-                    );
-                }
-                pushed = Some(digest);
-            }
-            (pushed.expect("a plan has at least one tag"), "pushed")
+    Ok(image_id)
+}
+
+/// Pushes `push` in order; every tag must be stored under the same digest, which is returned.
+async fn push_tags(
+    run: &RunContext<'_>,
+    access: &RegistryAccess,
+    name: &str,
+    repository_uri: &str,
+    image_id: &str,
+    push: &[String],
+) -> Result<String> {
+    let mut pushed: Option<String> = None;
+    for tag in push {
+        if !run.tags.contains(tag) {
+            run.engine.tag(image_id, repository_uri, tag).await?;
         }
-        None => (image_id, "built (dry run, not pushed)"),
-    };
-    Ok(ImageOutcome {
-        name: name.to_owned(),
-        repository_uri,
-        digest,
-        result,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        // A long build can outlive the token it started with.
+        let login = access.current().await?;
+        let digest = retry::with_backoff(
+            name,
+            &format!("push of {repository_uri}:{tag}"),
+            run.retry_budget,
+            DockerError::is_transient,
+            || {
+                run.engine.push(
+                    name,
+                    repository_uri,
+                    tag,
+                    Some(login.docker_credentials(run.registry)),
+                )
+            },
+        )
+        .await?;
+        tracing::info!(image = name, "pushed {repository_uri}:{tag} ({digest})");
+        if let Some(first) = &pushed {
+            if first != &digest {
+                return Err(anyhow::anyhow!(
+                    "{repository_uri}:{tag} was stored as {digest}, but {} as {first}",
+                    push[0]
+                )
+                .into());
+            }
+        }
+        pushed = Some(digest);
+    }
+    Ok(pushed.expect("a plan has at least one tag"))
+}
+
+/// `myapp/web:latest` is in the run's registry; `host.example:5000/x:y` or `localhost/x` names its own.
+fn qualify_reference(registry: &str, reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_host = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_host {
+        reference.to_owned()
+    } else {
+        format!("{registry}/{reference}")
+    }
+}
+
+/// Logs in to ECR and checks every repository; the registry is the config's or the login's.
+async fn connect_aws(
+    plan: &Plan,
+) -> Result<(
+    String,
+    RegistryAccess,
+    HashMap<String, TagRules>,
+    aws_sdk_ssm::Client,
+    String,
+)> {
+    let region_hint = plan.registry.as_deref().and_then(aws::region_of_ecr_host);
+    let sdk = aws::load_config(region_hint).await?;
+    let region = sdk.region().map(ToString::to_string).unwrap_or_default();
+    let ecr = aws_sdk_ecr::Client::from_conf(
+        aws_sdk_ecr::config::Builder::from(&sdk)
+            .interceptor(aws::LogFailedAttempts)
+            .build(),
+    );
+    let auth = EcrAuth::login(ecr.clone(), region.clone()).await?;
+    let endpoint = auth.current().await?.endpoint;
+    let registry = plan.registry.clone().unwrap_or(endpoint);
+    tracing::info!("logged in to ECR in {region}; pushing to {registry}");
+    let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
+    let rules = aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
+    let client = RegistryClient::new(&registry).map_err(anyhow::Error::from)?;
+    let ssm = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&sdk)
+            .interceptor(aws::LogFailedAttempts)
+            .build(),
+    );
+    Ok((
+        registry,
+        RegistryAccess { auth, client },
+        rules,
+        ssm,
+        region,
+    ))
 }
 
 /// `ecr-build build`.
 pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) -> Result<()> {
     let prepared = prepare(&plan).await?;
-    let run_tags = resolve_tags(&plan, sha_flag, &prepared, settings.dry_run)?;
-
-    let auth;
-    let secrets;
-    let mut immutable = HashSet::new();
-    let registry = if settings.dry_run {
-        auth = None;
+    let run_tags = run_tags(&plan, sha_flag, &prepared, settings.dry_run)?;
+    let (registry, access, rules, secrets) = if settings.dry_run {
         let (registry, source) = offline_registry(&plan);
         tracing::info!(
             "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
         );
-        secrets = resolve_secrets(&plan, None).await?;
-        registry
+        (
+            registry,
+            None,
+            HashMap::new(),
+            secrets::resolve(&plan, None).await?,
+        )
     } else {
-        let region_hint = plan.registry.as_deref().and_then(aws::region_of_ecr_host);
-        let sdk = aws::load_config(region_hint).await?;
-        let region = sdk.region().map(ToString::to_string).unwrap_or_default();
-        let ecr = aws_sdk_ecr::Client::from_conf(
-            aws_sdk_ecr::config::Builder::from(&sdk)
-                .interceptor(aws::LogFailedAttempts)
-                .build(),
-        );
-        let ecr_auth = aws::ecr::EcrAuth::login(ecr.clone(), region.clone()).await?;
-        let endpoint = ecr_auth.current().await?.endpoint;
-        let registry = plan.registry.clone().unwrap_or(endpoint);
-        tracing::info!("logged in to ECR in {region}; pushing to {registry}");
-        let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
-        immutable = aws::ecr::check_repositories(&ecr, &region, &repositories).await?;
-        auth = Some(ecr_auth);
-        let ssm = aws_sdk_ssm::Client::from_conf(
-            aws_sdk_ssm::config::Builder::from(&sdk)
-                .interceptor(aws::LogFailedAttempts)
-                .build(),
-        );
-        secrets = resolve_secrets(&plan, Some((&ssm, &region))).await?;
-        registry
+        let (registry, access, rules, ssm, region) = connect_aws(&plan).await?;
+        let secrets = secrets::resolve(&plan, Some((&ssm, &region))).await?;
+        (registry, Some(access), rules, secrets)
     };
-
     let engine = Engine::connect(settings.docker_timeout).await?;
-    let mut labels = Vec::new();
-    if let Some(sha) = &run_tags.sha {
-        labels.push((REVISION_LABEL.to_owned(), sha.clone()));
-    }
+    let labels = (run_tags.sha.iter())
+        .map(|sha| (REVISION_LABEL.to_owned(), sha.clone()))
+        .collect();
     let run = RunContext {
         engine: &engine,
         registry: &registry,
@@ -712,12 +536,11 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         labels,
         network: plan.network.as_deref(),
         builder: plan.builder,
-        auth: auth.as_ref(),
-        immutable,
+        access,
+        rules,
         rebuild: settings.rebuild,
         retry_budget: settings.retry_budget,
     };
-
     let total = prepared.len();
     let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
         futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())
@@ -739,41 +562,38 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
     for (_, name, outcome) in outcomes {
         match outcome {
             Ok(outcome) => {
-                println!(
-                    "{} {} {} tags={} digest={} seconds={:.1}",
-                    outcome.name,
-                    outcome.result,
-                    outcome.repository_uri,
-                    run_tags.tags.join(","),
-                    outcome.digest,
-                    outcome.seconds
-                );
+                report::print_summary_line(&name, Some(&outcome), &run_tags.tags);
                 succeeded.push(outcome);
             }
             Err(err) => {
                 tracing::error!(image = name.as_str(), "{err:#}");
-                println!("{name} failed");
+                report::print_summary_line(&name, None, &run_tags.tags);
                 failed.push(name);
             }
         }
     }
     if !failed.is_empty() {
-        anyhow::bail!(
+        return Err(anyhow::anyhow!(
             "{} of {total} image{} failed ({}); no artifact was written",
             failed.len(),
             if total == 1 { "" } else { "s" },
             failed.join(", ")
-        );
+        )
+        .into());
     }
+    write_artifacts(&plan, &run_tags.tags[0], &succeeded)
+}
 
-    let uris: Vec<ImageUri> = succeeded
+/// The deploy stage's files, only after every image of the run is in place.
+fn write_artifacts(plan: &Plan, primary_tag: &str, images: &[ImageOutcome]) -> Result<()> {
+    let uris: Vec<ImageUri> = images
         .iter()
         .map(|o| ImageUri {
             name: o.name.clone(),
-            uri: format!("{}:{}", o.repository_uri, run_tags.tags[0]),
+            uri: format!("{}:{primary_tag}", o.repository_uri),
         })
         .collect();
-    let rendered = artifacts::render(&plan.artifacts, &run_tags.tags[0], &uris)?;
+    let rendered = artifacts::render(&plan.artifacts, primary_tag, &uris)?;
     for path in artifacts::write_all(&plan.artifacts.dir, &rendered)? {
         tracing::info!("wrote {}", path.display());
     }
@@ -788,7 +608,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::config::SecretSource;
 
     fn image(args: &[(&str, &str)], target: Option<&str>) -> ImagePlan {
         ImagePlan {
@@ -835,32 +655,34 @@ mod tests {
 
     #[test]
     fn digest_inputs_separate_everything_that_decides_the_image() {
-        let base = digest_inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile");
-        let variants = [
-            digest_inputs(&image(&[("A", "2")], None), Builder::Buildkit, "Dockerfile"),
-            digest_inputs(
-                &image(&[("A", "1")], Some("prod")),
-                Builder::Buildkit,
-                "Dockerfile",
-            ),
-            digest_inputs(&image(&[("A", "1")], None), Builder::Legacy, "Dockerfile"),
-            digest_inputs(
-                &image(&[("A", "1")], None),
-                Builder::Buildkit,
-                "other/Dockerfile",
-            ),
-            digest_inputs(
-                &image(&[("A", "1\nbuild-arg=B=2")], None),
-                Builder::Buildkit,
-                "Dockerfile",
-            ),
-        ];
+        let inputs =
+            |image: &ImagePlan, builder, dockerfile| digest_inputs(image, builder, dockerfile);
+        let base = inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile");
         let mut with_secret = image(&[("A", "1")], None);
         with_secret
             .secrets
             .push(("token".into(), SecretSource::Env("TOKEN".into())));
-        let with_secret = digest_inputs(&with_secret, Builder::Buildkit, "Dockerfile");
-        for variant in variants.iter().chain([&with_secret]) {
+        let variants = [
+            inputs(&image(&[("A", "2")], None), Builder::Buildkit, "Dockerfile"),
+            inputs(
+                &image(&[("A", "1")], Some("prod")),
+                Builder::Buildkit,
+                "Dockerfile",
+            ),
+            inputs(&image(&[("A", "1")], None), Builder::Legacy, "Dockerfile"),
+            inputs(
+                &image(&[("A", "1")], None),
+                Builder::Buildkit,
+                "other/Dockerfile",
+            ),
+            inputs(
+                &image(&[("A", "1\nbuild-arg=B=2")], None),
+                Builder::Buildkit,
+                "Dockerfile",
+            ),
+            inputs(&with_secret, Builder::Buildkit, "Dockerfile"),
+        ];
+        for variant in &variants {
             assert_ne!(&base, variant);
         }
         // The source of a secret (and so its value) is not an input: only its id is.
@@ -869,12 +691,12 @@ mod tests {
             .secrets
             .push(("token".into(), SecretSource::Ssm("/app/token".into())));
         assert_eq!(
-            with_secret,
-            digest_inputs(&other_source, Builder::Buildkit, "Dockerfile")
+            variants[5],
+            inputs(&other_source, Builder::Buildkit, "Dockerfile")
         );
         assert_eq!(
             base,
-            digest_inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")
+            inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")
         );
     }
 }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::reference::is_valid_tag;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TagError {
     #[error(
@@ -161,17 +163,6 @@ impl fmt::Display for TagTemplate {
     }
 }
 
-/// Docker's tag grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-pub fn is_valid_tag(tag: &str) -> bool {
-    let bytes = tag.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 128
-        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
 /// The values placeholders render from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TagVars {
@@ -327,6 +318,59 @@ pub fn build_id_suffix(build_id: &str) -> String {
         .to_owned()
 }
 
+/// The tags of a run and the commit they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTags {
+    /// `None` only when no template needs a commit and none was found.
+    pub sha: Option<String>,
+    /// Rendered; the first is the primary tag.
+    pub tags: Vec<String>,
+}
+
+/// Resolves the commit and renders every template. `git` answers `git ARGS...` in the source
+/// folder; `stand_in` (a dry run's hash of the contexts) replaces a commit that cannot be found.
+pub fn resolve_run_tags(
+    templates: &[TagTemplate],
+    flag: Option<&str>,
+    env: &BuildEnv,
+    git: impl Fn(&[&str]) -> Result<String, String>,
+    stand_in: Option<String>,
+) -> Result<RunTags, TagError> {
+    let sha = match resolve_sha(flag, env, || git(&["rev-parse", "HEAD"])) {
+        Ok((sha, source)) => {
+            tracing::info!("commit {sha} (from {source})");
+            Some(sha)
+        }
+        Err(err @ TagError::InvalidSha(_)) => return Err(err),
+        Err(err) => match stand_in {
+            Some(stand_in) => {
+                tracing::warn!(
+                    "dry run: {err}; tagging with {} derived from the context digest instead",
+                    &stand_in[..7.min(stand_in.len())]
+                );
+                Some(stand_in)
+            }
+            None if templates.iter().any(TagTemplate::uses_sha) => return Err(err),
+            None => None,
+        },
+    };
+    let vars = TagVars {
+        sha: sha.clone(),
+        build_number: env.build_number.clone(),
+        build_id: env.build_id.as_deref().map(build_id_suffix),
+        branch: resolve_branch(env, || {
+            git(&["rev-parse", "--abbrev-ref", "HEAD"])
+                .ok()
+                .filter(|b| b != "HEAD")
+        }),
+    };
+    let tags = templates
+        .iter()
+        .map(|t| t.render(&vars))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunTags { sha, tags })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,16 +468,6 @@ mod tests {
     }
 
     #[test]
-    fn tag_grammar() {
-        for ok in ["a", "_x", "1.2.3", "A-b_c.d", &"x".repeat(128)] {
-            assert!(is_valid_tag(ok), "{ok}");
-        }
-        for bad in ["", ".a", "-a", "a/b", "a b", "ä", &"x".repeat(129)] {
-            assert!(!is_valid_tag(bad), "{bad}");
-        }
-    }
-
-    #[test]
     fn sha_order_follows_design() {
         let env = BuildEnv {
             resolved_source_version: Some("A".repeat(40)),
@@ -521,5 +555,57 @@ mod tests {
     fn build_id_drops_the_project() {
         assert_eq!(build_id_suffix("web-build:0a1b-2c"), "0a1b-2c");
         assert_eq!(build_id_suffix("plain"), "plain");
+    }
+
+    fn templates(list: &[&str]) -> Vec<TagTemplate> {
+        list.iter()
+            .map(|t| TagTemplate::parse(t).unwrap())
+            .collect()
+    }
+
+    fn no_git(_: &[&str]) -> Result<String, String> {
+        Err("not a git repository".into())
+    }
+
+    #[test]
+    fn run_tags_come_from_the_commit_and_the_environment() {
+        let env = BuildEnv {
+            build_number: Some("7".into()),
+            ..BuildEnv::default()
+        };
+        let git = |args: &[&str]| match args {
+            ["rev-parse", "HEAD"] => Ok(SHA.to_owned()),
+            _ => Ok("main".to_owned()),
+        };
+        let run = resolve_run_tags(
+            &templates(&["{short_sha}", "b{build_number}", "{branch}"]),
+            None,
+            &env,
+            git,
+            None,
+        )
+        .unwrap();
+        assert_eq!(run.sha.as_deref(), Some(SHA));
+        assert_eq!(run.tags, ["0123456", "b7", "main"]);
+    }
+
+    #[test]
+    fn a_missing_commit_is_an_error_unless_a_stand_in_is_given_or_none_is_needed() {
+        let env = BuildEnv::default();
+        let needs_sha = templates(&["{sha}"]);
+        assert!(matches!(
+            resolve_run_tags(&needs_sha, None, &env, no_git, None),
+            Err(TagError::NoSha { .. })
+        ));
+        let stand_in = "f".repeat(40);
+        let run = resolve_run_tags(&needs_sha, None, &env, no_git, Some(stand_in.clone())).unwrap();
+        assert_eq!(run.tags, [stand_in]);
+        let fixed = resolve_run_tags(&templates(&["stable"]), None, &env, no_git, None).unwrap();
+        assert_eq!((fixed.sha, fixed.tags), (None, vec!["stable".to_owned()]));
+        // A bad --sha is never replaced by a stand-in.
+        assert!(matches!(
+            resolve_run_tags(&needs_sha, Some("xyz"), &env, no_git, Some("f".repeat(40))),
+            Err(TagError::InvalidSha(_))
+        ));
     }
 }

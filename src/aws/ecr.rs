@@ -1,6 +1,6 @@
 //! Amazon ECR: the registry login and the repository checks made before anything is built.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,8 +12,9 @@ use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 
 pub use super::Secret;
-use crate::config::normalize_registry;
+use crate::decide::TagRules;
 use crate::output::redactor;
+use crate::reference::normalize_registry;
 
 /// The registry credentials ECR hands out (valid 12 hours) and the registry they are for.
 #[derive(Debug, Clone)]
@@ -117,13 +118,13 @@ impl EcrAuth {
     }
 }
 
-/// Fails, naming every missing repository at once, before a single image is built. Returns the
-/// repositories whose tags are immutable.
+/// Fails, naming every missing repository at once, before a single image is built. Returns each
+/// repository's tag rules.
 pub async fn check_repositories(
     client: &Client,
     region: &str,
     repositories: &[&str],
-) -> Result<HashSet<String>> {
+) -> Result<HashMap<String, TagRules>> {
     let lookups = repositories.iter().map(|name| async move {
         let result = client
             .describe_repositories()
@@ -133,7 +134,7 @@ pub async fn check_repositories(
         (*name, result)
     });
     let mut missing = Vec::new();
-    let mut immutable = HashSet::new();
+    let mut rules = HashMap::new();
     for (name, result) in futures_util::future::join_all(lookups).await {
         match result {
             Ok(output) => {
@@ -144,9 +145,12 @@ pub async fn check_repositories(
                             .starts_with(ImageTagMutability::Immutable.as_str())
                     })
                 });
-                if tags_immutable {
-                    immutable.insert(name.to_owned());
-                }
+                let rule = if tags_immutable {
+                    TagRules::Immutable
+                } else {
+                    TagRules::Mutable
+                };
+                rules.insert(name.to_owned(), rule);
             }
             Err(SdkError::ServiceError(err))
                 if matches!(
@@ -174,7 +178,7 @@ pub async fn check_repositories(
         missing.join(", "),
         missing[0]
     );
-    Ok(immutable)
+    Ok(rules)
 }
 
 #[cfg(test)]

@@ -41,18 +41,19 @@ impl fmt::Debug for Secret {
 
 /// Loads the shared SDK configuration. `region_hint` (the region of an ECR registry host) is used only
 /// when the environment names no region.
-pub async fn load_config(region_hint: Option<String>) -> anyhow::Result<SdkConfig> {
+pub async fn load_config(region_hint: Option<String>) -> crate::error::Result<SdkConfig> {
     let region = RegionProviderChain::default_provider().or_else(region_hint.map(Region::new));
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         .retry_config(retry_config(max_attempts_from_env().as_deref())?)
         .load()
         .await;
-    anyhow::ensure!(
-        config.region().is_some(),
-        "no AWS region: set AWS_REGION (CodeBuild sets it), or give an ECR registry host such as \
-         123456789012.dkr.ecr.eu-west-1.amazonaws.com"
-    );
+    if config.region().is_none() {
+        return Err(crate::Error::usage(
+            "no AWS region: set AWS_REGION (CodeBuild sets it), or give an ECR registry host such as \
+             123456789012.dkr.ecr.eu-west-1.amazonaws.com with --registry",
+        ));
+    }
     Ok(config)
 }
 
@@ -65,7 +66,7 @@ fn max_attempts_from_env() -> Option<String> {
 
 /// Throttling and 5xx are retried in adaptive mode (a client-side rate limiter on top of backoff),
 /// AWS_MAX_ATTEMPTS times in all, 5 unless set: one CodeBuild project's burst must not fail a deploy.
-fn retry_config(max_attempts: Option<&str>) -> anyhow::Result<RetryConfig> {
+fn retry_config(max_attempts: Option<&str>) -> crate::error::Result<RetryConfig> {
     let attempts = match max_attempts.map(str::trim).filter(|v| !v.is_empty()) {
         None => DEFAULT_MAX_ATTEMPTS,
         Some(value) => value
@@ -73,7 +74,7 @@ fn retry_config(max_attempts: Option<&str>) -> anyhow::Result<RetryConfig> {
             .ok()
             .filter(|n| *n >= 1)
             .ok_or_else(|| {
-                crate::config::ConfigError::Usage(format!(
+                crate::Error::usage(format!(
                     "AWS_MAX_ATTEMPTS / ECR_BUILD_AWS_MAX_ATTEMPTS `{value}` is not a whole number of at least 1"
                 ))
             })?,

@@ -1,0 +1,744 @@
+//! The build context `docker build` sends: the walk that picks the entries (after `.dockerignore`,
+//! [`ignore`]), their content digest ([`digest`]) and the tar stream for the Engine API ([`stream`]).
+//!
+//! Sources followed: docker/cli (`cli/command/image/build.go`, `build/context.go`,
+//! `build/dockerignore.go`) and moby/go-archive (`TarWithOptions`).
+//!
+//! Known differences from docker CLI: FIFOs, devices and sockets are skipped; hard links are sent as
+//! separate files; file names must be UTF-8; headers carry mtime 0 and no `security.capability`
+//! xattr; a Dockerfile from outside the context gets a content-derived name instead of a random one;
+//! the Dockerfile and .dockerignore are sent even where docker CLI's exception check misses them
+//! (Docker then fails); and a file that grows while it is read is sent as it was when the walk saw it.
+
+mod digest;
+mod goregex;
+mod ignore;
+mod stream;
+
+pub use ignore::DockerIgnore;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+const DOCKERIGNORE: &str = ".dockerignore";
+/// The mode docker CLI gives files it adds to the context itself.
+const ADDED_FILE_MODE: u32 = 0o600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("cannot open the build context {path}: {cause}")]
+    ContextDir { path: PathBuf, cause: io::Error },
+    #[error("the build context {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("cannot read the Dockerfile {path}: {cause}")]
+    Dockerfile { path: PathBuf, cause: io::Error },
+    #[error("the Dockerfile {path} is not a regular file")]
+    DockerfileNotAFile { path: PathBuf },
+    #[error("invalid .dockerignore pattern {pattern:?}: {reason}")]
+    InvalidPattern { pattern: String, reason: String },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("{path}: the name is not valid UTF-8")]
+    NonUtf8Path { path: PathBuf },
+    #[error(
+        "{path} changed while the build context was read ({change}); the image would not match its \
+         context digest: leave the context alone during the build, or .dockerignore the file"
+    )]
+    Changed { path: PathBuf, change: &'static str },
+}
+
+impl ContextError {
+    /// An error reading `path`; one that [`stream::SizedPrefix`] or the tar stream raised about a
+    /// changed file keeps its own message.
+    fn from_io(path: &Path, err: io::Error) -> ContextError {
+        match err.downcast::<ContextError>() {
+            Ok(changed) => changed,
+            Err(err) => read_error(path)(err),
+        }
+    }
+}
+
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
+    move |cause| ContextError::Read {
+        path: path.to_owned(),
+        cause,
+    }
+}
+
+/// One entry the build sends.
+#[derive(Debug)]
+struct Entry {
+    /// Relative to the context, '/'-separated, no trailing slash.
+    path: String,
+    /// Permission bits, with setuid/setgid/sticky as Docker keeps them.
+    mode: u32,
+    kind: EntryKind,
+}
+
+#[derive(Debug)]
+enum EntryKind {
+    Dir,
+    Symlink(PathBuf),
+    /// A regular file read from the context at digest and tar time: the first `size` bytes, the
+    /// size collect saw; `hash` is their sha256 once the digest has read them.
+    DiskFile {
+        size: u64,
+        hash: Option<[u8; 32]>,
+    },
+    /// A regular file whose bytes collect produced: a Dockerfile from outside the context, or
+    /// the .dockerignore amended to name it.
+    MemoryFile(Vec<u8>),
+}
+
+impl Entry {
+    fn content_len(&self) -> u64 {
+        match &self.kind {
+            EntryKind::DiskFile { size, .. } => *size,
+            EntryKind::MemoryFile(bytes) => bytes.len() as u64,
+            EntryKind::Dir | EntryKind::Symlink(_) => 0,
+        }
+    }
+}
+
+/// The entries a build sends (directories, regular files, symlinks), after .dockerignore,
+/// sorted by path (byte order), walked once.
+#[derive(Debug)]
+pub struct ContextFiles {
+    root: PathBuf,
+    dockerfile: String,
+    entries: Vec<Entry>,
+}
+
+/// Walks `context_dir` as `docker build` does. A relative `dockerfile` is relative to the context
+/// dir; a Dockerfile outside the context is added under a generated name, as docker CLI does.
+pub fn collect(context_dir: &Path, dockerfile: &Path) -> Result<ContextFiles, ContextError> {
+    // Docker resolves symlinks in both paths before relating them.
+    let root = fs::canonicalize(context_dir).map_err(|cause| ContextError::ContextDir {
+        path: context_dir.to_owned(),
+        cause,
+    })?;
+    if !root.is_dir() {
+        return Err(ContextError::NotADirectory {
+            path: context_dir.to_owned(),
+        });
+    }
+    let given_dockerfile = root.join(dockerfile);
+    let dockerfile_path =
+        fs::canonicalize(&given_dockerfile).map_err(|cause| ContextError::Dockerfile {
+            path: given_dockerfile.clone(),
+            cause,
+        })?;
+    if !dockerfile_path.is_file() {
+        return Err(ContextError::DockerfileNotAFile {
+            path: given_dockerfile,
+        });
+    }
+    let dockerfile_rel = match dockerfile_path.strip_prefix(&root) {
+        Ok(rel) => Some(
+            rel.to_str()
+                .ok_or_else(|| ContextError::NonUtf8Path {
+                    path: dockerfile_path.clone(),
+                })?
+                .to_owned(),
+        ),
+        Err(_) => None,
+    };
+
+    let ignore_path = root.join(DOCKERIGNORE);
+    let ignore_bytes = match fs::read(&ignore_path) {
+        Ok(bytes) => Some(bytes),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+        Err(cause) => return Err(read_error(&ignore_path)(cause)),
+    };
+    // Non-UTF-8 patterns could only match non-UTF-8 names, which collect refuses anyway.
+    let mut ignore = DockerIgnore::parse(&String::from_utf8_lossy(
+        ignore_bytes.as_deref().unwrap_or(&[]),
+    ))?;
+    // docker CLI's TrimBuildFilesFromExcludes: the daemon needs both files (and drops them itself).
+    if ignore.cli_excludes(DOCKERIGNORE) {
+        ignore.add_exception(DOCKERIGNORE)?;
+    }
+    if let Some(rel) = &dockerfile_rel {
+        if ignore.cli_excludes(rel) {
+            ignore.add_exception(rel)?;
+        }
+    }
+    let build_files: Vec<&str> = [Some(DOCKERIGNORE), dockerfile_rel.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut entries = walk(&root, &ignore, &build_files)?;
+    let dockerfile = match dockerfile_rel {
+        Some(rel) => rel,
+        None => add_outside_dockerfile(&mut entries, &dockerfile_path, ignore_bytes)?,
+    };
+    entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    Ok(ContextFiles {
+        root,
+        dockerfile,
+        entries,
+    })
+}
+
+/// Docker's TarWithOptions walk. `build_files` are sent even where the patterns would still
+/// exclude them (docker CLI's exceptions miss e.g. `**/dir` excluding `a/b/dir/Dockerfile`).
+fn walk(
+    root: &Path,
+    ignore: &DockerIgnore,
+    build_files: &[&str],
+) -> Result<Vec<Entry>, ContextError> {
+    let mut entries = Vec::new();
+    // Directories still to list: the path relative to the root ("" for the root itself) and
+    // the pattern matches its children inherit.
+    let mut pending = vec![(String::new(), Vec::new())];
+    while let Some((dir, parent_matches)) = pending.pop() {
+        let dir_path = if dir.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(&dir)
+        };
+        for item in fs::read_dir(&dir_path).map_err(read_error(&dir_path))? {
+            let item = item.map_err(read_error(&dir_path))?;
+            let path = item.path();
+            let name = item.file_name();
+            let name = name
+                .to_str()
+                .ok_or_else(|| ContextError::NonUtf8Path { path: path.clone() })?;
+            let rel = if dir.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{dir}/{name}")
+            };
+            // DirEntry::metadata does not follow symlinks.
+            let metadata = item.metadata().map_err(read_error(&path))?;
+            let mode = metadata.permissions().mode() & 0o7777;
+            let file_type = metadata.file_type();
+            let (excluded, matches) = ignore.evaluate(&rel, &parent_matches);
+            if file_type.is_dir() {
+                if !excluded {
+                    entries.push(Entry {
+                        path: rel.clone(),
+                        mode,
+                        kind: EntryKind::Dir,
+                    });
+                }
+                let holds_build_file = build_files.iter().any(|file| {
+                    file.strip_prefix(rel.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+                });
+                if !excluded || ignore.walks_excluded_dir(&rel) || holds_build_file {
+                    pending.push((rel, matches));
+                }
+                continue;
+            }
+            if excluded && !build_files.contains(&rel.as_str()) {
+                continue;
+            }
+            let kind = if file_type.is_file() {
+                // Fail now, naming the file, rather than halfway through the upload.
+                File::open(&path).map_err(read_error(&path))?;
+                EntryKind::DiskFile {
+                    size: metadata.len(),
+                    hash: None,
+                }
+            } else if file_type.is_symlink() {
+                EntryKind::Symlink(fs::read_link(&path).map_err(read_error(&path))?)
+            } else {
+                // Sockets, FIFOs and devices have no place in an image build.
+                continue;
+            };
+            entries.push(Entry {
+                path: rel,
+                mode,
+                kind,
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// docker CLI's AddDockerfileToBuildContext: the Dockerfile travels under a generated name that
+/// is appended to .dockerignore (created if missing), so the daemon keeps it out of `COPY . .`.
+/// The name comes from the content rather than randomness, keeping the context reproducible.
+fn add_outside_dockerfile(
+    entries: &mut Vec<Entry>,
+    dockerfile: &Path,
+    ignore_bytes: Option<Vec<u8>>,
+) -> Result<String, ContextError> {
+    let content = fs::read(dockerfile).map_err(|cause| ContextError::Dockerfile {
+        path: dockerfile.to_owned(),
+        cause,
+    })?;
+    let name = format!(
+        ".dockerfile.{}",
+        &format!("{:x}", Sha256::digest(&content))[..20]
+    );
+    let mut ignore_content = ignore_bytes.unwrap_or_else(|| DOCKERIGNORE.as_bytes().to_vec());
+    ignore_content.extend_from_slice(format!("\n{name}\n").as_bytes());
+    let ignore_mode = entries
+        .iter()
+        .find(|entry| {
+            entry.path == DOCKERIGNORE && matches!(entry.kind, EntryKind::DiskFile { .. })
+        })
+        .map_or(ADDED_FILE_MODE, |entry| entry.mode);
+    entries.retain(|entry| entry.path != DOCKERIGNORE && entry.path != name);
+    entries.push(Entry {
+        path: DOCKERIGNORE.to_owned(),
+        mode: ignore_mode,
+        kind: EntryKind::MemoryFile(ignore_content),
+    });
+    entries.push(Entry {
+        path: name.clone(),
+        mode: ADDED_FILE_MODE,
+        kind: EntryKind::MemoryFile(content),
+    });
+    Ok(name)
+}
+
+impl ContextFiles {
+    /// What to pass as the engine's `dockerfile` build option.
+    pub fn dockerfile_in_context(&self) -> &str {
+        &self.dockerfile
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The bytes of file content sent.
+    pub fn total_bytes(&self) -> u64 {
+        self.entries.iter().map(Entry::content_len).sum()
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|entry| entry.path.as_str())
+    }
+
+    /// Stops sending `files` (absolute paths) where they lie inside the context: ecr-build's own
+    /// artifacts, so that a re-run in the same folder does not bake the last run's output into the
+    /// image. Returns the context paths withheld.
+    pub fn withhold(&mut self, files: &[PathBuf]) -> Vec<String> {
+        let inside: Vec<String> = files
+            .iter()
+            .filter_map(|file| {
+                let parent = fs::canonicalize(file.parent()?).ok()?;
+                let relative = parent
+                    .strip_prefix(&self.root)
+                    .ok()?
+                    .join(file.file_name()?);
+                relative.to_str().map(str::to_owned)
+            })
+            .filter(|path| *path != self.dockerfile && path != DOCKERIGNORE)
+            .collect();
+        let mut withheld = Vec::new();
+        self.entries.retain(|entry| {
+            let keep = !inside.contains(&entry.path);
+            if !keep {
+                withheld.push(entry.path.clone());
+            }
+            keep
+        });
+        withheld
+    }
+}
+
+/// The files this process writes its stdout and stderr to (`ecr-build build > build.log` run in
+/// the context): they grow while the context is read, and are never sent, like the artifacts.
+pub fn own_output_files() -> Vec<PathBuf> {
+    [1, 2]
+        .into_iter()
+        .filter_map(|fd| fs::read_link(format!("/proc/self/fd/{fd}")).ok())
+        .filter(|path| path.is_file())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{TempDir, set_mode};
+    use super::*;
+    use futures_util::TryStreamExt;
+    use std::io::Read as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::fs::symlink;
+
+    fn paths(files: &ContextFiles) -> Vec<&str> {
+        files.paths().collect()
+    }
+
+    async fn tar_bytes(files: ContextFiles) -> Vec<u8> {
+        let chunks: Vec<bytes::Bytes> = files.into_tar_stream().try_collect().await.unwrap();
+        chunks.concat()
+    }
+
+    #[test]
+    fn collect_always_sends_dockerfile_and_dockerignore() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write(".dockerignore", "*\nDockerfile\n.dockerignore\n");
+        dir.write("app.txt", "x");
+        let files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        assert_eq!(paths(&files), [".dockerignore", "Dockerfile"]);
+        assert_eq!(files.dockerfile_in_context(), "Dockerfile");
+    }
+
+    #[test]
+    fn collect_sends_a_dockerfile_inside_an_excluded_directory() {
+        let dir = TempDir::new();
+        dir.write("docker/Dockerfile.prod", "FROM scratch\n");
+        dir.write("docker/notes.txt", "x");
+        dir.write("a/b/build/Dockerfile", "FROM scratch\n");
+        // `**/build` is missed by docker CLI's exception check; it is sent anyway.
+        dir.write(".dockerignore", "docker\n**/build\n");
+        let files = collect(dir.path(), Path::new("docker/Dockerfile.prod")).unwrap();
+        assert_eq!(files.dockerfile_in_context(), "docker/Dockerfile.prod");
+        assert_eq!(
+            paths(&files),
+            [".dockerignore", "a", "a/b", "docker/Dockerfile.prod"]
+        );
+        let files = collect(dir.path(), Path::new("a/b/build/Dockerfile")).unwrap();
+        assert_eq!(
+            paths(&files),
+            [".dockerignore", "a", "a/b", "a/b/build/Dockerfile"]
+        );
+    }
+
+    #[test]
+    fn collect_walks_into_a_directory_as_docker_does_for_the_dockerfile_exception() {
+        let dir = TempDir::new();
+        dir.write("docs/Dockerfile", "FROM scratch\n");
+        dir.write("docs/keep.md", "keep");
+        dir.write("docs/other.md", "drop");
+        dir.write(".dockerignore", "docs\n!**/keep.md\n");
+        // docker CLI appends `!docs/Dockerfile`, which makes the walk enter `docs`, where
+        // `!**/keep.md` then re-includes keep.md; without it `docs` would be skipped whole.
+        let files = collect(dir.path(), Path::new("docs/Dockerfile")).unwrap();
+        assert_eq!(
+            paths(&files),
+            [".dockerignore", "docs/Dockerfile", "docs/keep.md"]
+        );
+    }
+
+    #[test]
+    fn collect_skips_excluded_directories_and_keeps_empty_ones() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write(".dockerignore", "node_modules\n**/*.log\n");
+        dir.write("node_modules/pkg/index.js", "x");
+        dir.write("src/main.rs", "fn main() {}");
+        dir.write("src/debug.log", "x");
+        fs::create_dir_all(dir.path().join("empty")).unwrap();
+        let files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        assert_eq!(
+            paths(&files),
+            [".dockerignore", "Dockerfile", "empty", "src", "src/main.rs"]
+        );
+        assert_eq!(files.len(), 5);
+        assert!(!files.is_empty());
+        // .dockerignore, Dockerfile and src/main.rs.
+        assert_eq!(files.total_bytes(), 22 + 13 + 12);
+    }
+
+    #[test]
+    fn collect_finds_an_exception_inside_an_excluded_directory() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write(".dockerignore", "docs\n!docs/keep.md\n");
+        dir.write("docs/keep.md", "keep");
+        dir.write("docs/other.md", "drop");
+        dir.write("docs/sub/deep.md", "drop");
+        let files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        // Like Docker, the excluded directory's own entry is not sent.
+        assert_eq!(
+            paths(&files),
+            [".dockerignore", "Dockerfile", "docs/keep.md"]
+        );
+    }
+
+    #[test]
+    fn collect_keeps_symlinks_as_symlinks() {
+        let dir = TempDir::new();
+        let outside = TempDir::new();
+        outside.write("secret/file", "outside");
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write("target.txt", "t");
+        symlink("target.txt", dir.path().join("link")).unwrap();
+        symlink(outside.path().join("secret"), dir.path().join("outside")).unwrap();
+        symlink("missing", dir.path().join("dangling")).unwrap();
+        let files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        assert_eq!(
+            paths(&files),
+            ["Dockerfile", "dangling", "link", "outside", "target.txt"]
+        );
+        let link = files
+            .entries
+            .iter()
+            .find(|entry| entry.path == "link")
+            .unwrap();
+        assert!(
+            matches!(&link.kind, EntryKind::Symlink(target) if target == Path::new("target.txt"))
+        );
+        let outside_link = files
+            .entries
+            .iter()
+            .find(|entry| entry.path == "outside")
+            .unwrap();
+        assert!(matches!(outside_link.kind, EntryKind::Symlink(_)));
+    }
+
+    #[test]
+    fn collect_resolves_the_dockerfile_path() {
+        let dir = TempDir::new();
+        dir.write("build/Dockerfile", "FROM scratch\n");
+        symlink("build/Dockerfile", dir.path().join("Dockerfile")).unwrap();
+        let files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        assert_eq!(files.dockerfile_in_context(), "build/Dockerfile");
+        let absolute = dir.path().join("build/Dockerfile");
+        let files = collect(dir.path(), &absolute).unwrap();
+        assert_eq!(files.dockerfile_in_context(), "build/Dockerfile");
+    }
+
+    #[tokio::test]
+    async fn collect_adds_a_dockerfile_from_outside_the_context() {
+        let dir = TempDir::new();
+        let elsewhere = TempDir::new();
+        let dockerfile = elsewhere.write("Dockerfile", "FROM scratch\nCOPY . /\n");
+        dir.write("app.txt", "app");
+        let files = collect(dir.path(), &dockerfile).unwrap();
+        let expected_name = format!(
+            ".dockerfile.{}",
+            &format!("{:x}", Sha256::digest(b"FROM scratch\nCOPY . /\n"))[..20]
+        );
+        assert_eq!(files.dockerfile_in_context(), expected_name);
+        assert_eq!(
+            paths(&files),
+            [expected_name.as_str(), ".dockerignore", "app.txt"]
+        );
+
+        let tar = tar_bytes(files).await;
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut contents = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut content = String::new();
+            entry.read_to_string(&mut content).unwrap();
+            contents.push((
+                entry.path().unwrap().to_str().unwrap().to_owned(),
+                entry.header().mode().unwrap(),
+                content,
+            ));
+        }
+        assert_eq!(
+            contents[0],
+            (
+                expected_name.clone(),
+                0o600,
+                "FROM scratch\nCOPY . /\n".to_owned()
+            )
+        );
+        // As docker CLI does, .dockerignore names the added file so the daemon drops it after reading.
+        assert_eq!(
+            contents[1],
+            (
+                ".dockerignore".to_owned(),
+                0o600,
+                format!(".dockerignore\n{expected_name}\n")
+            )
+        );
+
+        dir.write(".dockerignore", "*.tmp");
+        set_mode(&dir.path().join(".dockerignore"), 0o640);
+        let files = collect(dir.path(), &dockerfile).unwrap();
+        let ignore_entry = files
+            .entries
+            .iter()
+            .find(|entry| entry.path == DOCKERIGNORE)
+            .unwrap();
+        assert_eq!(ignore_entry.mode, 0o640);
+        assert!(
+            matches!(&ignore_entry.kind, EntryKind::MemoryFile(bytes) if *bytes == format!("*.tmp\n{expected_name}\n").into_bytes())
+        );
+    }
+
+    #[test]
+    fn collect_errors_name_the_path() {
+        let dir = TempDir::new();
+        let missing_context = dir.path().join("nope");
+        let err = collect(&missing_context, Path::new("Dockerfile")).unwrap_err();
+        assert!(
+            matches!(&err, ContextError::ContextDir { path, .. } if *path == missing_context),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(missing_context.to_str().unwrap()),
+            "{err}"
+        );
+
+        let err = collect(dir.path(), Path::new("Dockerfile.missing")).unwrap_err();
+        assert!(matches!(err, ContextError::Dockerfile { .. }), "{err}");
+        assert!(err.to_string().contains("Dockerfile.missing"), "{err}");
+
+        fs::create_dir(dir.path().join("Dockerfile")).unwrap();
+        let err = collect(dir.path(), Path::new("Dockerfile")).unwrap_err();
+        assert!(
+            matches!(err, ContextError::DockerfileNotAFile { .. }),
+            "{err}"
+        );
+
+        let file_context = dir.write("plain", "x");
+        let err = collect(&file_context, Path::new("Dockerfile")).unwrap_err();
+        assert!(matches!(err, ContextError::NotADirectory { .. }), "{err}");
+
+        let bad = TempDir::new();
+        bad.write("Dockerfile", "FROM scratch\n");
+        bad.write(".dockerignore", "ok\n[broken\n");
+        let err = collect(bad.path(), Path::new("Dockerfile")).unwrap_err();
+        assert!(err.to_string().contains("\"[broken\""), "{err}");
+    }
+
+    #[test]
+    fn withheld_files_are_neither_sent_nor_hashed() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write("app.txt", "app");
+        let mut clean = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        let clean_digest = clean.digest(b"").unwrap();
+        assert!(
+            clean
+                .withhold(&[dir.path().join("imagedefinitions.json")])
+                .is_empty()
+        );
+
+        dir.write("imagedefinitions.json", "[]");
+        dir.write("out/build.json", "{}");
+        let mut files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        let withheld = files.withhold(&[
+            dir.path().join("imagedefinitions.json"),
+            dir.path().join("out/build.json"),
+            dir.path().join("Dockerfile"),
+            PathBuf::from("/elsewhere/build.json"),
+        ]);
+        assert_eq!(withheld, ["imagedefinitions.json", "out/build.json"]);
+        assert_eq!(paths(&files), ["Dockerfile", "app.txt", "out"]);
+        assert_ne!(
+            files.digest(b"").unwrap(),
+            clean_digest,
+            "the empty out/ directory is still sent"
+        );
+        fs::remove_dir_all(dir.path().join("out")).unwrap();
+        let mut files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        files.withhold(&[dir.path().join("imagedefinitions.json")]);
+        assert_eq!(files.digest(b"").unwrap(), clean_digest);
+    }
+
+    #[test]
+    fn collect_reports_an_unreadable_dockerignore() {
+        // A directory where .dockerignore should be: unreadable even for root, unlike mode 000.
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        fs::create_dir(dir.path().join(DOCKERIGNORE)).unwrap();
+        let err = collect(dir.path(), Path::new("Dockerfile")).unwrap_err();
+        assert!(matches!(err, ContextError::Read { .. }), "{err}");
+        assert!(err.to_string().contains(DOCKERIGNORE), "{err}");
+    }
+
+    #[test]
+    fn collect_skips_sockets_and_refuses_non_utf8_names() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        let _listener =
+            std::os::unix::net::UnixListener::bind(dir.path().join("app.sock")).unwrap();
+        let files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        assert_eq!(paths(&files), ["Dockerfile"]);
+
+        let odd_name = std::ffi::OsStr::from_bytes(b"bad-\xff");
+        fs::write(dir.path().join(odd_name), "x").unwrap();
+        let err = collect(dir.path(), Path::new("Dockerfile")).unwrap_err();
+        assert!(matches!(err, ContextError::NonUtf8Path { .. }), "{err}");
+        assert!(err.to_string().contains("bad-"), "{err}");
+    }
+
+    /// Builds the same tree in a fresh directory, creating files in the given order.
+    #[test]
+    fn the_run_s_own_output_files_are_found() {
+        // Under cargo test, stdout and stderr are pipes or a terminal, never a regular file.
+        for path in own_output_files() {
+            assert!(path.is_file(), "{}", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A scratch context for the tests of this module and its parts.
+
+    use std::fs::{self, File};
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::path::{Path, PathBuf};
+    use std::time::SystemTime;
+
+    /// A directory under the system temp dir, removed when dropped.
+    pub struct TempDir(tempfile::TempDir);
+
+    impl TempDir {
+        pub fn new() -> TempDir {
+            TempDir(
+                tempfile::Builder::new()
+                    .prefix("ecr-build-context-test")
+                    .tempdir()
+                    .unwrap(),
+            )
+        }
+
+        pub fn path(&self) -> &Path {
+            self.0.path()
+        }
+
+        pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+            let path = self.path().join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, content).unwrap();
+            path
+        }
+    }
+
+    pub fn set_mode(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// The same small tree, written in either order with any mtime.
+    pub fn sample_tree(reverse: bool, mtime: SystemTime) -> TempDir {
+        let dir = TempDir::new();
+        let mut files = vec![
+            ("Dockerfile", "FROM scratch\n"),
+            (".dockerignore", "*.log\n"),
+            ("src/a.rs", "a"),
+            ("src/b.rs", "b"),
+            ("src/nested/c.rs", "c"),
+            ("run.sh", "#!/bin/sh\n"),
+            ("debug.log", "noise"),
+        ];
+        if reverse {
+            files.reverse();
+        }
+        for (rel, content) in files {
+            let path = dir.write(rel, content);
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        }
+        set_mode(&dir.path().join("run.sh"), 0o755);
+        symlink("src/a.rs", dir.path().join("link")).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,220 @@
+//! What to do with one image, given what the registry holds and the repository's rules. Pure: the
+//! executor (pipeline.rs) looks the registry up, asks here, and carries the answer out.
+
+use std::collections::HashMap;
+
+/// Which tags of a repository cannot be moved once they exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TagRules {
+    #[default]
+    Mutable,
+    Immutable,
+}
+
+impl TagRules {
+    pub fn is_immutable(self, _tag: &str) -> bool {
+        self == TagRules::Immutable
+    }
+}
+
+/// What the registry holds for one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryState {
+    /// The digest under the image's `ctx-` tag: an image already built from the same inputs.
+    pub unchanged: Option<String>,
+    /// The digest each looked-up tag points at; a tag that is not there is absent.
+    pub existing: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Put the unchanged image's manifest under `put`; the run's other tags already point at it.
+    Reuse { digest: String, put: Vec<String> },
+    /// Build, then push `push` in order: the run's tags, then the `ctx-` tag, which marks an image
+    /// whose every tag is in place.
+    Build { push: Vec<String> },
+}
+
+/// A tag that cannot be given to this image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{tag} already exists ({existing}) and the repository's tags are immutable; this run {wants}"
+)]
+pub struct Conflict {
+    pub tag: String,
+    pub existing: String,
+    /// What the run would have put there, for the message.
+    pub wants: String,
+}
+
+/// The tags whose current digest the decision needs: every run tag when the image may be reused
+/// (a tag already in place needs no PUT), else only those that cannot move.
+pub fn tags_to_look_up(tags: &[String], rules: TagRules, may_reuse: bool) -> Vec<&str> {
+    tags.iter()
+        .map(String::as_str)
+        .filter(|tag| may_reuse || rules.is_immutable(tag))
+        .collect()
+}
+
+/// Reuse an image built from the same inputs (unless `rebuild`), or build; an immutable tag that
+/// already names other content is a conflict either way, found before any work is done.
+pub fn decide(
+    tags: &[String],
+    ctx_tag: &str,
+    state: &RegistryState,
+    rules: TagRules,
+    rebuild: bool,
+) -> Result<Action, Conflict> {
+    let conflict = |tag: &str, wants: String| {
+        let existing = state.existing.get(tag)?;
+        rules.is_immutable(tag).then(|| Conflict {
+            tag: tag.to_owned(),
+            existing: existing.clone(),
+            wants,
+        })
+    };
+    match state.unchanged.as_ref().filter(|_| !rebuild) {
+        Some(digest) => {
+            let mut put = Vec::new();
+            for tag in tags {
+                match state.existing.get(tag) {
+                    Some(existing) if existing == digest => {}
+                    Some(_) => {
+                        if let Some(found) = conflict(tag, format!("would move it to {digest}")) {
+                            return Err(found);
+                        }
+                        put.push(tag.clone());
+                    }
+                    None => put.push(tag.clone()),
+                }
+            }
+            Ok(Action::Reuse {
+                digest: digest.clone(),
+                put,
+            })
+        }
+        None => {
+            for tag in tags {
+                if let Some(found) = conflict(tag, "built different content".to_owned()) {
+                    return Err(found);
+                }
+            }
+            let push = tags.iter().cloned().chain([ctx_tag.to_owned()]).collect();
+            Ok(Action::Build { push })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CTX: &str = "ctx-0123456789abcdef0123";
+
+    fn tags() -> Vec<String> {
+        vec!["abc1234".to_owned(), "latest".to_owned()]
+    }
+
+    fn state(unchanged: Option<&str>, existing: &[(&str, &str)]) -> RegistryState {
+        RegistryState {
+            unchanged: unchanged.map(str::to_owned),
+            existing: existing
+                .iter()
+                .map(|(t, d)| ((*t).to_owned(), (*d).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn new_content_is_built_and_pushed_with_the_context_tag_last() {
+        let action = decide(&tags(), CTX, &state(None, &[]), TagRules::Mutable, false).unwrap();
+        assert_eq!(
+            action,
+            Action::Build {
+                push: vec!["abc1234".into(), "latest".into(), CTX.into()]
+            }
+        );
+    }
+
+    #[test]
+    fn unchanged_content_is_reused_and_only_missing_or_moved_tags_are_put() {
+        let held = state(
+            Some("sha256:a"),
+            &[("abc1234", "sha256:a"), ("latest", "sha256:b")],
+        );
+        let action = decide(&tags(), CTX, &held, TagRules::Mutable, false).unwrap();
+        assert_eq!(
+            action,
+            Action::Reuse {
+                digest: "sha256:a".into(),
+                put: vec!["latest".into()]
+            }
+        );
+        let nothing_there = state(Some("sha256:a"), &[]);
+        let Action::Reuse { put, .. } =
+            decide(&tags(), CTX, &nothing_there, TagRules::Immutable, false).unwrap()
+        else {
+            panic!("not reused")
+        };
+        assert_eq!(put, tags());
+    }
+
+    #[test]
+    fn rebuild_builds_even_unchanged_content() {
+        let held = state(Some("sha256:a"), &[]);
+        let action = decide(&tags(), CTX, &held, TagRules::Mutable, true).unwrap();
+        assert!(matches!(action, Action::Build { .. }));
+    }
+
+    #[test]
+    fn immutable_tags_already_in_place_are_success() {
+        let held = state(
+            Some("sha256:a"),
+            &[("abc1234", "sha256:a"), ("latest", "sha256:a")],
+        );
+        let action = decide(&tags(), CTX, &held, TagRules::Immutable, false).unwrap();
+        assert_eq!(
+            action,
+            Action::Reuse {
+                digest: "sha256:a".into(),
+                put: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn an_immutable_tag_on_other_content_is_a_conflict_when_reusing() {
+        let held = state(Some("sha256:a"), &[("latest", "sha256:b")]);
+        let err = decide(&tags(), CTX, &held, TagRules::Immutable, false).unwrap_err();
+        assert_eq!(err.tag, "latest");
+        assert_eq!(err.existing, "sha256:b");
+        assert!(
+            err.to_string().contains("would move it to sha256:a"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_existing_immutable_tag_is_a_conflict_when_building() {
+        let held = state(None, &[("abc1234", "sha256:b")]);
+        let err = decide(&tags(), CTX, &held, TagRules::Immutable, false).unwrap_err();
+        assert_eq!(err.tag, "abc1234");
+        assert!(err.to_string().contains("built different content"), "{err}");
+        // The same tags on a mutable repository simply move.
+        assert!(decide(&tags(), CTX, &held, TagRules::Mutable, false).is_ok());
+    }
+
+    #[test]
+    fn lookups_cover_every_tag_only_when_the_image_may_be_reused() {
+        let all = tags();
+        assert_eq!(
+            tags_to_look_up(&all, TagRules::Mutable, true),
+            ["abc1234", "latest"]
+        );
+        assert!(tags_to_look_up(&all, TagRules::Mutable, false).is_empty());
+        assert_eq!(
+            tags_to_look_up(&all, TagRules::Immutable, false),
+            ["abc1234", "latest"]
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! The parts of an image reference, each checked in one place: registry hosts, repository names,
+//! tags and digests. The config, the tag templates and the registry client all use these.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// ECR's repository name rule (CreateRepository's `repositoryName` pattern), 2 to 256 characters.
+static REPOSITORY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+        .expect("valid pattern")
+});
+
+/// Docker's tag rule.
+static TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("valid pattern"));
+
+/// `sha256:` + 64 lowercase or uppercase hex digits, or `sha512:` + 128.
+static DIGEST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})$").expect("valid pattern")
+});
+
+pub fn is_valid_tag(tag: &str) -> bool {
+    TAG.is_match(tag)
+}
+
+pub fn is_digest(text: &str) -> bool {
+    DIGEST.is_match(text)
+}
+
+/// ECR's rule: lowercase components separated by `/`, each `[a-z0-9]+([._-][a-z0-9]+)*`.
+pub fn check_repository(repository: &str) -> Result<(), String> {
+    if (2..=256).contains(&repository.len()) && REPOSITORY.is_match(repository) {
+        Ok(())
+    } else {
+        Err(format!(
+            "repository `{repository}` is not a valid ECR repository name \
+             (2-256 characters; lowercase letters, digits and . _ - between them, components separated by /)"
+        ))
+    }
+}
+
+/// A tag as a registry takes it, or a digest.
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    if reference.contains(':') {
+        return if is_digest(reference) {
+            Ok(())
+        } else {
+            Err(format!("invalid digest {reference:?}"))
+        };
+    }
+    if is_valid_tag(reference) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid tag {reference:?}: 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'"
+        ))
+    }
+}
+
+/// `host[:port]`, tolerating a scheme and a trailing slash as ECR's proxyEndpoint has them.
+pub fn normalize_registry(registry: &str) -> Result<String, String> {
+    let host = registry
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    match host_name(host) {
+        Ok(_) => Ok(host.to_owned()),
+        Err(reason) => Err(format!(
+            "registry `{registry}` is not a host[:port] ({reason})"
+        )),
+    }
+}
+
+/// `host[:port]` → the host name or address (IPv6 without brackets).
+pub fn host_name(host: &str) -> Result<&str, &'static str> {
+    if host.contains("://") {
+        return Err("expected host[:port] without a scheme");
+    }
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']').ok_or("missing ']'")?;
+        addr.parse::<Ipv6Addr>()
+            .map_err(|_| "invalid IPv6 address")?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("unexpected text after ']'")?),
+        };
+        (addr, port)
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    if let Some(port) = port {
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("the port must be a number");
+        }
+        port.parse::<u16>()
+            .map_err(|_| "the port is out of range")?;
+    }
+    if name.is_empty() {
+        return Err("empty host name");
+    }
+    if !host.starts_with('[')
+        && !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return Err("the host name may only contain letters, digits, '.' and '-'");
+    }
+    Ok(name)
+}
+
+/// 127.0.0.0/8, `localhost` and `::1` (the IPv6 address without brackets).
+pub fn is_loopback(name: &str) -> bool {
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_follow_ecr_rules() {
+        for repo in ["app", "team/app", "a.b_c-d/f0", "123456789012/x", "ab"] {
+            assert_eq!(check_repository(repo), Ok(()), "{repo}");
+        }
+        let long = "a".repeat(257);
+        for repo in [
+            "", "a", "App", "/a", "a/", "a//b", "a..b", "a__b", "-a", "a b", "a?b", "a#b", "../x",
+            "a/%2e", &long,
+        ] {
+            assert!(check_repository(repo).is_err(), "{repo:?}");
+        }
+    }
+
+    #[test]
+    fn tags_and_digests() {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        for reference in ["latest", "ctx-0123abcd", "_x", "V1.2-rc_3", digest.as_str()] {
+            assert_eq!(check_reference(reference), Ok(()), "{reference}");
+        }
+        for reference in [
+            "",
+            ".x",
+            "-x",
+            "a/b",
+            "a?b",
+            "a b",
+            "sha256:",
+            ":abc",
+            "sha256:ab",
+            &"x".repeat(129),
+        ] {
+            assert!(check_reference(reference).is_err(), "{reference:?}");
+        }
+        for ok in ["a", "_x", "1.2.3", "A-b_c.d", &"x".repeat(128)] {
+            assert!(is_valid_tag(ok), "{ok}");
+        }
+        for bad in ["", ".a", "-a", "a/b", "a b", "ä", &"x".repeat(129)] {
+            assert!(!is_valid_tag(bad), "{bad}");
+        }
+        assert!(!is_digest(&format!("sha384:{}", "0".repeat(96))));
+        assert!(is_digest(&format!("sha512:{}", "A".repeat(128))));
+    }
+
+    #[test]
+    fn registry_hosts() {
+        assert_eq!(
+            normalize_registry("https://123456789012.dkr.ecr.eu-west-1.amazonaws.com/").as_deref(),
+            Ok("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(
+            normalize_registry("127.0.0.1:5000").as_deref(),
+            Ok("127.0.0.1:5000")
+        );
+        for bad in ["", "a b", "h:x", "u@h", "host/path"] {
+            assert!(normalize_registry(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_detection() {
+        for host in [
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback(host_name(host).unwrap()), "{host}");
+        }
+        for host in [
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            "10.0.0.1:5000",
+            "[fe80::1]:443",
+            "localhost.example.com",
+            "128.0.0.1",
+        ] {
+            assert!(!is_loopback(host_name(host).unwrap()), "{host}");
+        }
+        for host in [
+            "",
+            "https://h",
+            "h:",
+            "h:x",
+            "h:70000",
+            "[::1",
+            "[zz]:1",
+            "a/b",
+            "::1",
+            "u@h",
+        ] {
+            assert!(host_name(host).is_err(), "{host:?}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Results on stdout: the plan's JSON and the summary of a build, one line per image. Logs go to
+//! stderr through `tracing`; nothing else writes to stdout.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+/// How one image's run ended.
+pub struct ImageOutcome {
+    pub name: String,
+    pub repository_uri: String,
+    /// Registry manifest digest; in a dry run, the local image ID.
+    pub digest: String,
+    /// `pushed`, `reused`, or `built (dry run, not pushed)`.
+    pub result: &'static str,
+    pub seconds: f64,
+}
+
+/// `web pushed REGISTRY/REPO tags=a,b digest=sha256:… seconds=1.2`, or `web failed`.
+pub fn print_summary_line(name: &str, outcome: Option<&ImageOutcome>, tags: &[String]) {
+    match outcome {
+        Some(outcome) => println!(
+            "{} {} {} tags={} digest={} seconds={:.1}",
+            outcome.name,
+            outcome.result,
+            outcome.repository_uri,
+            tags.join(","),
+            outcome.digest,
+            outcome.seconds
+        ),
+        None => println!("{name} failed"),
+    }
+}
+
+#[derive(Serialize)]
+pub struct PlanOutput<'a> {
+    pub registry: &'a str,
+    pub sha: Option<&'a str>,
+    pub tags: &'a [String],
+    pub images: Vec<PlannedImage<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct PlannedImage<'a> {
+    pub name: &'a str,
+    pub repository: &'a str,
+    pub context: &'a Path,
+    pub dockerfile: &'a Path,
+    pub target: Option<&'a str>,
+    pub context_digest: &'a str,
+    pub uris: Vec<String>,
+}
+
+pub fn print_plan(plan: &PlanOutput<'_>) -> serde_json::Result<()> {
+    println!("{}", serde_json::to_string_pretty(plan)?);
+    Ok(())
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_ecr::Client;
-use aws_sdk_ecr::error::{DisplayErrorContext, SdkError};
+use aws_sdk_ecr::error::SdkError;
 use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
 use aws_sdk_ecr::types::ImageTagMutability;
 use base64::Engine as _;
@@ -41,16 +41,16 @@ impl EcrLogin {
 /// before anything else can see them.
 pub async fn login(client: &Client, region: &str) -> Result<EcrLogin> {
     let output = client.get_authorization_token().send().await.map_err(|err| {
-        if super::is_access_denied(&err) {
-            anyhow::anyhow!(
+        let message = if super::is_access_denied(&err) {
+            format!(
                 "ecr:GetAuthorizationToken was denied in {region}: the build role needs \
                  \"Action\": \"ecr:GetAuthorizationToken\" with \"Resource\": \"*\" (this action cannot be \
-                 scoped to a repository): {}",
-                DisplayErrorContext(&err)
+                 scoped to a repository)"
             )
         } else {
-            anyhow::anyhow!("ecr:GetAuthorizationToken failed in {region}: {}", DisplayErrorContext(&err))
-        }
+            format!("ecr:GetAuthorizationToken failed in {region}")
+        };
+        anyhow::Error::new(err).context(message)
     })?;
     let data = output.authorization_data().first().with_context(|| {
         format!("ecr:GetAuthorizationToken in {region} returned no authorization data")
@@ -160,15 +160,17 @@ pub async fn check_repositories(
             {
                 missing.push(name);
             }
-            Err(err) if super::is_access_denied(&err) => anyhow::bail!(
-                "ecr:DescribeRepositories on repository {name} was denied in {region}: the build role needs it \
-                 on the repository's ARN: {}",
-                DisplayErrorContext(&err)
-            ),
-            Err(err) => anyhow::bail!(
-                "ecr:DescribeRepositories on repository {name} failed in {region}: {}",
-                DisplayErrorContext(&err)
-            ),
+            Err(err) if super::is_access_denied(&err) => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "ecr:DescribeRepositories on repository {name} was denied in {region}: the build role \
+                     needs it on the repository's ARN"
+                )));
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "ecr:DescribeRepositories on repository {name} failed in {region}"
+                )));
+            }
         }
     }
     anyhow::ensure!(

@@ -39,6 +39,10 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The SDK's own error, kept whole as the source of ours: the message says what failed and the
+/// fix; `-v` shows the SDK's details.
+pub type SdkFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Loads the shared SDK configuration. `region_hint` (the region of an ECR registry host) is used only
 /// when the environment names no region.
 pub async fn load_config(region_hint: Option<String>) -> crate::error::Result<SdkConfig> {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use aws_sdk_ssm::Client;
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::ParameterStringFilter;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use futures_util::{StreamExt as _, stream};
@@ -27,15 +27,22 @@ pub enum SsmError {
     #[error("SSM parameters not found in {region}: {}", names.join(", "))]
     Missing { region: String, names: Vec<String> },
     /// IAM said no.
-    #[error("{action} on {target} was denied in {region}: {hint}: {detail}")]
+    #[error("{action} on {target} was denied in {region}: {hint}")]
     Denied {
         action: &'static str,
         region: String,
         /// What was asked for: `parameters /a, /b`, `path /app/prod`, ...
         target: String,
         hint: String,
-        /// The SDK's own description of the error.
-        detail: String,
+        source: super::SdkFailure,
+    },
+    /// Anything else the call returned.
+    #[error("{action} on {target} failed in {region}")]
+    Failed {
+        action: &'static str,
+        region: String,
+        target: String,
+        source: super::SdkFailure,
     },
 }
 
@@ -104,7 +111,7 @@ async fn get_parameters_batch(
         .await
         .map_err(|err| {
             call_error(
-                &err,
+                err,
                 "ssm:GetParameters",
                 region,
                 format!("parameters {}", batch.join(", ")),
@@ -147,7 +154,7 @@ pub async fn get_parameters_by_path(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|err| {
             call_error(
-                &err,
+                err,
                 "ssm:GetParametersByPath",
                 region,
                 format!("path {path}"),
@@ -189,7 +196,7 @@ pub async fn names_beginning_with(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|err| {
             call_error(
-                &err,
+                err,
                 "ssm:DescribeParameters",
                 region,
                 format!("names beginning with {prefix}"),
@@ -208,29 +215,35 @@ pub async fn names_beginning_with(
 }
 
 fn call_error<E>(
-    err: &SdkError<E, HttpResponse>,
+    err: SdkError<E, HttpResponse>,
     action: &'static str,
     region: &str,
     target: String,
     hint: String,
 ) -> anyhow::Error
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    if super::is_access_denied(err) {
+    let region = region.to_owned();
+    let denied = super::is_access_denied(&err);
+    let source: super::SdkFailure = Box::new(err);
+    if denied {
         SsmError::Denied {
             action,
-            region: region.to_owned(),
+            region,
             target,
             hint,
-            detail: DisplayErrorContext(err).to_string(),
+            source,
         }
         .into()
     } else {
-        anyhow::anyhow!(
-            "{action} on {target} failed in {region}: {}",
-            DisplayErrorContext(err)
-        )
+        SsmError::Failed {
+            action,
+            region,
+            target,
+            source,
+        }
+        .into()
     }
 }
 

@@ -401,3 +401,45 @@ fn dockerfile_outside_the_context_is_supported() {
     );
     assert!(listing.lines().any(|l| l == "/ctx/hello.txt"), "{listing}");
 }
+
+#[test]
+fn output_redirected_into_the_context_is_never_sent() {
+    let ws = Workspace::empty();
+    ws.write(
+        "Dockerfile",
+        &format!("FROM {}\nCOPY . /ctx/\n", services().base_image),
+    );
+    ws.write("app.txt", "app");
+    let sha = new_sha();
+    let build = || {
+        ws.ecr_build()
+            .args([
+                "build",
+                "--dry-run",
+                "-v",
+                "--name",
+                "app",
+                "--repository",
+                "e2e/logs",
+            ])
+            .args(["--network", "none", "--tag", "{short_sha}"])
+            .env("ECR_BUILD_SHA", &sha)
+            // `ecr-build build > build.log 2> build.err`, run in the context folder.
+            .run_into(&ws.path().join("build.log"), &ws.path().join("build.err"))
+            .success()
+    };
+    let first = build();
+    let files: BTreeSet<String> = docker_run(
+        &first.summary("app").digest,
+        &["find", "/ctx", "-type", "f"],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(
+        files,
+        BTreeSet::from(["/ctx/Dockerfile".to_owned(), "/ctx/app.txt".to_owned()])
+    );
+    // The log files are not part of the context digest either: the next run builds the same image.
+    assert_eq!(build().summary("app").digest, first.summary("app").digest);
+}

@@ -199,3 +199,39 @@ fn absurd_values_are_usage_errors_that_name_them() {
     assert!(run.stderr.contains(&expected), "{}", run.stderr);
     assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
 }
+
+#[test]
+fn no_aws_region_is_one_short_line_without_sdk_dumps() {
+    // Instance metadata that never answers, as on a laptop: the SDK's region probes time out.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let imds = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(16).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        drop(held);
+    });
+    let (ws, _, _) = Workspace::example_app_in(&unique("e2e-region"));
+    let run = ws
+        .ecr_build()
+        .args(["build"])
+        .env("ECR_BUILD_SHA", new_sha())
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds)
+        .run()
+        .failure(2)
+        .stderr_has("no AWS region: set AWS_REGION");
+    for line in run.stderr.lines() {
+        assert!(
+            line.chars().count() <= 300,
+            "a line of {} characters: {line}",
+            line.chars().count()
+        );
+        assert!(
+            !line.contains("IMDS") && !line.contains("FailedToLoadToken"),
+            "{line}"
+        );
+    }
+    assert!(!ws.exists("imagedefinitions.json"));
+}

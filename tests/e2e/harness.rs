@@ -494,6 +494,23 @@ impl EcrBuild {
             .spawn()
             .expect("ecr-build starts")
     }
+
+    /// Runs the command with stdout and stderr going to these files, as `> out 2> err` would.
+    pub fn run_into(mut self, stdout: &Path, stderr: &Path) -> Run {
+        let file = |path: &Path| std::fs::File::create(path).expect("output file");
+        let status = self
+            .command
+            .stdout(file(stdout))
+            .stderr(file(stderr))
+            .status()
+            .expect("ecr-build runs");
+        let read = |path: &Path| std::fs::read_to_string(path).expect("output file is read back");
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: read(stdout),
+            stderr: read(stderr),
+        }
+    }
 }
 
 /// Calls an SSM action on the moto at `endpoint`.

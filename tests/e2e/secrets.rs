@@ -259,3 +259,86 @@ fn dry_run_needs_a_stand_in_for_ssm_secrets() {
         sha256_hex(b"from-a-file")
     );
 }
+
+#[test]
+fn every_line_of_a_multi_line_secret_is_masked_in_the_build_output() {
+    let nonce = new_sha();
+    let key = format!(
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B{}\nAQEFAASCBKcwggSjAgEAAoIB{}\n  AQC7VJTUt9Us8cKjMzEfYyjiWA4R  \n-----END PRIVATE KEY-----\n",
+        &nonce[..16],
+        &nonce[16..32]
+    );
+    let ws = Workspace::empty();
+    // The key comes out whole, line by line, and with a prefix that makes each line part of a longer one.
+    ws.write(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nRUN echo {} > /nonce\nRUN --mount=type=secret,id=key cat /run/secrets/key && sed 's/^/key line: /' /run/secrets/key\n",
+            base(),
+            new_sha()
+        ),
+    );
+    let run = ws
+        .ecr_build()
+        .args([
+            "build",
+            "--dry-run",
+            "--name",
+            "app",
+            "--repository",
+            "e2e/multiline",
+        ])
+        .args([
+            "--network",
+            "none",
+            "--tag",
+            "{short_sha}",
+            "--secret",
+            "key=env:PRIVATE_KEY",
+        ])
+        .env("ECR_BUILD_SHA", new_sha())
+        .env("PRIVATE_KEY", &key)
+        .run()
+        .success()
+        .stderr_has("key line: ***");
+    for line in key.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(
+            !run.stderr.contains(line),
+            "stderr shows the key line {line:?}:\n{}",
+            run.stderr
+        );
+        assert!(
+            !run.stdout.contains(line),
+            "stdout shows the key line {line:?}"
+        );
+    }
+}
+
+#[test]
+fn two_ssm_path_parameters_for_one_secret_id_are_an_error_naming_both() {
+    let prefix = format!("/{}/prod", unique("e2e-clash"));
+    let db = format!("{prefix}/db/PASSWORD");
+    let cache = format!("{prefix}/cache/PASSWORD");
+    put_parameter(&db, "db-pw-value", true);
+    put_parameter(&cache, "cache-pw-value", true);
+    let repository = unique("e2e-clash/app");
+    create_repository(&repository);
+    let ws = Workspace::empty();
+    ws.write("Dockerfile", &format!("FROM {}\nRUN true\n", base()));
+    ws.write(
+        "ecr-build.toml",
+        &format!("network = \"none\"\nssm_path = \"{prefix}/\"\n[images.app]\nrepository = \"{repository}\"\n"),
+    );
+    let run = ws
+        .ecr_build()
+        .args(["build", "--registry", &services().registry])
+        .env("ECR_BUILD_SHA", new_sha())
+        .run()
+        .failure(2)
+        .stderr_has(&db)
+        .stderr_has(&cache)
+        .stderr_has("both become secret id PASSWORD");
+    assert!(!run.stderr.contains("pw-value"), "{}", run.stderr);
+    assert!(registry_tags(&repository).is_empty(), "nothing is pushed");
+    assert!(!ws.exists("imagedefinitions.json"));
+}

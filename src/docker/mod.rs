@@ -1,7 +1,10 @@
 //! The Docker Engine API: connect (waiting for a daemon that is starting), build, tag, push.
 //! BuildKit builds go through [`session`], which serves secrets on the build's own session.
 
+mod host;
 mod session;
+
+pub use host::EngineAddr;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -112,40 +115,36 @@ fn push_hint(message: &str) -> &'static str {
 pub struct Engine {
     docker: Docker,
     /// For the requests bollard 0.21.1 cannot make: BuildKit builds with our own session.
-    address: session::EngineAddr,
+    address: EngineAddr,
     api_prefix: String,
 }
 
-/// What `DOCKER_HOST` says, for messages.
-pub fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .map_or_else(
-            || "unix:///var/run/docker.sock (DOCKER_HOST is not set)".to_owned(),
-            |h| format!("{h} (DOCKER_HOST)"),
-        )
+/// The engine's address for messages, and where it came from.
+fn describe(address: &EngineAddr) -> String {
+    let from = match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.trim().is_empty() => "DOCKER_HOST",
+        _ => "DOCKER_HOST is not set",
+    };
+    format!("{address} ({from})")
 }
 
 impl Engine {
     /// Connects, waiting up to `wait` for a daemon that is still starting, as buildspecs do with
     /// `until docker info; do sleep 1; done`.
     pub async fn connect(wait: Duration) -> Result<Engine, DockerError> {
+        let address = EngineAddr::from_env()?;
         let started = Instant::now();
         let mut announced = false;
         loop {
             let attempt = async {
-                let docker = Docker::connect_with_defaults()?.with_timeout(PING_TIMEOUT);
+                let docker = address.client(PING_TIMEOUT.as_secs())?;
                 docker.ping().await?;
                 // bollard 0.21.1 sends unversioned paths; negotiating keeps a later upgrade working on old engines.
                 docker.negotiate_version().await
             };
             match attempt.await {
                 Ok(docker) => {
-                    tracing::debug!("connected to Docker at {}", docker_host());
-                    let address = session::EngineAddr::from_docker_host(
-                        std::env::var("DOCKER_HOST").ok().as_deref(),
-                    )?;
+                    tracing::debug!("connected to Docker at {}", describe(&address));
                     let api_prefix = format!("/v{}", docker.client_version());
                     return Ok(Engine {
                         docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
@@ -155,7 +154,7 @@ impl Engine {
                 }
                 Err(err) if started.elapsed() >= wait => {
                     return Err(DockerError::Unreachable {
-                        host: docker_host(),
+                        host: describe(&address),
                         waited: wait.as_secs(),
                         cause: err.to_string(),
                     });
@@ -165,7 +164,7 @@ impl Engine {
                         tracing::info!(
                             "waiting up to {} s for the Docker daemon at {} ({err})",
                             wait.as_secs(),
-                            docker_host()
+                            describe(&address)
                         );
                         announced = true;
                     }

@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bollard::auth::DockerCredentials;
@@ -43,69 +42,14 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::{Body, Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpStream, UnixStream};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
-use tokio_util::either::Either;
 use tokio_util::io::StreamReader;
 use tonic::Status;
 use tonic::server::NamedService;
 
-/// Where the engine listens, from `DOCKER_HOST`.
-#[derive(Clone, Debug)]
-pub enum EngineAddr {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-impl EngineAddr {
-    pub fn from_docker_host(host: Option<&str>) -> Result<Self, Error> {
-        match host.map(str::trim).filter(|h| !h.is_empty()) {
-            None => Ok(EngineAddr::Unix(PathBuf::from("/var/run/docker.sock"))),
-            Some(h) => {
-                if let Some(path) = h.strip_prefix("unix://") {
-                    Ok(EngineAddr::Unix(PathBuf::from(path)))
-                } else if let Some(addr) = h
-                    .strip_prefix("tcp://")
-                    .or_else(|| h.strip_prefix("http://"))
-                {
-                    Ok(EngineAddr::Tcp(addr.trim_end_matches('/').to_owned()))
-                } else {
-                    Err(Error::UnsupportedURISchemeError { uri: h.to_owned() })
-                }
-            }
-        }
-    }
-
-    /// One HTTP/1.1 request on a fresh connection; the connection lives (with upgrades) as long
-    /// as the response or the upgraded stream does.
-    async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Error>
-    where
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let stream = match self {
-            EngineAddr::Unix(path) => Either::Left(UnixStream::connect(path).await?),
-            EngineAddr::Tcp(addr) => Either::Right(TcpStream::connect(addr).await?),
-        };
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.with_upgrades().await {
-                tracing::debug!("engine connection ended: {err}");
-            }
-        });
-        match sender.send_request(request).await {
-            Ok(response) => Ok(response),
-            // hyper's own text ("error from user's Body stream") hides the cause: keep the chain.
-            Err(err) => Err(Error::from(io::Error::other(crate::output::with_causes(
-                &err,
-            )))),
-        }
-    }
-}
+use super::host::EngineAddr;
 
 /// An error answer (not 2xx/101) as bollard reports it: the JSON `message` or the raw body.
 async fn server_error(response: Response<Incoming>) -> Error {
@@ -418,4 +362,97 @@ fn decode_build_line(line: Result<String, LinesCodecError>) -> Option<Result<Bui
         Ok(info) => Ok(info),
         Err(err) => Err(Error::from(err)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use bollard::moby::buildkit::v1::{StatusResponse, Vertex, VertexLog};
+    use bollard::models::BuildInfoAux;
+    use prost::Message as _;
+
+    fn decode(line: &str) -> Option<Result<BuildInfo, Error>> {
+        decode_build_line(Ok(line.to_owned()))
+    }
+
+    #[test]
+    fn legacy_lines_and_the_image_id_decode_as_bollard_decodes_them() {
+        let info = decode(r#"{"stream":"Step 1/2 : FROM base\n"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.stream.as_deref(), Some("Step 1/2 : FROM base\n"));
+        let info = decode(r#"{"aux":{"ID":"sha256:abc"}}"#).unwrap().unwrap();
+        assert!(
+            matches!(info.aux, Some(BuildInfoAux::Default(ref image)) if image.id.as_deref() == Some("sha256:abc"))
+        );
+        assert!(decode("   ").is_none(), "blank lines are skipped");
+    }
+
+    #[test]
+    fn buildkit_status_is_decoded_from_base64_protobuf() {
+        let status = StatusResponse {
+            vertexes: vec![Vertex {
+                digest: "sha256:v1".into(),
+                name: "[2/2] RUN make".into(),
+                ..Vertex::default()
+            }],
+            logs: vec![VertexLog {
+                vertex: "sha256:v1".into(),
+                msg: b"compiling\n".to_vec(),
+                ..VertexLog::default()
+            }],
+            ..StatusResponse::default()
+        };
+        let aux = base64::engine::general_purpose::STANDARD.encode(status.encode_to_vec());
+        let line = format!(r#"{{"id":"moby.buildkit.trace","aux":"{aux}"}}"#);
+        let info = decode(&line).unwrap().unwrap();
+        match info.aux {
+            Some(BuildInfoAux::BuildKit(decoded)) => {
+                assert_eq!(decoded.vertexes[0].name, "[2/2] RUN make");
+                assert_eq!(decoded.logs[0].msg, b"compiling\n");
+            }
+            other => panic!("not a BuildKit status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_error_detail_becomes_a_stream_error_and_garbage_an_error() {
+        let line = r#"{"errorDetail":{"message":"executor failed running [/bin/sh -c false]: exit code: 1"},"error":"executor failed"}"#;
+        match decode(line).unwrap() {
+            Err(Error::DockerStreamError { error }) => assert!(error.contains("exit code: 1")),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode("{not json").unwrap().is_err());
+        let too_long = decode_build_line(Err(LinesCodecError::MaxLineLengthExceeded));
+        assert!(too_long.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn secrets_are_served_by_id_and_unknown_ids_are_remembered() {
+        let store = SecretStore::new(HashMap::from([("token".to_owned(), b"s3cret".to_vec())]));
+        let answer = store
+            .get_secret(tonic::Request::new(GetSecretRequest {
+                id: "token".into(),
+                ..GetSecretRequest::default()
+            }))
+            .await
+            .unwrap();
+        assert_eq!(answer.get_ref().data, b"s3cret");
+        let missing = store
+            .get_secret(tonic::Request::new(GetSecretRequest {
+                id: "npmrc".into(),
+                ..GetSecretRequest::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        assert!(
+            missing.message().contains("configured: token"),
+            "{}",
+            missing.message()
+        );
+        assert!(!missing.message().contains("s3cret"));
+        assert_eq!(store.missing(), ["npmrc"]);
+    }
 }

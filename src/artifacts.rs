@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 use crate::config::{ArtifactsPlan, IMAGE_DETAIL_FILE};
+use crate::report::ImageOutcome;
 
 /// CodePipeline rejects an imagedefinitions.json over 100 KB.
 const IMAGE_DEFINITIONS_LIMIT: usize = 100 * 1024;
@@ -45,6 +46,31 @@ pub struct Artifact {
     pub contents: Vec<u8>,
 }
 
+/// The deploy stage's files, only after every image of the run is in place.
+pub fn write_for(
+    plan: &ArtifactsPlan,
+    several_images: bool,
+    primary_tag: &str,
+    images: &[ImageOutcome],
+) -> Result<()> {
+    let uris: Vec<ImageUri> = images
+        .iter()
+        .map(|o| ImageUri {
+            name: o.name.clone(),
+            uri: format!("{}:{primary_tag}", o.repository_uri),
+        })
+        .collect();
+    let rendered = render(plan, primary_tag, &uris)?;
+    for path in write_all(&plan.dir, &rendered)? {
+        tracing::info!("wrote {}", path.display());
+    }
+    if plan.image_detail.is_none() && several_images {
+        tracing::info!(
+            "imageDetail.json not written: set [artifacts] image_detail to the image CodeDeploy deploys"
+        );
+    }
+    Ok(())
+}
 /// Renders every enabled artifact. `images` are in config order.
 pub fn render(
     plan: &ArtifactsPlan,

@@ -276,51 +276,12 @@ fn plan_from_file(
             "no images: add at least one [images.NAME] table with a repository".into(),
         ));
     }
-    let mut images = Vec::with_capacity(sections.len());
-    for (name, section) in sections {
-        let build_args = section
-            .build_args
-            .into_iter()
-            .map(|(key, value)| {
-                scalar_to_string(&value)
-                    .map(|v| (key.clone(), v))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "images.{name}.build_args.{key}: must be a string, number or boolean"
-                        ))
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let context = clean(&base.join(section.context.unwrap_or_else(|| PathBuf::from("."))));
-        let dockerfile = clean(
-            &context.join(
-                section
-                    .dockerfile
-                    .unwrap_or_else(|| PathBuf::from("Dockerfile")),
-            ),
-        );
-        let secrets = section
-            .secrets
-            .into_iter()
-            .map(|(id, source)| {
-                SecretSource::parse(&source, &base)
-                    .map(|source| (id.clone(), source))
-                    .map_err(|m| invalid(format!("images.{name}.secrets.{id}: {m}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        images.push(ImagePlan {
-            name,
-            repository: section.repository,
-            context,
-            dockerfile,
-            target: section.target,
-            build_args,
-            secrets,
-            ssm_path: section.ssm_path.or_else(|| file.ssm_path.clone()),
-            allow_secret_build_args: section.allow_secret_build_args,
-            cache_from: section.cache_from,
-        });
-    }
+    let images = sections
+        .into_iter()
+        .map(|(name, section)| {
+            image_from_section(name, section, &base, file.ssm_path.as_deref()).map_err(&invalid)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     let artifacts = ArtifactsSettings {
         dir: output_dir
@@ -353,6 +314,57 @@ fn plan_from_file(
         },
         &origin,
     )
+}
+
+/// One `[images.NAME]` table; relative paths start at `base`, the file's folder.
+fn image_from_section(
+    name: String,
+    section: ImageSection,
+    base: &Path,
+    file_ssm_path: Option<&str>,
+) -> Result<ImagePlan, String> {
+    let build_args = section
+        .build_args
+        .into_iter()
+        .map(|(key, value)| {
+            scalar_to_string(&value)
+                .map(|v| (key.clone(), v))
+                .ok_or_else(|| {
+                    format!("images.{name}.build_args.{key}: must be a string, number or boolean")
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let context = clean(&base.join(section.context.unwrap_or_else(|| PathBuf::from("."))));
+    let dockerfile = clean(
+        &context.join(
+            section
+                .dockerfile
+                .unwrap_or_else(|| PathBuf::from("Dockerfile")),
+        ),
+    );
+    let secrets = section
+        .secrets
+        .into_iter()
+        .map(|(id, source)| {
+            SecretSource::parse(&source, base)
+                .map(|source| (id.clone(), source))
+                .map_err(|m| format!("images.{name}.secrets.{id}: {m}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ImagePlan {
+        name,
+        repository: section.repository,
+        context,
+        dockerfile,
+        target: section.target,
+        build_args,
+        secrets,
+        ssm_path: section
+            .ssm_path
+            .or_else(|| file_ssm_path.map(str::to_owned)),
+        allow_secret_build_args: section.allow_secret_build_args,
+        cache_from: section.cache_from,
+    })
 }
 
 fn plan_from_flags(
@@ -487,40 +499,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         }
     }
     for image in &parts.images {
-        check_container_name(&image.name).map_err(invalid)?;
-        check_repository(&image.repository)
-            .map_err(|m| invalid(format!("image {}: {m}", image.name)))?;
-        if let Some(target) = &image.target {
-            if target.is_empty() {
-                return Err(invalid(format!("image {}: target is empty", image.name)));
-            }
-        }
-        for (id, _) in &image.secrets {
-            check_secret_id(id).map_err(|m| invalid(format!("image {}: {m}", image.name)))?;
-        }
-        if let Some(path) = &image.ssm_path {
-            if !path.starts_with('/') || path.len() < 2 {
-                return Err(invalid(format!(
-                    "image {}: ssm_path `{path}` must be an SSM path such as /app/prod/",
-                    image.name
-                )));
-            }
-        }
-        if image.has_secrets() && parts.builder == Builder::Legacy && !image.allow_secret_build_args
-        {
-            return Err(invalid(format!(
-                "image {} has secrets, which only BuildKit can mount (builder = \"buildkit\"); the legacy \
-                 builder could only pass them as build args, readable by anyone who pulls the image \
-                 (allow that with allow_secret_build_args = true on the image)",
-                image.name
-            )));
-        }
-        if let Some((key, _)) = image.build_args.iter().find(|(k, _)| k.is_empty()) {
-            return Err(invalid(format!(
-                "image {}: build arg `{key}` has an empty name",
-                image.name
-            )));
-        }
+        check_image(image, parts.builder).map_err(invalid)?;
     }
     if let Some(duplicate) = first_duplicate(parts.images.iter().map(|i| &i.repository)) {
         return Err(invalid(format!(
@@ -528,42 +507,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         )));
     }
 
-    let single_image = (parts.images.len() == 1).then(|| parts.images[0].name.clone());
-    let image_detail = match parts.artifacts.image_detail {
-        None | Some(FileSetting::Enabled(true)) => single_image,
-        Some(FileSetting::Enabled(false)) => None,
-        Some(FileSetting::Value(name)) => {
-            if !parts.images.iter().any(|i| i.name == name) {
-                return Err(invalid(format!(
-                    "artifacts.image_detail names image `{name}`, which is not among the images ({})",
-                    parts
-                        .images
-                        .iter()
-                        .map(|i| i.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-            Some(name)
-        }
-    };
-    let file_name = |setting: Option<FileSetting>, default: &str, key: &str| match setting {
-        None | Some(FileSetting::Enabled(true)) => Ok(Some(default.to_owned())),
-        Some(FileSetting::Enabled(false)) => Ok(None),
-        Some(FileSetting::Value(name)) => check_file_name(&name)
-            .map(|()| Some(name.clone()))
-            .map_err(|m| invalid(format!("artifacts.{key} `{name}`: {m}"))),
-    };
-    let artifacts = ArtifactsPlan {
-        dir: parts.artifacts.dir,
-        imagedefinitions: file_name(
-            parts.artifacts.imagedefinitions,
-            "imagedefinitions.json",
-            "imagedefinitions",
-        )?,
-        image_detail,
-        build_json: file_name(parts.artifacts.build_json, "build.json", "build_json")?,
-    };
+    let artifacts = artifacts_plan(parts.artifacts, &parts.images).map_err(invalid)?;
 
     Ok(Plan {
         registry,
@@ -573,6 +517,85 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         artifacts,
         images: parts.images,
         source_dir: parts.source_dir,
+    })
+}
+
+/// The checks of one image that need nothing else.
+fn check_image(image: &ImagePlan, builder: Builder) -> Result<(), String> {
+    check_container_name(&image.name)?;
+    check_repository(&image.repository).map_err(|m| format!("image {}: {m}", image.name))?;
+    if let Some(target) = &image.target {
+        if target.is_empty() {
+            return Err(format!("image {}: target is empty", image.name));
+        }
+    }
+    for (id, _) in &image.secrets {
+        check_secret_id(id).map_err(|m| format!("image {}: {m}", image.name))?;
+    }
+    if let Some(path) = &image.ssm_path {
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(format!(
+                "image {}: ssm_path `{path}` must be an SSM path such as /app/prod/",
+                image.name
+            ));
+        }
+    }
+    if image.has_secrets() && builder == Builder::Legacy && !image.allow_secret_build_args {
+        return Err(format!(
+            "image {} has secrets, which only BuildKit can mount (builder = \"buildkit\"); the legacy \
+             builder could only pass them as build args, readable by anyone who pulls the image \
+             (allow that with allow_secret_build_args = true on the image)",
+            image.name
+        ));
+    }
+    if let Some((key, _)) = image.build_args.iter().find(|(k, _)| k.is_empty()) {
+        return Err(format!(
+            "image {}: build arg `{key}` has an empty name",
+            image.name
+        ));
+    }
+    Ok(())
+}
+
+/// Which artifacts a run writes, and where.
+fn artifacts_plan(
+    settings: ArtifactsSettings,
+    images: &[ImagePlan],
+) -> Result<ArtifactsPlan, String> {
+    let single_image = (images.len() == 1).then(|| images[0].name.clone());
+    let image_detail = match settings.image_detail {
+        None | Some(FileSetting::Enabled(true)) => single_image,
+        Some(FileSetting::Enabled(false)) => None,
+        Some(FileSetting::Value(name)) => {
+            if !images.iter().any(|i| i.name == name) {
+                return Err(format!(
+                    "artifacts.image_detail names image `{name}`, which is not among the images ({})",
+                    images
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            Some(name)
+        }
+    };
+    let file_name = |setting: Option<FileSetting>, default: &str, key: &str| match setting {
+        None | Some(FileSetting::Enabled(true)) => Ok(Some(default.to_owned())),
+        Some(FileSetting::Enabled(false)) => Ok(None),
+        Some(FileSetting::Value(name)) => check_file_name(&name)
+            .map(|()| Some(name.clone()))
+            .map_err(|m| format!("artifacts.{key} `{name}`: {m}")),
+    };
+    Ok(ArtifactsPlan {
+        dir: settings.dir,
+        imagedefinitions: file_name(
+            settings.imagedefinitions,
+            "imagedefinitions.json",
+            "imagedefinitions",
+        )?,
+        image_detail,
+        build_json: file_name(settings.build_json, "build.json", "build_json")?,
     })
 }
 

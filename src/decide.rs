@@ -3,6 +3,27 @@
 
 use std::collections::HashMap;
 
+use crate::config::{Builder, ImagePlan};
+
+/// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
+/// different inputs can produce the same bytes.
+pub fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "builder": format!("{builder:?}"),
+        "dockerfile": dockerfile_in_context,
+        "target": image.target,
+        "build_args": image.build_args,
+        "secret_ids": image.secrets.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        "ssm_path": image.ssm_path,
+    }))
+    .expect("plain values serialize")
+}
+
+/// The tag that marks an image by the digest of everything that decided it.
+pub fn context_tag(context_digest: &str) -> String {
+    format!("ctx-{}", &context_digest[..20])
+}
+
 /// Which tags of a repository cannot be moved once they exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TagRules {
@@ -108,6 +129,8 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecretSource;
+    use std::path::PathBuf;
 
     const CTX: &str = "ctx-0123456789abcdef0123";
 
@@ -215,6 +238,71 @@ mod tests {
         assert_eq!(
             tags_to_look_up(&all, TagRules::Immutable, false),
             ["abc1234", "latest"]
+        );
+    }
+
+    fn image(args: &[(&str, &str)], target: Option<&str>) -> ImagePlan {
+        ImagePlan {
+            name: "web".into(),
+            repository: "app/web".into(),
+            context: PathBuf::from("/c"),
+            dockerfile: PathBuf::from("/c/Dockerfile"),
+            target: target.map(str::to_owned),
+            build_args: args
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            secrets: Vec::new(),
+            ssm_path: None,
+            allow_secret_build_args: false,
+            cache_from: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn digest_inputs_separate_everything_that_decides_the_image() {
+        let inputs =
+            |image: &ImagePlan, builder, dockerfile| digest_inputs(image, builder, dockerfile);
+        let base = inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile");
+        let mut with_secret = image(&[("A", "1")], None);
+        with_secret
+            .secrets
+            .push(("token".into(), SecretSource::Env("TOKEN".into())));
+        let variants = [
+            inputs(&image(&[("A", "2")], None), Builder::Buildkit, "Dockerfile"),
+            inputs(
+                &image(&[("A", "1")], Some("prod")),
+                Builder::Buildkit,
+                "Dockerfile",
+            ),
+            inputs(&image(&[("A", "1")], None), Builder::Legacy, "Dockerfile"),
+            inputs(
+                &image(&[("A", "1")], None),
+                Builder::Buildkit,
+                "other/Dockerfile",
+            ),
+            inputs(
+                &image(&[("A", "1\nbuild-arg=B=2")], None),
+                Builder::Buildkit,
+                "Dockerfile",
+            ),
+            inputs(&with_secret, Builder::Buildkit, "Dockerfile"),
+        ];
+        for variant in &variants {
+            assert_ne!(&base, variant);
+        }
+        // The source of a secret (and so its value) is not an input: only its id is.
+        let mut other_source = image(&[("A", "1")], None);
+        other_source
+            .secrets
+            .push(("token".into(), SecretSource::Ssm("/app/token".into())));
+        assert_eq!(
+            variants[5],
+            inputs(&other_source, Builder::Buildkit, "Dockerfile")
+        );
+        assert_eq!(
+            base,
+            inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")
         );
     }
 }

@@ -5,8 +5,7 @@ use ecr_build::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let verbose = cli.verbose;
-    ecr_build::output::init(verbose, cli.quiet);
+    ecr_build::output::init(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -17,7 +16,7 @@ fn main() -> ExitCode {
     match runtime.block_on(ecr_build::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{}", ecr_build::output::final_error(&err, verbose));
+            tracing::error!("{}", ecr_build::output::describe_error(&err));
             ExitCode::from(err.code())
         }
     }

@@ -82,6 +82,7 @@ pub fn filter(verbose: u8, quiet: bool) -> EnvFilter {
 }
 
 pub fn init(verbose: u8, quiet: bool) {
+    VERBOSE.store(verbose > 0, std::sync::atomic::Ordering::Relaxed);
     tracing_subscriber::fmt()
         .with_env_filter(filter(verbose, quiet))
         .event_format(PlainLines {
@@ -173,14 +174,22 @@ where
     }
 }
 
-/// The error a command ended with, with its causes: without -v one line of at most MAX_LINE_CHARS
+/// -v, as [`init`] was told.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An error with its causes: without -v one line of at most MAX_LINE_CHARS with the image prefix
 /// (the message names the thing and the fix first; causes that do not fit are cut), with -v whole.
-pub fn final_error(err: &dyn std::error::Error, verbose: u8) -> String {
+pub fn describe_error(err: &dyn std::error::Error) -> String {
+    error_text(err, VERBOSE.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn error_text(err: &dyn std::error::Error, verbose: bool) -> String {
     let text = one_line(&with_causes(err));
-    if verbose > 0 {
+    if verbose {
         text
     } else {
-        shorten(&text, MAX_LINE_CHARS - "error: ".len())
+        // Room for `image | error: ` before it; image names are short.
+        shorten(&text, MAX_LINE_CHARS - 40)
     }
 }
 
@@ -268,11 +277,11 @@ mod tests {
         let long = anyhow::anyhow!("{}\n{}", "raw response ".repeat(40), "dump")
             .context("no AWS region: set AWS_REGION");
         let long: &dyn std::error::Error = long.as_ref();
-        let short = final_error(long, 0);
+        let short = error_text(long, false);
         assert!(short.starts_with("no AWS region: set AWS_REGION: raw response"));
-        assert!(short.chars().count() <= MAX_LINE_CHARS - "error: ".len());
+        assert!(short.chars().count() <= MAX_LINE_CHARS - 40);
         assert!(short.ends_with("(-v shows all)") && !short.contains('\n'));
-        assert!(final_error(long, 1).ends_with("dump"));
+        assert!(error_text(long, true).ends_with("dump"));
     }
 
     #[test]

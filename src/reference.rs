@@ -114,6 +114,18 @@ pub fn host_name(host: &str) -> Result<&str, &'static str> {
     Ok(name)
 }
 
+/// `myapp/web:latest` is in the run's registry; `host.example:5000/x:y` or `localhost/x` names its own.
+pub fn qualify_reference(registry: &str, reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_host = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_host {
+        reference.to_owned()
+    } else {
+        format!("{registry}/{reference}")
+    }
+}
+
 /// 127.0.0.0/8, `localhost` and `::1` (the IPv6 address without brackets).
 pub fn is_loopback(name: &str) -> bool {
     name.eq_ignore_ascii_case("localhost")
@@ -218,5 +230,30 @@ mod tests {
         ] {
             assert!(host_name(host).is_err(), "{host:?}");
         }
+    }
+
+    #[test]
+    fn cache_references_default_to_the_run_registry() {
+        let registry = "1.dkr.ecr.eu-west-1.amazonaws.com";
+        assert_eq!(
+            qualify_reference(registry, "app/web:latest"),
+            format!("{registry}/app/web:latest")
+        );
+        assert_eq!(
+            qualify_reference(registry, "web:latest"),
+            format!("{registry}/web:latest")
+        );
+        assert_eq!(
+            qualify_reference(registry, "127.0.0.1:5000/app/web:latest"),
+            "127.0.0.1:5000/app/web:latest"
+        );
+        assert_eq!(
+            qualify_reference(registry, "localhost/web:1"),
+            "localhost/web:1"
+        );
+        assert_eq!(
+            qualify_reference(registry, "2.dkr.ecr.us-east-1.amazonaws.com/x:y"),
+            "2.dkr.ecr.us-east-1.amazonaws.com/x:y"
+        );
     }
 }

@@ -5,6 +5,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::error::Result;
+use crate::output;
+
 /// How one image's run ended.
 pub struct ImageOutcome {
     pub name: String,
@@ -16,8 +19,42 @@ pub struct ImageOutcome {
     pub seconds: f64,
 }
 
+/// Prints one line per image, failed or not, in plan order; the outcomes when every image
+/// succeeded, else the run's verdict: "N of M images failed".
+pub fn summarize(
+    outcomes: Vec<(String, Result<ImageOutcome>)>,
+    tags: &[String],
+) -> Result<Vec<ImageOutcome>> {
+    let total = outcomes.len();
+    let mut succeeded = Vec::with_capacity(total);
+    let mut failed = Vec::new();
+    for (name, outcome) in outcomes {
+        match outcome {
+            Ok(outcome) => {
+                print_summary_line(&name, Some(&outcome), tags);
+                succeeded.push(outcome);
+            }
+            Err(err) => {
+                tracing::error!(image = name.as_str(), "{}", output::describe_error(&err));
+                print_summary_line(&name, None, tags);
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{} of {total} image{} failed ({}); no artifact was written",
+            failed.len(),
+            if total == 1 { "" } else { "s" },
+            failed.join(", ")
+        )
+        .into());
+    }
+    Ok(succeeded)
+}
+
 /// `web pushed REGISTRY/REPO tags=a,b digest=sha256:… seconds=1.2`, or `web failed`.
-pub fn print_summary_line(name: &str, outcome: Option<&ImageOutcome>, tags: &[String]) {
+fn print_summary_line(name: &str, outcome: Option<&ImageOutcome>, tags: &[String]) {
     match outcome {
         Some(outcome) => println!(
             "{} {} {} tags={} digest={} seconds={:.1}",

@@ -15,6 +15,7 @@ pub use super::Secret;
 use crate::decide::TagRules;
 use crate::output::redactor;
 use crate::reference::normalize_registry;
+use crate::registry::RegistryClient;
 
 /// The registry credentials ECR hands out (valid 12 hours) and the registry they are for.
 #[derive(Debug, Clone)]
@@ -115,6 +116,48 @@ impl EcrAuth {
             *current = (login(&self.client, &self.region).await?, Instant::now());
         }
         Ok(current.0.clone())
+    }
+}
+
+/// The ECR login and the registry API client, one of each for the whole run; `current` keeps both
+/// on a token young enough for the next call.
+pub struct RegistryAccess {
+    auth: EcrAuth,
+    pub client: RegistryClient,
+}
+
+impl RegistryAccess {
+    pub fn new(auth: EcrAuth, client: RegistryClient) -> Self {
+        Self { auth, client }
+    }
+
+    pub async fn current(&self) -> Result<EcrLogin> {
+        let login = self.auth.current().await?;
+        self.client
+            .set_login(&login.username, login.password.expose());
+        Ok(login)
+    }
+}
+
+/// Used when a dry run has no registry from the config, the flags or AWS_ACCOUNT_ID + region.
+pub const DRY_RUN_PLACEHOLDER_REGISTRY: &str = "dry-run.invalid";
+
+/// The registry a dry run or a plan names without asking AWS, and where it came from.
+pub fn offline_registry(configured: Option<&str>) -> (String, &'static str) {
+    if let Some(registry) = configured {
+        return (registry.to_owned(), "the config or --registry");
+    }
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"));
+    match (var("AWS_ACCOUNT_ID"), region) {
+        (Some(account), Some(region)) => (
+            format!("{account}.dkr.ecr.{region}.amazonaws.com"),
+            "AWS_ACCOUNT_ID and AWS_REGION",
+        ),
+        _ => (
+            DRY_RUN_PLACEHOLDER_REGISTRY.to_owned(),
+            "a placeholder: set registry, --registry, or AWS_ACCOUNT_ID and AWS_REGION",
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod ecr;
 pub mod ssm;
 
+use std::collections::HashMap;
 use std::fmt;
 
 use aws_config::meta::region::RegionProviderChain;
@@ -16,6 +17,9 @@ use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorC
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
+
+use crate::decide::TagRules;
+use crate::registry::RegistryClient;
 
 /// A value that must not be printed: `Debug` shows `***`, and there is no `Display`. Whoever reads one
 /// from AWS registers it with [`crate::output::redactor`] first.
@@ -42,6 +46,49 @@ impl fmt::Debug for Secret {
 /// The SDK's own error, kept whole as the source of ours: the message says what failed and the
 /// fix; `-v` shows the SDK's details.
 pub type SdkFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a run that pushes needs from AWS, ready before anything is built.
+pub struct Session {
+    /// The registry pushed to: the configured one, or the ECR login's.
+    pub registry: String,
+    pub access: ecr::RegistryAccess,
+    /// Each repository's tag rules.
+    pub rules: HashMap<String, TagRules>,
+    pub ssm: aws_sdk_ssm::Client,
+    pub region: String,
+}
+
+/// Logs in to ECR and checks every repository, naming all missing ones at once.
+pub async fn connect(
+    configured_registry: Option<&str>,
+    repositories: &[&str],
+) -> crate::error::Result<Session> {
+    let sdk = load_config(configured_registry.and_then(region_of_ecr_host)).await?;
+    let region = sdk.region().map(ToString::to_string).unwrap_or_default();
+    let ecr = aws_sdk_ecr::Client::from_conf(
+        aws_sdk_ecr::config::Builder::from(&sdk)
+            .interceptor(LogFailedAttempts)
+            .build(),
+    );
+    let auth = ecr::EcrAuth::login(ecr.clone(), region.clone()).await?;
+    let endpoint = auth.current().await?.endpoint;
+    let registry = configured_registry.map_or(endpoint, str::to_owned);
+    tracing::info!("logged in to ECR in {region}; pushing to {registry}");
+    let rules = ecr::check_repositories(&ecr, &region, repositories).await?;
+    let client = RegistryClient::new(&registry).map_err(anyhow::Error::from)?;
+    let ssm = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&sdk)
+            .interceptor(LogFailedAttempts)
+            .build(),
+    );
+    Ok(Session {
+        registry,
+        access: ecr::RegistryAccess::new(auth, client),
+        rules,
+        ssm,
+        region,
+    })
+}
 
 /// Loads the shared SDK configuration. `region_hint` (the region of an ECR registry host) is used only
 /// when the environment names no region.

@@ -22,7 +22,10 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
+
+use crate::config::{Builder, ConfigError, ImagePlan, Plan};
 
 const DOCKERIGNORE: &str = ".dockerignore";
 /// The mode docker CLI gives files it adds to the context itself.
@@ -348,6 +351,65 @@ impl ContextFiles {
         });
         withheld
     }
+}
+
+/// An image whose context has been read: the files to send and their digest.
+pub struct PreparedImage {
+    pub plan: ImagePlan,
+    pub files: ContextFiles,
+    pub digest: String,
+}
+
+/// Walks and hashes every image's context, in parallel, off the async threads. The run's own
+/// artifacts and output files are never sent.
+pub async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
+    let mut withheld = plan.artifacts.paths();
+    withheld.extend(own_output_files());
+    let walks = plan.images.iter().cloned().map(|image| {
+        let builder = plan.builder;
+        let withheld = withheld.clone();
+        tokio::task::spawn_blocking(move || prepare_one(image, builder, &withheld))
+    });
+    let mut prepared = Vec::with_capacity(plan.images.len());
+    for walk in futures_util::future::join_all(walks).await {
+        prepared.push(walk.context("context walk panicked")??);
+    }
+    Ok(prepared)
+}
+
+fn prepare_one(
+    image: ImagePlan,
+    builder: Builder,
+    withheld: &[PathBuf],
+) -> crate::error::Result<PreparedImage> {
+    let name = image.name.as_str();
+    let mut files =
+        collect(&image.context, &image.dockerfile).map_err(|err| ConfigError::Invalid {
+            origin: format!("image {name}"),
+            message: err.to_string(),
+        })?;
+    for path in files.withhold(withheld) {
+        tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
+    }
+    let inputs = crate::decide::digest_inputs(&image, builder, files.dockerfile_in_context());
+    let digest = files.digest(&inputs).with_context(|| {
+        format!(
+            "image {name}: cannot hash the context {}",
+            image.context.display()
+        )
+    })?;
+    tracing::debug!(
+        image = name,
+        "context {}: {} files, {} bytes, digest {digest}",
+        image.context.display(),
+        files.len(),
+        files.total_bytes()
+    );
+    Ok(PreparedImage {
+        plan: image,
+        files,
+        digest,
+    })
 }
 
 /// The files this process writes its stdout and stderr to (`ecr-build build > build.log` run in

@@ -180,22 +180,7 @@ impl Engine {
         request: BuildRequest<'_>,
         context_tar: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
     ) -> Result<String, DockerError> {
-        let mut options = BuildImageOptionsBuilder::default()
-            .dockerfile(request.dockerfile)
-            .t(request.reference)
-            .rm(true)
-            .forcerm(true)
-            .buildargs(&request.build_args.iter().cloned().collect())
-            .labels(&request.labels.iter().cloned().collect());
-        if let Some(target) = request.target {
-            options = options.target(target);
-        }
-        if let Some(network) = request.network {
-            options = options.networkmode(network);
-        }
-        if !request.cache_from.is_empty() {
-            options = options.cachefrom(&request.cache_from.to_vec());
-        }
+        let options = build_options(&request);
         let mut progress = BuildProgress::new(request.image);
         let registry_auth = request.registry_auth.unwrap_or_default();
         // The session lives until the build's stream ends: BuildKit asks it for secrets and pull
@@ -322,6 +307,27 @@ impl Engine {
         }
         digest.ok_or(DockerError::NoDigest { reference })
     }
+}
+
+/// The `/build` query both builders share.
+fn build_options(request: &BuildRequest<'_>) -> BuildImageOptionsBuilder {
+    let mut options = BuildImageOptionsBuilder::default()
+        .dockerfile(request.dockerfile)
+        .t(request.reference)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&request.build_args.iter().cloned().collect())
+        .labels(&request.labels.iter().cloned().collect());
+    if let Some(target) = request.target {
+        options = options.target(target);
+    }
+    if let Some(network) = request.network {
+        options = options.networkmode(network);
+    }
+    if !request.cache_from.is_empty() {
+        options = options.cachefrom(&request.cache_from.to_vec());
+    }
+    options
 }
 
 /// A build session ID must be unique per build; the image name keeps it readable in engine logs.

@@ -491,12 +491,12 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
             "tag template `{duplicate}` is listed twice"
         )));
     }
-    if let Some(network) = &parts.network {
-        if network.is_empty() || network.contains(char::is_whitespace) {
-            return Err(invalid(format!(
-                "network `{network}` is not a network mode"
-            )));
-        }
+    if let Some(network) = &parts.network
+        && (network.is_empty() || network.contains(char::is_whitespace))
+    {
+        return Err(invalid(format!(
+            "network `{network}` is not a network mode"
+        )));
     }
     for image in &parts.images {
         check_image(image, parts.builder).map_err(invalid)?;
@@ -524,21 +524,21 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
 fn check_image(image: &ImagePlan, builder: Builder) -> Result<(), String> {
     check_container_name(&image.name)?;
     check_repository(&image.repository).map_err(|m| format!("image {}: {m}", image.name))?;
-    if let Some(target) = &image.target {
-        if target.is_empty() {
-            return Err(format!("image {}: target is empty", image.name));
-        }
+    if let Some(target) = &image.target
+        && target.is_empty()
+    {
+        return Err(format!("image {}: target is empty", image.name));
     }
     for (id, _) in &image.secrets {
         check_secret_id(id).map_err(|m| format!("image {}: {m}", image.name))?;
     }
-    if let Some(path) = &image.ssm_path {
-        if !path.starts_with('/') || path.len() < 2 {
-            return Err(format!(
-                "image {}: ssm_path `{path}` must be an SSM path such as /app/prod/",
-                image.name
-            ));
-        }
+    if let Some(path) = &image.ssm_path
+        && (!path.starts_with('/') || path.len() < 2)
+    {
+        return Err(format!(
+            "image {}: ssm_path `{path}` must be an SSM path such as /app/prod/",
+            image.name
+        ));
     }
     if image.has_secrets() && builder == Builder::Legacy && !image.allow_secret_build_args {
         return Err(format!(

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use regex::Regex;
+
 use crate::config::{Builder, ImagePlan};
 
 /// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
@@ -24,17 +26,46 @@ pub fn context_tag(context_digest: &str) -> String {
     format!("ctx-{}", &context_digest[..20])
 }
 
-/// Which tags of a repository cannot be moved once they exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TagRules {
-    #[default]
-    Mutable,
-    Immutable,
+/// Which tags of a repository cannot be moved once they exist: ECR's `imageTagMutability`, with
+/// the exclusion filters of `IMMUTABLE_WITH_EXCLUSION` and `MUTABLE_WITH_EXCLUSION`.
+#[derive(Debug, Clone, Default)]
+pub struct TagRules {
+    immutable_by_default: bool,
+    /// Tags matching one of these have the other mutability.
+    exclusions: Vec<Regex>,
 }
 
 impl TagRules {
-    pub fn is_immutable(self, _tag: &str) -> bool {
-        self == TagRules::Immutable
+    pub fn mutable() -> Self {
+        Self::default()
+    }
+
+    pub fn immutable() -> Self {
+        Self {
+            immutable_by_default: true,
+            exclusions: Vec::new(),
+        }
+    }
+
+    /// `filters` are ECR's WILDCARD filters: `*` stands for any run of characters, everything else
+    /// for itself, and a filter matches a whole tag.
+    pub fn with_exclusions(immutable_by_default: bool, filters: &[&str]) -> Self {
+        let exclusions = filters
+            .iter()
+            .map(|filter| {
+                let pattern: Vec<String> = filter.split('*').map(regex::escape).collect();
+                Regex::new(&format!("^{}$", pattern.join(".*")))
+                    .expect("escaped text and .* compile")
+            })
+            .collect();
+        Self {
+            immutable_by_default,
+            exclusions,
+        }
+    }
+
+    pub fn is_immutable(&self, tag: &str) -> bool {
+        self.immutable_by_default != self.exclusions.iter().any(|filter| filter.is_match(tag))
     }
 }
 
@@ -70,7 +101,7 @@ pub struct Conflict {
 
 /// The tags whose current digest the decision needs: every run tag when the image may be reused
 /// (a tag already in place needs no PUT), else only those that cannot move.
-pub fn tags_to_look_up(tags: &[String], rules: TagRules, may_reuse: bool) -> Vec<&str> {
+pub fn tags_to_look_up<'a>(tags: &'a [String], rules: &TagRules, may_reuse: bool) -> Vec<&'a str> {
     tags.iter()
         .map(String::as_str)
         .filter(|tag| may_reuse || rules.is_immutable(tag))
@@ -83,7 +114,7 @@ pub fn decide(
     tags: &[String],
     ctx_tag: &str,
     state: &RegistryState,
-    rules: TagRules,
+    rules: &TagRules,
     rebuild: bool,
 ) -> Result<Action, Conflict> {
     let conflict = |tag: &str, wants: String| {
@@ -150,7 +181,7 @@ mod tests {
 
     #[test]
     fn new_content_is_built_and_pushed_with_the_context_tag_last() {
-        let action = decide(&tags(), CTX, &state(None, &[]), TagRules::Mutable, false).unwrap();
+        let action = decide(&tags(), CTX, &state(None, &[]), &TagRules::mutable(), false).unwrap();
         assert_eq!(
             action,
             Action::Build {
@@ -165,7 +196,7 @@ mod tests {
             Some("sha256:a"),
             &[("abc1234", "sha256:a"), ("latest", "sha256:b")],
         );
-        let action = decide(&tags(), CTX, &held, TagRules::Mutable, false).unwrap();
+        let action = decide(&tags(), CTX, &held, &TagRules::mutable(), false).unwrap();
         assert_eq!(
             action,
             Action::Reuse {
@@ -175,7 +206,7 @@ mod tests {
         );
         let nothing_there = state(Some("sha256:a"), &[]);
         let Action::Reuse { put, .. } =
-            decide(&tags(), CTX, &nothing_there, TagRules::Immutable, false).unwrap()
+            decide(&tags(), CTX, &nothing_there, &TagRules::immutable(), false).unwrap()
         else {
             panic!("not reused")
         };
@@ -185,7 +216,7 @@ mod tests {
     #[test]
     fn rebuild_builds_even_unchanged_content() {
         let held = state(Some("sha256:a"), &[]);
-        let action = decide(&tags(), CTX, &held, TagRules::Mutable, true).unwrap();
+        let action = decide(&tags(), CTX, &held, &TagRules::mutable(), true).unwrap();
         assert!(matches!(action, Action::Build { .. }));
     }
 
@@ -195,7 +226,7 @@ mod tests {
             Some("sha256:a"),
             &[("abc1234", "sha256:a"), ("latest", "sha256:a")],
         );
-        let action = decide(&tags(), CTX, &held, TagRules::Immutable, false).unwrap();
+        let action = decide(&tags(), CTX, &held, &TagRules::immutable(), false).unwrap();
         assert_eq!(
             action,
             Action::Reuse {
@@ -208,7 +239,7 @@ mod tests {
     #[test]
     fn an_immutable_tag_on_other_content_is_a_conflict_when_reusing() {
         let held = state(Some("sha256:a"), &[("latest", "sha256:b")]);
-        let err = decide(&tags(), CTX, &held, TagRules::Immutable, false).unwrap_err();
+        let err = decide(&tags(), CTX, &held, &TagRules::immutable(), false).unwrap_err();
         assert_eq!(err.tag, "latest");
         assert_eq!(err.existing, "sha256:b");
         assert!(
@@ -220,23 +251,23 @@ mod tests {
     #[test]
     fn an_existing_immutable_tag_is_a_conflict_when_building() {
         let held = state(None, &[("abc1234", "sha256:b")]);
-        let err = decide(&tags(), CTX, &held, TagRules::Immutable, false).unwrap_err();
+        let err = decide(&tags(), CTX, &held, &TagRules::immutable(), false).unwrap_err();
         assert_eq!(err.tag, "abc1234");
         assert!(err.to_string().contains("built different content"), "{err}");
         // The same tags on a mutable repository simply move.
-        assert!(decide(&tags(), CTX, &held, TagRules::Mutable, false).is_ok());
+        assert!(decide(&tags(), CTX, &held, &TagRules::mutable(), false).is_ok());
     }
 
     #[test]
     fn lookups_cover_every_tag_only_when_the_image_may_be_reused() {
         let all = tags();
         assert_eq!(
-            tags_to_look_up(&all, TagRules::Mutable, true),
+            tags_to_look_up(&all, &TagRules::mutable(), true),
             ["abc1234", "latest"]
         );
-        assert!(tags_to_look_up(&all, TagRules::Mutable, false).is_empty());
+        assert!(tags_to_look_up(&all, &TagRules::mutable(), false).is_empty());
         assert_eq!(
-            tags_to_look_up(&all, TagRules::Immutable, false),
+            tags_to_look_up(&all, &TagRules::immutable(), false),
             ["abc1234", "latest"]
         );
     }

@@ -157,10 +157,10 @@ async fn build_one(
         let image_id = build_image(run, image, secrets, None).await?;
         return Ok(outcome(image_id, "built (dry run, not pushed)"));
     };
-    let rules = run.rules.get(repository).copied().unwrap_or_default();
-    let (state, unchanged) = look_up(run, access, &image, &ctx_tag, rules).await?;
+    let rules = run.rules.get(repository).cloned().unwrap_or_default();
+    let (state, unchanged) = look_up(run, access, &image, &ctx_tag, &rules).await?;
     let action =
-        decide::decide(run.tags, &ctx_tag, &state, rules, run.rebuild).map_err(|conflict| {
+        decide::decide(run.tags, &ctx_tag, &state, &rules, run.rebuild).map_err(|conflict| {
             anyhow::anyhow!(
                 "{repository_uri}:{conflict} (context digest {})",
                 image.digest
@@ -201,7 +201,7 @@ async fn look_up(
     access: &RegistryAccess,
     image: &PreparedImage,
     ctx_tag: &str,
-    rules: TagRules,
+    rules: &TagRules,
 ) -> Result<(RegistryState, Option<Manifest>)> {
     let (name, repository) = (image.plan.name.as_str(), image.plan.repository.as_str());
     access.current().await?;
@@ -328,14 +328,14 @@ async fn push_tags(
         )
         .await?;
         tracing::info!(image = name, "pushed {repository_uri}:{tag} ({digest})");
-        if let Some(first) = &pushed {
-            if first != &digest {
-                return Err(anyhow::anyhow!(
-                    "{repository_uri}:{tag} was stored as {digest}, but {} as {first}",
-                    push[0]
-                )
-                .into());
-            }
+        if let Some(first) = &pushed
+            && first != &digest
+        {
+            return Err(anyhow::anyhow!(
+                "{repository_uri}:{tag} was stored as {digest}, but {} as {first}",
+                push[0]
+            )
+            .into());
         }
         pushed = Some(digest);
     }

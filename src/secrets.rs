@@ -47,10 +47,10 @@ async fn read_ssm(plan: &Plan, client: &aws_sdk_ssm::Client, region: &str) -> Re
     let mut values = SsmValues::default();
     let mut names: Vec<String> = Vec::new();
     for (_, source) in plan.images.iter().flat_map(|image| &image.secrets) {
-        if let SecretSource::Ssm(name) = source {
-            if !names.contains(name) {
-                names.push(name.clone());
-            }
+        if let SecretSource::Ssm(name) = source
+            && !names.contains(name)
+        {
+            names.push(name.clone());
         }
     }
     if !names.is_empty() {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use aws_sdk_ecr::Client;
 use aws_sdk_ecr::error::SdkError;
 use aws_sdk_ecr::operation::describe_repositories::DescribeRepositoriesError;
-use aws_sdk_ecr::types::ImageTagMutability;
+use aws_sdk_ecr::types::{ImageTagMutability, ImageTagMutabilityExclusionFilter, RctAppliedFor};
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 
@@ -161,8 +161,9 @@ pub fn offline_registry(configured: Option<&str>) -> (String, &'static str) {
     }
 }
 
-/// Fails, naming every missing repository at once, before a single image is built. Returns each
-/// repository's tag rules.
+/// Fails, naming every missing repository at once, before a single image is built; a missing
+/// repository that a creation template applied to CREATE_ON_PUSH covers is fine: the push creates it.
+/// Returns each repository's tag rules (for one still to be created, its template's).
 pub async fn check_repositories(
     client: &Client,
     region: &str,
@@ -181,18 +182,11 @@ pub async fn check_repositories(
     for (name, result) in futures_util::future::join_all(lookups).await {
         match result {
             Ok(output) => {
-                // By name: this SDK version knows IMMUTABLE_WITH_EXCLUSION only as an unknown variant.
-                let tags_immutable = output.repositories().iter().any(|r| {
-                    r.image_tag_mutability().is_some_and(|m| {
-                        m.as_str()
-                            .starts_with(ImageTagMutability::Immutable.as_str())
-                    })
-                });
-                let rule = if tags_immutable {
-                    TagRules::Immutable
-                } else {
-                    TagRules::Mutable
-                };
+                let repository = output.repositories().first();
+                let rule = tag_rules(
+                    repository.and_then(|r| r.image_tag_mutability()),
+                    repository.map_or(&[], |r| r.image_tag_mutability_exclusion_filters()),
+                );
                 rules.insert(name.to_owned(), rule);
             }
             Err(SdkError::ServiceError(err))
@@ -203,27 +197,159 @@ pub async fn check_repositories(
             {
                 missing.push(name);
             }
-            Err(err) if super::is_access_denied(&err) => {
-                return Err(anyhow::Error::new(err).context(format!(
-                    "ecr:DescribeRepositories on repository {name} was denied in {region}: the build role \
-                     needs it on the repository's ARN"
-                )));
-            }
             Err(err) => {
-                return Err(anyhow::Error::new(err).context(format!(
-                    "ecr:DescribeRepositories on repository {name} failed in {region}"
-                )));
+                let denied = super::is_access_denied(&err);
+                let message = if denied {
+                    format!(
+                        "ecr:DescribeRepositories on repository {name} was denied in {region}: the build \
+                         role needs it on the repository's ARN"
+                    )
+                } else {
+                    format!("ecr:DescribeRepositories on repository {name} failed in {region}")
+                };
+                return Err(anyhow::Error::new(err).context(message));
             }
         }
     }
-    anyhow::ensure!(
-        missing.is_empty(),
-        "ECR repository not found in {region}: {} (create it first, e.g. aws ecr create-repository \
-         --repository-name {})",
-        missing.join(", "),
-        missing[0]
-    );
+    if !missing.is_empty() {
+        allow_create_on_push(client, region, missing, &mut rules).await?;
+    }
     Ok(rules)
+}
+
+/// The rules of one repository; an unknown mutability (a newer ECR) counts as immutable, so a tag
+/// is never moved where ECR might refuse it.
+fn tag_rules(
+    mutability: Option<&ImageTagMutability>,
+    exclusions: &[ImageTagMutabilityExclusionFilter],
+) -> TagRules {
+    let filters: Vec<&str> = exclusions.iter().map(|f| f.filter()).collect();
+    match mutability {
+        None | Some(ImageTagMutability::Mutable) => TagRules::mutable(),
+        Some(ImageTagMutability::Immutable) => TagRules::immutable(),
+        Some(ImageTagMutability::ImmutableWithExclusion) => {
+            TagRules::with_exclusions(true, &filters)
+        }
+        Some(ImageTagMutability::MutableWithExclusion) => {
+            TagRules::with_exclusions(false, &filters)
+        }
+        Some(other) => {
+            tracing::warn!(
+                "unknown image tag mutability {}: treating every tag as immutable",
+                other.as_str()
+            );
+            TagRules::immutable()
+        }
+    }
+}
+
+/// A repository creation template: which repositories it creates on push, with which tag rules.
+#[derive(Debug, Clone)]
+pub struct CreationTemplate {
+    /// `ROOT`, or a namespace such as `prod` (for `prod/...`).
+    pub prefix: String,
+    pub create_on_push: bool,
+    pub rules: TagRules,
+}
+
+/// The template ECR creates `repository` from on push: the one with the longest matching prefix
+/// among those applied to CREATE_ON_PUSH, else `ROOT`'s.
+pub fn template_for<'a>(
+    repository: &str,
+    templates: &'a [CreationTemplate],
+) -> Option<&'a CreationTemplate> {
+    let on_push = templates.iter().filter(|t| t.create_on_push);
+    let namespace = on_push
+        .clone()
+        .filter(|t| t.prefix != "ROOT")
+        .filter(|t| {
+            let prefix = t.prefix.trim_end_matches('/');
+            repository
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+        .max_by_key(|t| t.prefix.len());
+    namespace.or_else(|| on_push.clone().find(|t| t.prefix == "ROOT"))
+}
+
+/// Takes the missing repositories that a template creates on push; fails naming the others.
+async fn allow_create_on_push(
+    client: &Client,
+    region: &str,
+    missing: Vec<&str>,
+    rules: &mut HashMap<String, TagRules>,
+) -> Result<()> {
+    let templates = creation_templates(client).await;
+    let mut not_created = Vec::new();
+    for name in missing {
+        match templates
+            .as_deref()
+            .ok()
+            .and_then(|t| template_for(name, t))
+        {
+            Some(template) => {
+                tracing::info!(
+                    "ECR repository {name} does not exist yet: the push creates it from the creation \
+                     template {}",
+                    template.prefix
+                );
+                rules.insert(name.to_owned(), template.rules.clone());
+            }
+            None => not_created.push(name),
+        }
+    }
+    if not_created.is_empty() {
+        return Ok(());
+    }
+    let error = anyhow::anyhow!(
+        "ECR repository not found in {region}: {} (create it first, e.g. aws ecr create-repository \
+         --repository-name {}, or add a repository creation template applied to CREATE_ON_PUSH)",
+        not_created.join(", "),
+        not_created[0]
+    );
+    Err(match templates {
+        Ok(_) => error,
+        // The templates could not be read (denied, or an emulator without them): say so too.
+        Err(cause) => error.context(format!(
+            "no repository creation template could be read ({})",
+            crate::output::with_causes(cause.as_ref())
+        )),
+    })
+}
+
+/// ecr:DescribeRepositoryCreationTemplates, every page. Asked only when a repository is missing,
+/// and not retried: the answer only decides between two errors and a push that creates it.
+async fn creation_templates(client: &Client) -> Result<Vec<CreationTemplate>, super::SdkFailure> {
+    let once = aws_sdk_ecr::config::Builder::default()
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
+    let mut templates = Vec::new();
+    let mut next_token = None;
+    loop {
+        let page = client
+            .describe_repository_creation_templates()
+            .set_next_token(next_token)
+            .customize()
+            .config_override(once.clone())
+            .send()
+            .await
+            .map_err(Box::new)?;
+        for template in page.repository_creation_templates() {
+            templates.push(CreationTemplate {
+                prefix: template.prefix().unwrap_or_default().to_owned(),
+                create_on_push: template
+                    .applied_for()
+                    .contains(&RctAppliedFor::CreateOnPush),
+                rules: tag_rules(
+                    template.image_tag_mutability(),
+                    template.image_tag_mutability_exclusion_filters(),
+                ),
+            });
+        }
+        next_token = page.next_token().map(str::to_owned);
+        if next_token.is_none() {
+            return Ok(templates);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -252,5 +378,177 @@ mod tests {
             login.docker_credentials("r").password.as_deref(),
             Some("hunter2")
         );
+    }
+
+    fn template(prefix: &str, create_on_push: bool) -> CreationTemplate {
+        CreationTemplate {
+            prefix: prefix.into(),
+            create_on_push,
+            rules: TagRules::mutable(),
+        }
+    }
+
+    #[test]
+    fn the_most_specific_create_on_push_template_applies_else_root() {
+        let templates = [
+            template("ROOT", true),
+            template("prod", true),
+            template("prod/team", true),
+            template("cache", false),
+        ];
+        let prefix = |repository| template_for(repository, &templates).map(|t| t.prefix.as_str());
+        assert_eq!(prefix("prod/team/web"), Some("prod/team"));
+        assert_eq!(prefix("prod/web"), Some("prod"));
+        assert_eq!(
+            prefix("production/web"),
+            Some("ROOT"),
+            "a prefix is a whole namespace"
+        );
+        assert_eq!(
+            prefix("cache/web"),
+            Some("ROOT"),
+            "not applied to CREATE_ON_PUSH"
+        );
+        assert_eq!(prefix("web"), Some("ROOT"));
+        assert_eq!(
+            template_for("web", &templates[1..]).map(|t| t.prefix.as_str()),
+            None
+        );
+        assert!(template_for("cache/web", &[template("cache", false)]).is_none());
+    }
+
+    #[test]
+    fn every_mutability_becomes_per_tag_rules() {
+        let filter = |text: &str| {
+            ImageTagMutabilityExclusionFilter::builder()
+                .filter_type(aws_sdk_ecr::types::ImageTagMutabilityExclusionFilterType::Wildcard)
+                .filter(text)
+                .build()
+                .unwrap()
+        };
+        let latest = [filter("latest"), filter("dev-*")];
+        let rules = tag_rules(Some(&ImageTagMutability::ImmutableWithExclusion), &latest);
+        assert!(!rules.is_immutable("latest") && !rules.is_immutable("dev-1"));
+        assert!(rules.is_immutable("abc1234") && rules.is_immutable("latest2"));
+        let release = [filter("release-*")];
+        let rules = tag_rules(Some(&ImageTagMutability::MutableWithExclusion), &release);
+        assert!(rules.is_immutable("release-1.2") && !rules.is_immutable("latest"));
+        assert!(tag_rules(Some(&ImageTagMutability::Immutable), &[]).is_immutable("x"));
+        assert!(!tag_rules(None, &[]).is_immutable("x"));
+        let unknown = ImageTagMutability::from("IMMUTABLE_SOMEHOW");
+        assert!(tag_rules(Some(&unknown), &[]).is_immutable("x"));
+    }
+
+    mod replayed {
+        //! Exact ECR requests and answers, where moto 5.2 has no creation templates.
+
+        use super::super::*;
+        use aws_sdk_ecr::config::{BehaviorVersion, Credentials, Region};
+        use aws_smithy_http_client::test_util::{ReplayEvent, StaticReplayClient};
+        use aws_smithy_types::body::SdkBody;
+
+        const ENDPOINT: &str = "https://api.ecr.eu-west-1.amazonaws.com/";
+
+        fn call(action: &str, body: &str, status: u16, answer: &str) -> ReplayEvent {
+            ReplayEvent::new(
+                http::Request::builder()
+                    .uri(ENDPOINT)
+                    .header(
+                        "x-amz-target",
+                        format!("AmazonEC2ContainerRegistry_V20150921.{action}"),
+                    )
+                    .header("content-type", "application/x-amz-json-1.1")
+                    .body(SdkBody::from(body.to_owned()))
+                    .unwrap(),
+                http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/x-amz-json-1.1")
+                    .body(SdkBody::from(answer.to_owned()))
+                    .unwrap(),
+            )
+        }
+
+        fn not_found(repository: &str) -> ReplayEvent {
+            call(
+                "DescribeRepositories",
+                &format!(r#"{{"repositoryNames":["{repository}"]}}"#),
+                400,
+                &format!(
+                    r#"{{"__type":"RepositoryNotFoundException","message":"The repository with name '{repository}' does not exist in the registry with id '123456789012'"}}"#
+                ),
+            )
+        }
+
+        fn client(events: Vec<ReplayEvent>) -> (Client, StaticReplayClient) {
+            let http = StaticReplayClient::new(events);
+            let config = aws_sdk_ecr::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("eu-west-1"))
+                .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+                .http_client(http.clone())
+                .build();
+            (Client::from_conf(config), http)
+        }
+
+        #[tokio::test]
+        async fn a_repository_a_template_creates_on_push_passes_with_the_template_s_rules() {
+            let templates = r#"{"registryId":"123456789012","repositoryCreationTemplates":[
+                {"prefix":"cache","appliedFor":["PULL_THROUGH_CACHE"]},
+                {"prefix":"prod","appliedFor":["REPLICATION","CREATE_ON_PUSH"],
+                 "imageTagMutability":"IMMUTABLE_WITH_EXCLUSION",
+                 "imageTagMutabilityExclusionFilters":[{"filterType":"WILDCARD","filter":"latest"}]}]}"#;
+            let (client, http) = client(vec![
+                not_found("prod/web"),
+                call("DescribeRepositoryCreationTemplates", "{}", 200, templates),
+            ]);
+            let rules = check_repositories(&client, "eu-west-1", &["prod/web"])
+                .await
+                .unwrap();
+            assert!(rules["prod/web"].is_immutable("abc1234"));
+            assert!(!rules["prod/web"].is_immutable("latest"));
+            http.assert_requests_match(&[]);
+        }
+
+        #[tokio::test]
+        async fn a_repository_no_template_creates_is_named_with_both_fixes() {
+            let templates = r#"{"repositoryCreationTemplates":[{"prefix":"cache","appliedFor":["CREATE_ON_PUSH"]}]}"#;
+            let (client, http) = client(vec![
+                not_found("prod/web"),
+                call("DescribeRepositoryCreationTemplates", "{}", 200, templates),
+            ]);
+            let err = check_repositories(&client, "eu-west-1", &["prod/web"])
+                .await
+                .unwrap_err();
+            let message = format!("{err:#}");
+            assert!(
+                message.contains("ECR repository not found in eu-west-1: prod/web"),
+                "{message}"
+            );
+            assert!(message.contains("CREATE_ON_PUSH"), "{message}");
+            http.assert_requests_match(&[]);
+        }
+
+        #[tokio::test]
+        async fn templates_that_cannot_be_read_leave_the_repository_missing_and_say_why() {
+            let denied = r#"{"__type":"AccessDeniedException","message":"not authorized to perform: ecr:DescribeRepositoryCreationTemplates"}"#;
+            let (client, http) = client(vec![
+                not_found("prod/web"),
+                call("DescribeRepositoryCreationTemplates", "{}", 403, denied),
+            ]);
+            let err = check_repositories(&client, "eu-west-1", &["prod/web"])
+                .await
+                .unwrap_err();
+            let message = format!("{err:#}");
+            assert!(
+                message.starts_with("no repository creation template could be read"),
+                "{message}"
+            );
+            assert!(
+                message.contains("ECR repository not found in eu-west-1: prod/web"),
+                "{message}"
+            );
+            // One attempt only: the answer decides between two errors.
+            assert_eq!(http.actual_requests().count(), 2);
+        }
     }
 }

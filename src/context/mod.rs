@@ -165,10 +165,10 @@ pub fn collect(context_dir: &Path, dockerfile: &Path) -> Result<ContextFiles, Co
     if ignore.cli_excludes(DOCKERIGNORE) {
         ignore.add_exception(DOCKERIGNORE)?;
     }
-    if let Some(rel) = &dockerfile_rel {
-        if ignore.cli_excludes(rel) {
-            ignore.add_exception(rel)?;
-        }
+    if let Some(rel) = &dockerfile_rel
+        && ignore.cli_excludes(rel)
+    {
+        ignore.add_exception(rel)?;
     }
     let build_files: Vec<&str> = [Some(DOCKERIGNORE), dockerfile_rel.as_deref()]
         .into_iter()

@@ -431,11 +431,11 @@ impl<'a> BuildProgress<'a> {
                 continue;
             };
             let complete: String = buffered.drain(..=end).collect();
-            if let Some(name) = self.vertex_names.get(&log.vertex) {
-                if self.step.as_ref() != Some(name) {
-                    self.step = Some(name.clone());
-                    self.tail.clear();
-                }
+            if let Some(name) = self.vertex_names.get(&log.vertex)
+                && self.step.as_ref() != Some(name)
+            {
+                self.step = Some(name.clone());
+                self.tail.clear();
             }
             for line in complete.lines().filter(|l| !l.trim().is_empty()) {
                 self.remember(line);

@@ -720,10 +720,10 @@ impl PrivateRegistry {
         let url = format!("http://{}/v2/", self.host());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if let Ok(response) = http().get(&url).call() {
-                if response.status().as_u16() == 401 {
-                    return Ok(());
-                }
+            if let Ok(response) = http().get(&url).call()
+                && response.status().as_u16() == 401
+            {
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
                 self.child = None;

@@ -1,7 +1,7 @@
 //! What to do with one image, given what the registry holds and the repository's rules. Pure: the
 //! executor (pipeline.rs) looks the registry up, asks here, and carries the answer out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 
@@ -72,10 +72,13 @@ impl TagRules {
 /// What the registry holds for one image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryState {
-    /// The digest under the image's `ctx-` tag: an image already built from the same inputs.
+    /// The image to reuse when one was built from the same inputs: the one under the `ctx-` tag,
+    /// re-stamped with this run's commit.
     pub unchanged: Option<String>,
     /// The digest each looked-up tag points at; a tag that is not there is absent.
     pub existing: HashMap<String, String>,
+    /// Other digests of the same content: the image as built, and its re-stamps for other commits.
+    pub same_content: HashSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +112,9 @@ pub fn tags_to_look_up<'a>(tags: &'a [String], rules: &TagRules, may_reuse: bool
 }
 
 /// Reuse an image built from the same inputs (unless `rebuild`), or build; an immutable tag that
-/// already names other content is a conflict either way, found before any work is done.
+/// already names other content is a conflict either way, found before any work is done. When
+/// reusing, a mutable tag moves to the re-stamped image; an immutable one that names the same
+/// content for an earlier commit stays where it is.
 pub fn decide(
     tags: &[String],
     ctx_tag: &str,
@@ -131,6 +136,8 @@ pub fn decide(
             for tag in tags {
                 match state.existing.get(tag) {
                     Some(existing) if existing == digest => {}
+                    Some(existing)
+                        if rules.is_immutable(tag) && state.same_content.contains(existing) => {}
                     Some(_) => {
                         if let Some(found) = conflict(tag, format!("would move it to {digest}")) {
                             return Err(found);
@@ -176,7 +183,50 @@ mod tests {
                 .iter()
                 .map(|(t, d)| ((*t).to_owned(), (*d).to_owned()))
                 .collect(),
+            same_content: HashSet::new(),
         }
+    }
+
+    #[test]
+    fn on_reuse_mutable_tags_move_to_the_new_commit_and_immutable_ones_keep_the_same_content() {
+        let mut held = state(
+            Some("sha256:new"),
+            &[("abc1234", "sha256:old"), ("latest", "sha256:old")],
+        );
+        held.same_content.insert("sha256:old".into());
+        let latest_excluded = TagRules::with_exclusions(true, &["latest"]);
+        let action = decide(&tags(), CTX, &held, &latest_excluded, false).unwrap();
+        assert_eq!(
+            action,
+            Action::Reuse {
+                digest: "sha256:new".into(),
+                put: vec!["latest".into()]
+            },
+            "latest moves; abc1234 is immutable and already names this content"
+        );
+        held.same_content.clear();
+        let err = decide(&tags(), CTX, &held, &latest_excluded, false).unwrap_err();
+        assert_eq!(err.tag, "abc1234");
+    }
+
+    #[test]
+    fn exclusion_filters_decide_per_tag() {
+        let release = vec!["release-7".to_owned(), "latest".to_owned()];
+        let held = state(None, &[("release-7", "sha256:b"), ("latest", "sha256:b")]);
+        let release_immutable = TagRules::with_exclusions(false, &["release-*"]);
+        let err = decide(&release, CTX, &held, &release_immutable, false).unwrap_err();
+        assert_eq!(err.tag, "release-7");
+        let latest_mutable = TagRules::with_exclusions(true, &["latest"]);
+        let held = state(None, &[("latest", "sha256:b")]);
+        assert!(matches!(
+            decide(&release, CTX, &held, &latest_mutable, false),
+            Ok(Action::Build { .. })
+        ));
+        assert_eq!(
+            tags_to_look_up(&release, &latest_mutable, false),
+            ["release-7"],
+            "only immutable tags are looked up before a build"
+        );
     }
 
     #[test]

@@ -15,11 +15,12 @@ use crate::artifacts;
 use crate::aws::{self, ecr, ecr::EcrLogin, ecr::RegistryAccess};
 use crate::config::{Builder, Plan};
 use crate::context::{self, PreparedImage};
-use crate::decide::{self, Action, RegistryState, TagRules};
+use crate::decide::{self, Action, TagRules};
 use crate::docker::{BuildRequest, DockerError, Engine};
 use crate::error::{Error, Result};
 use crate::reference;
-use crate::registry::{Manifest, RegistryError};
+use crate::reuse::ImageRegistry;
+
 use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
 use crate::tags::{self, BuildEnv, RunTags};
@@ -113,25 +114,11 @@ struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
-    /// A registry API call, retried while its faults are transient.
-    async fn registry_call<T, F, Fut>(
-        &self,
-        image: &str,
-        what: &str,
-        call: F,
-    ) -> Result<T, RegistryError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, RegistryError>>,
-    {
-        retry::with_backoff(
-            image,
-            what,
-            self.retry_budget,
-            RegistryError::is_transient,
-            call,
-        )
-        .await
+    /// The commit images are labelled with, if the run has one.
+    fn revision(&self) -> Option<&str> {
+        (self.labels.iter())
+            .find(|(name, _)| name == REVISION_LABEL)
+            .map(|(_, value)| value.as_str())
     }
 }
 
@@ -158,7 +145,14 @@ async fn build_one(
         return Ok(outcome(image_id, "built (dry run, not pushed)"));
     };
     let rules = run.rules.get(repository).cloned().unwrap_or_default();
-    let (state, unchanged) = look_up(run, access, &image, &ctx_tag, &rules).await?;
+    let registry = ImageRegistry {
+        access,
+        image: &name,
+        repository,
+        retry_budget: run.retry_budget,
+    };
+    let (state, target) =
+        (registry.look_up(&image.digest, run.tags, &rules, run.rebuild, run.revision())).await?;
     let action =
         decide::decide(run.tags, &ctx_tag, &state, &rules, run.rebuild).map_err(|conflict| {
             anyhow::anyhow!(
@@ -168,16 +162,18 @@ async fn build_one(
         })?;
     match action {
         Action::Reuse { digest, put } => {
+            let target = target.expect("reuse is decided on an image that was found");
+            let stamp = if target.new_config.is_some() {
+                "re-stamped for this commit as"
+            } else {
+                ""
+            };
             tracing::info!(
                 image = name.as_str(),
-                "unchanged: {repository_uri}:{ctx_tag} is {digest}; tagging it instead of building"
+                "unchanged: {repository_uri}:{ctx_tag} {stamp} {digest}; tagging it instead of building"
             );
-            let manifest = unchanged.expect("reuse is decided on a manifest that was found");
-            for tag in put {
-                run.registry_call(&name, &format!("tagging {repository}:{tag}"), || {
-                    access.client.put_manifest(repository, &tag, &manifest)
-                })
-                .await?;
+            registry.put(&target, &put).await?;
+            for tag in &put {
                 tracing::info!(
                     image = name.as_str(),
                     "tagged {repository_uri}:{tag} ({digest})"
@@ -192,40 +188,6 @@ async fn build_one(
             Ok(outcome(digest, "pushed"))
         }
     }
-}
-
-/// What the registry holds: the image of the same context digest (its manifest, to put under the
-/// run's tags byte for byte), and the tags the decision needs.
-async fn look_up(
-    run: &RunContext<'_>,
-    access: &RegistryAccess,
-    image: &PreparedImage,
-    ctx_tag: &str,
-    rules: &TagRules,
-) -> Result<(RegistryState, Option<Manifest>)> {
-    let (name, repository) = (image.plan.name.as_str(), image.plan.repository.as_str());
-    access.current().await?;
-    let mut state = RegistryState::default();
-    let mut unchanged = None;
-    if !run.rebuild {
-        unchanged = run
-            .registry_call(name, &format!("looking up {repository}:{ctx_tag}"), || {
-                access.client.get_manifest(repository, ctx_tag)
-            })
-            .await?;
-        state.unchanged = unchanged.as_ref().map(|m: &Manifest| m.digest.clone());
-    }
-    for tag in decide::tags_to_look_up(run.tags, rules, state.unchanged.is_some()) {
-        let digest = run
-            .registry_call(name, &format!("looking up {repository}:{tag}"), || {
-                access.client.manifest_digest(repository, tag)
-            })
-            .await?;
-        if let Some(digest) = digest {
-            state.existing.insert(tag.to_owned(), digest);
-        }
-    }
-    Ok((state, unchanged))
 }
 
 /// Builds the image and tags it locally with every run tag; returns the image ID.

@@ -301,19 +301,18 @@ async fn allow_create_on_push(
     if not_created.is_empty() {
         return Ok(());
     }
-    let error = anyhow::anyhow!(
+    let message = format!(
         "ECR repository not found in {region}: {} (create it first, e.g. aws ecr create-repository \
          --repository-name {}, or add a repository creation template applied to CREATE_ON_PUSH)",
         not_created.join(", "),
         not_created[0]
     );
     Err(match templates {
-        Ok(_) => error,
-        // The templates could not be read (denied, or an emulator without them): say so too.
-        Err(cause) => error.context(format!(
-            "no repository creation template could be read ({})",
-            crate::output::with_causes(cause.as_ref())
-        )),
+        Ok(_) => anyhow::anyhow!(message),
+        // The templates could not be read (denied, or an emulator without them): the cause says why.
+        Err(cause) => anyhow::Error::from_boxed(cause)
+            .context("no repository creation template could be read")
+            .context(message),
     })
 }
 

@@ -311,6 +311,47 @@ pub fn registry_digest(repository: &str, tag: &str) -> Option<String> {
     registry_digest_at(&services().registry, repository, tag)
 }
 
+/// A manifest in the test registry, as JSON.
+pub fn registry_manifest(repository: &str, reference: &str) -> serde_json::Value {
+    serde_json::from_slice(&registry_get(&format!(
+        "/v2/{repository}/manifests/{reference}"
+    )))
+    .expect("a manifest is JSON")
+}
+
+/// The image config an image manifest in the test registry names, as JSON.
+pub fn registry_config(repository: &str, reference: &str) -> serde_json::Value {
+    let manifest = registry_manifest(repository, reference);
+    let digest = manifest["config"]["digest"]
+        .as_str()
+        .expect("a config blob");
+    serde_json::from_slice(&registry_get(&format!("/v2/{repository}/blobs/{digest}")))
+        .expect("a config is JSON")
+}
+
+/// The layer digests an image manifest in the test registry names.
+pub fn registry_layers(repository: &str, reference: &str) -> Vec<String> {
+    registry_manifest(repository, reference)["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|layer| layer["digest"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[track_caller]
+fn registry_get(path: &str) -> Vec<u8> {
+    let url = format!("http://{}{path}", services().registry);
+    let mut response = http()
+        .get(&url)
+        .header("Authorization", &registry_auth())
+        .header("Accept", MANIFEST_TYPES)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 200, "GET {url}");
+    response.body_mut().read_to_vec().unwrap()
+}
+
 /// Every tag of a repository in the test registry.
 pub fn registry_tags(repository: &str) -> BTreeSet<String> {
     let url = format!("http://{}/v2/{repository}/tags/list", services().registry);

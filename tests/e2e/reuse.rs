@@ -30,13 +30,17 @@ fn result_of(run: &Run, image: &str) -> String {
     line.split_whitespace().nth(1).unwrap().to_owned()
 }
 
+const REVISION: &str = "org.opencontainers.image.revision";
+const CONTEXT: &str = "dev.ecr-build.context-digest";
+
 #[test]
-fn same_content_new_commit_builds_nothing_and_tags_the_old_digest() {
+fn same_content_new_commit_builds_nothing_and_restamps_it() {
     let (ws, web, worker) = app(&unique("e2e-reuse"), false);
-    let first = build(&ws, &new_sha()).success();
+    let first_sha = new_sha();
+    let first = build(&ws, &first_sha).success();
     assert_eq!(result_of(&first, "web"), "pushed");
-    let layers = (registry_layer_count(&web), registry_layer_count(&worker));
-    assert!(layers.0 > 0);
+    let blobs = (registry_layer_count(&web), registry_layer_count(&worker));
+    assert!(blobs.0 > 0);
 
     let sha = new_sha();
     let short = &sha[..7];
@@ -46,11 +50,27 @@ fn same_content_new_commit_builds_nothing_and_tags_the_old_digest() {
         .stderr_has("unchanged:");
     for (name, repository) in [("web", &web), ("worker", &worker)] {
         assert_eq!(result_of(&second, name), "reused");
-        let digest = first.summary(name).digest;
-        assert_eq!(second.summary(name).digest, digest);
+        let digest = second.summary(name).digest;
+        assert_ne!(
+            digest,
+            first.summary(name).digest,
+            "{name}: a new config for the new commit"
+        );
         assert_eq!(
             registry_digest(repository, short).as_deref(),
             Some(digest.as_str())
+        );
+        // The same layers; the config names the new commit and the same context.
+        assert_eq!(
+            registry_layers(repository, short),
+            registry_layers(repository, &first_sha[..7])
+        );
+        let config = registry_config(repository, short);
+        let old_config = registry_config(repository, &first_sha[..7]);
+        assert_eq!(config["config"]["Labels"][REVISION], sha.as_str());
+        assert_eq!(
+            config["config"]["Labels"][CONTEXT],
+            old_config["config"]["Labels"][CONTEXT]
         );
         // Nothing was built or tagged in the engine for the new commit.
         assert!(
@@ -63,15 +83,21 @@ fn same_content_new_commit_builds_nothing_and_tags_the_old_digest() {
         "a build ran:\n{}",
         second.stderr
     );
+    // One small blob each (the new config), no layer.
     assert_eq!(
         (registry_layer_count(&web), registry_layer_count(&worker)),
-        layers,
-        "layers were pushed"
+        (blobs.0 + 1, blobs.1 + 1),
+        "only the config blob is new"
     );
     assert!(
         ws.read("imagedefinitions.json")
             .contains(&format!("{web}:{short}\""))
     );
+
+    // The same commit again: the same digest, nothing new in the registry.
+    let again = build(&ws, &sha).success();
+    assert_eq!(again.summary("web").digest, second.summary("web").digest);
+    assert_eq!(registry_layer_count(&web), blobs.0 + 1);
 
     // --rebuild builds anyway.
     let forced = ws
@@ -90,9 +116,13 @@ fn a_sent_byte_rebuilds_and_an_ignored_byte_does_not() {
 
     // src/debug.log is excluded by .dockerignore.
     ws.write("src/debug.log", "another line of debug output\n");
-    let ignored = build(&ws, &new_sha()).success();
+    let ignored_sha = new_sha();
+    let ignored = build(&ws, &ignored_sha).success();
     assert_eq!(result_of(&ignored, "web"), "reused");
-    assert_eq!(ignored.summary("web").digest, first.summary("web").digest);
+    assert_eq!(
+        registry_layers(&web, &ignored_sha[..7]),
+        registry_layers(&web, &first.summary("web").digest)
+    );
 
     let script = ws.read("src/app.sh");
     ws.write("src/app.sh", &script.replace("echo \"$1:", "echo  \"$1:"));

@@ -1,0 +1,189 @@
+//! Image manifests and configs, read and written as JSON: re-stamping an unchanged image for a new
+//! commit. The layers stay the same blobs; only the config (its revision label) and the manifest
+//! that names it are new. Pure: the registry calls are the pipeline's.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::registry::{DOCKER_MANIFEST_LIST, Manifest, OCI_INDEX, sha256_digest};
+
+/// An image labelled for another commit: the config blob to push and the manifest to put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restamped {
+    pub config: Bytes,
+    pub manifest: Manifest,
+}
+
+/// The digest of an image manifest's config blob; `None` for an index, which has none.
+pub fn config_digest(manifest: &Manifest) -> Result<Option<String>, String> {
+    if is_index(manifest) {
+        return Ok(None);
+    }
+    let value: Value = parse(&manifest.bytes, "manifest")?;
+    (value.get("config"))
+        .and_then(|config| config.get("digest"))
+        .and_then(Value::as_str)
+        .map(|digest| Some(digest.to_owned()))
+        .ok_or_else(|| "the manifest names no config blob".to_owned())
+}
+
+/// `manifest`'s image with `label` set to `revision` in its config (`config` is that blob).
+/// `None` when it already carries that revision, so that a re-run of a commit, or the commit the
+/// image was built for, keeps its digest. Deterministic: the same inputs give the same bytes.
+pub fn restamp(
+    manifest: &Manifest,
+    config: &[u8],
+    label: &str,
+    revision: &str,
+) -> Result<Option<Restamped>, String> {
+    let mut image: Value = parse(config, "image config")?;
+    let labels = object_at(&mut image, &["config", "Labels"])
+        .ok_or("the image config's config.Labels is not an object")?;
+    if labels.get(label).and_then(Value::as_str) == Some(revision) {
+        return Ok(None);
+    }
+    labels.insert(label.to_owned(), Value::String(revision.to_owned()));
+    let config = Bytes::from(serde_json::to_vec(&image).map_err(|e| e.to_string())?);
+
+    let mut value: Value = parse(&manifest.bytes, "manifest")?;
+    let descriptor = (value.get_mut("config"))
+        .and_then(Value::as_object_mut)
+        .ok_or("the manifest names no config blob")?;
+    descriptor.insert("digest".into(), Value::String(sha256_digest(&config)));
+    descriptor.insert("size".into(), Value::from(config.len()));
+    let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?);
+    Ok(Some(Restamped {
+        config,
+        manifest: Manifest {
+            digest: sha256_digest(&bytes),
+            bytes,
+            media_type: manifest.media_type.clone(),
+        },
+    }))
+}
+
+/// A label of an image config, if it has it.
+pub fn label(config: &[u8], name: &str) -> Option<String> {
+    let image: Value = serde_json::from_slice(config).ok()?;
+    image
+        .get("config")?
+        .get("Labels")?
+        .get(name)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The object at `path`, made where it is missing or null; `None` where something else is in the way.
+fn object_at<'a>(
+    value: &'a mut Value,
+    path: &[&str],
+) -> Option<&'a mut serde_json::Map<String, Value>> {
+    let mut here = value;
+    for key in path {
+        let object = here.as_object_mut()?;
+        let next = object.entry(*key).or_insert(Value::Null);
+        if next.is_null() {
+            *next = Value::Object(serde_json::Map::new());
+        }
+        here = next;
+    }
+    here.as_object_mut()
+}
+
+pub fn is_index(manifest: &Manifest) -> bool {
+    let essence = manifest
+        .media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    essence == OCI_INDEX || essence == DOCKER_MANIFEST_LIST
+}
+
+fn parse(bytes: &[u8], what: &str) -> Result<Value, String> {
+    serde_json::from_slice(bytes).map_err(|err| format!("the {what} is not JSON: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::DOCKER_MANIFEST_V2;
+
+    const LABEL: &str = "org.opencontainers.image.revision";
+
+    fn config(revision: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64",
+            "config": {"Labels": {LABEL: revision, "dev.ecr-build.context-digest": "abc"}, "Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:11"]},
+            "moby.buildkit.cache.v0": "cache-metadata"
+        }))
+        .unwrap()
+    }
+
+    fn manifest(config: &[u8]) -> Manifest {
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST_V2,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                       "size": config.len(), "digest": sha256_digest(config)},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": 10, "digest": format!("sha256:{}", "2".repeat(64))}]
+        }))
+        .unwrap();
+        Manifest {
+            digest: sha256_digest(&bytes),
+            bytes: bytes.into(),
+            media_type: DOCKER_MANIFEST_V2.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_commit_gets_a_new_config_and_manifest_with_the_same_layers() {
+        let old = config("aaaa");
+        let built = manifest(&old);
+        let new = restamp(&built, &old, LABEL, "bbbb").unwrap().unwrap();
+        let image: Value = serde_json::from_slice(&new.config).unwrap();
+        assert_eq!(image["config"]["Labels"][LABEL], "bbbb");
+        assert_eq!(
+            image["config"]["Labels"]["dev.ecr-build.context-digest"],
+            "abc"
+        );
+        assert_eq!(image["moby.buildkit.cache.v0"], "cache-metadata");
+        let before: Value = serde_json::from_slice(&built.bytes).unwrap();
+        let after: Value = serde_json::from_slice(&new.manifest.bytes).unwrap();
+        assert_eq!(after["layers"], before["layers"]);
+        assert_eq!(after["config"]["digest"], sha256_digest(&new.config));
+        assert_eq!(after["config"]["size"], new.config.len());
+        assert_eq!(new.manifest.digest, sha256_digest(&new.manifest.bytes));
+        assert_eq!(
+            config_digest(&new.manifest).unwrap(),
+            Some(sha256_digest(&new.config))
+        );
+        // The same commit again gives the same bytes, so the same digest.
+        assert_eq!(restamp(&built, &old, LABEL, "bbbb").unwrap().unwrap(), new);
+    }
+
+    #[test]
+    fn the_image_s_own_commit_keeps_the_image_as_it_is() {
+        let old = config("aaaa");
+        assert_eq!(restamp(&manifest(&old), &old, LABEL, "aaaa").unwrap(), None);
+    }
+
+    #[test]
+    fn a_config_without_labels_gets_one_and_indexes_have_no_config() {
+        let bare = serde_json::to_vec(&serde_json::json!({"config": {}})).unwrap();
+        let new = restamp(&manifest(&bare), &bare, LABEL, "cccc")
+            .unwrap()
+            .unwrap();
+        let image: Value = serde_json::from_slice(&new.config).unwrap();
+        assert_eq!(image["config"]["Labels"][LABEL], "cccc");
+        let index = Manifest {
+            bytes: Bytes::from_static(b"{\"manifests\":[]}"),
+            media_type: OCI_INDEX.into(),
+            digest: String::new(),
+        };
+        assert_eq!(config_digest(&index).unwrap(), None);
+        assert!(restamp(&manifest(b"[]"), b"[]", LABEL, "x").is_err());
+    }
+}

@@ -7,17 +7,20 @@ use anyhow::{Context, Result};
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use crate::config::{ArtifactsPlan, IMAGE_DETAIL_FILE};
+use crate::config::{ArtifactsPlan, IMAGE_DETAIL_FILE, ImageUriKind};
 use crate::report::ImageOutcome;
 
 /// CodePipeline rejects an imagedefinitions.json over 100 KB.
 const IMAGE_DEFINITIONS_LIMIT: usize = 100 * 1024;
 
-/// One pushed (or, in a dry run, would-be pushed) image: its container name and primary URI.
+/// One pushed (or, in a dry run, would-be pushed) image: its container name, the URI the deploy
+/// artifacts name (the primary tag's, or the digest's), and its digest (in a dry run, the local
+/// image ID).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageUri {
     pub name: String,
     pub uri: String,
+    pub digest: String,
 }
 
 #[derive(Serialize)]
@@ -37,6 +40,7 @@ struct ImageDetail<'a> {
 struct BuildJson<'a> {
     tag: &'a str,
     images: IndexMap<&'a str, &'a str>,
+    digests: IndexMap<&'a str, &'a str>,
 }
 
 /// A file to write: its name inside the artifacts directory and its bytes.
@@ -53,13 +57,12 @@ pub fn write_for(
     primary_tag: &str,
     images: &[ImageOutcome],
 ) -> Result<()> {
-    let uris: Vec<ImageUri> = images
-        .iter()
-        .map(|o| ImageUri {
-            name: o.name.clone(),
-            uri: format!("{}:{primary_tag}", o.repository_uri),
-        })
-        .collect();
+    if plan.image_uri == ImageUriKind::Digest && images.iter().any(|o| !o.in_registry) {
+        tracing::warn!(
+            "dry run: no registry digest, so the artifacts name the primary tag (image_uri = \"digest\" needs a push)"
+        );
+    }
+    let uris = image_uris(plan.image_uri, primary_tag, images);
     let rendered = render(plan, primary_tag, &uris)?;
     for path in write_all(&plan.dir, &rendered)? {
         tracing::info!("wrote {}", path.display());
@@ -71,6 +74,23 @@ pub fn write_for(
     }
     Ok(())
 }
+/// The URI each image is deployed by: its primary tag's, or with `digest` its registry digest's
+/// (a dry run has none, and keeps the tag).
+pub fn image_uris(kind: ImageUriKind, primary_tag: &str, images: &[ImageOutcome]) -> Vec<ImageUri> {
+    images
+        .iter()
+        .map(|o| ImageUri {
+            name: o.name.clone(),
+            uri: if kind == ImageUriKind::Digest && o.in_registry {
+                format!("{}@{}", o.repository_uri, o.digest)
+            } else {
+                format!("{}:{primary_tag}", o.repository_uri)
+            },
+            digest: o.digest.clone(),
+        })
+        .collect()
+}
+
 /// Renders every enabled artifact. `images` are in config order.
 pub fn render(
     plan: &ArtifactsPlan,
@@ -114,6 +134,10 @@ pub fn render(
             images: images
                 .iter()
                 .map(|i| (i.name.as_str(), i.uri.as_str()))
+                .collect(),
+            digests: images
+                .iter()
+                .map(|i| (i.name.as_str(), i.digest.as_str()))
                 .collect(),
         };
         artifacts.push(Artifact {
@@ -179,6 +203,7 @@ mod tests {
     fn plan(dir: &Path) -> ArtifactsPlan {
         ArtifactsPlan {
             dir: dir.to_path_buf(),
+            image_uri: ImageUriKind::Tag,
             imagedefinitions: Some("imagedefinitions.json".into()),
             image_detail: Some("web".into()),
             build_json: Some("build.json".into()),
@@ -190,10 +215,12 @@ mod tests {
             ImageUri {
                 name: "web".into(),
                 uri: "1.dkr.ecr.eu-west-1.amazonaws.com/app/web:abc1234".into(),
+                digest: "sha256:aa".into(),
             },
             ImageUri {
                 name: "worker".into(),
                 uri: "1.dkr.ecr.eu-west-1.amazonaws.com/app/worker:abc1234".into(),
+                digest: "sha256:bb".into(),
             },
         ]
     }
@@ -218,8 +245,40 @@ mod tests {
         assert_eq!(
             contents(&artifacts, "build.json"),
             "{\"tag\":\"abc1234\",\"images\":{\"web\":\"1.dkr.ecr.eu-west-1.amazonaws.com/app/web:abc1234\",\
-             \"worker\":\"1.dkr.ecr.eu-west-1.amazonaws.com/app/worker:abc1234\"}}\n"
+             \"worker\":\"1.dkr.ecr.eu-west-1.amazonaws.com/app/worker:abc1234\"},\
+             \"digests\":{\"web\":\"sha256:aa\",\"worker\":\"sha256:bb\"}}\n"
         );
+    }
+
+    #[test]
+    fn digest_uris_name_the_pushed_digest_and_a_dry_run_keeps_the_tag() {
+        let outcome = |name: &str, in_registry| ImageOutcome {
+            name: name.into(),
+            repository_uri: format!("1.dkr.ecr.eu-west-1.amazonaws.com/app/{name}"),
+            digest: format!("sha256:{}", "c".repeat(64)),
+            result: "pushed",
+            in_registry,
+            seconds: 1.0,
+        };
+        let outcomes = [outcome("web", true), outcome("local", false)];
+        let uris = image_uris(ImageUriKind::Digest, "abc1234", &outcomes);
+        assert_eq!(
+            uris[0].uri,
+            format!(
+                "1.dkr.ecr.eu-west-1.amazonaws.com/app/web@sha256:{}",
+                "c".repeat(64)
+            )
+        );
+        assert_eq!(
+            uris[1].uri,
+            "1.dkr.ecr.eu-west-1.amazonaws.com/app/local:abc1234"
+        );
+        let tagged = image_uris(ImageUriKind::Tag, "abc1234", &outcomes);
+        assert_eq!(
+            tagged[0].uri,
+            "1.dkr.ecr.eu-west-1.amazonaws.com/app/web:abc1234"
+        );
+        assert_eq!(tagged[0].digest, outcomes[0].digest);
     }
 
     #[test]
@@ -238,6 +297,7 @@ mod tests {
             .map(|n| ImageUri {
                 name: format!("container-{n}"),
                 uri: format!("1.dkr.ecr.eu-west-1.amazonaws.com/app/service-{n}:abc1234"),
+                digest: String::new(),
             })
             .collect();
         let err = render(&plan(Path::new("/x")), "t", &many)

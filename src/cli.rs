@@ -55,6 +55,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR", env = "ECR_BUILD_OUTPUT_DIR")]
     pub output_dir: Option<PathBuf>,
 
+    /// What imagedefinitions.json and imageDetail.json name: tag (REGISTRY/REPO:TAG) or digest
+    /// (REGISTRY/REPO@sha256:…) [default: [artifacts] image_uri, else tag]
+    #[arg(long, value_enum, env = "ECR_BUILD_IMAGE_URI")]
+    pub image_uri: Option<ImageUriArg>,
+
     /// How many images build and push at once [default: number of CPUs]
     #[arg(long, value_name = "N", env = "ECR_BUILD_JOBS")]
     pub jobs: Option<usize>,
@@ -204,6 +209,12 @@ pub struct ExecArgs {
         allow_hyphen_values = true
     )]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImageUriArg {
+    Tag,
+    Digest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

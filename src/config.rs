@@ -8,7 +8,7 @@ use std::fmt;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::cli::{BuilderArg, PlanArgs, SingleImageArgs};
+use crate::cli::{BuilderArg, ImageUriArg, PlanArgs, SingleImageArgs};
 use crate::reference::{check_repository, normalize_registry};
 use crate::tags::TagTemplate;
 
@@ -56,6 +56,33 @@ pub enum Builder {
     Legacy,
 }
 
+/// How the deploy artifacts name an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageUriKind {
+    /// `REGISTRY/REPO:TAG`, the primary tag.
+    #[default]
+    Tag,
+    /// `REGISTRY/REPO@sha256:…`: the deploy runs exactly the image this run pushed.
+    Digest,
+}
+
+impl From<ImageUriArg> for ImageUriKind {
+    fn from(arg: ImageUriArg) -> Self {
+        match arg {
+            ImageUriArg::Tag => Self::Tag,
+            ImageUriArg::Digest => Self::Digest,
+        }
+    }
+}
+
+/// What `build` alone says about the artifacts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ArtifactFlags<'a> {
+    pub output_dir: Option<&'a Path>,
+    pub image_uri: Option<ImageUriKind>,
+}
+
 impl From<BuilderArg> for Builder {
     fn from(arg: BuilderArg) -> Self {
         match arg {
@@ -82,6 +109,7 @@ struct ConfigFile {
 #[serde(deny_unknown_fields)]
 struct ArtifactsSection {
     dir: Option<PathBuf>,
+    image_uri: Option<ImageUriKind>,
     imagedefinitions: Option<FileSetting>,
     image_detail: Option<FileSetting>,
     build_json: Option<FileSetting>,
@@ -195,6 +223,7 @@ impl ImagePlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactsPlan {
     pub dir: PathBuf,
+    pub image_uri: ImageUriKind,
     pub imagedefinitions: Option<String>,
     /// The image whose URI goes into imageDetail.json.
     pub image_detail: Option<String>,
@@ -220,7 +249,7 @@ impl ArtifactsPlan {
 }
 
 /// Reads the config file (if any) and merges it with the command line.
-pub fn load(args: &PlanArgs, output_dir: Option<&Path>, cwd: &Path) -> Result<Plan, ConfigError> {
+pub fn load(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Plan, ConfigError> {
     let config_path = match (&args.config, &args.single.repository) {
         (Some(_), Some(_)) => {
             return Err(ConfigError::Usage(
@@ -249,9 +278,9 @@ pub fn load(args: &PlanArgs, output_dir: Option<&Path>, cwd: &Path) -> Result<Pl
                 path: path.clone(),
                 source,
             })?;
-            plan_from_file(&path, &text, args, output_dir, cwd)
+            plan_from_file(&path, &text, args, flags, cwd)
         }
-        None => plan_from_flags(args, output_dir, cwd),
+        None => plan_from_flags(args, flags, cwd),
     }
 }
 
@@ -259,7 +288,7 @@ fn plan_from_file(
     path: &Path,
     text: &str,
     args: &PlanArgs,
-    output_dir: Option<&Path>,
+    flags: ArtifactFlags<'_>,
     cwd: &Path,
 ) -> Result<Plan, ConfigError> {
     let file: ConfigFile = toml::from_str(text).map_err(|err| syntax_error(path, text, &err))?;
@@ -284,7 +313,10 @@ fn plan_from_file(
         .collect::<Result<Vec<_>, _>>()?;
 
     let artifacts = ArtifactsSettings {
-        dir: output_dir
+        image_uri: (flags.image_uri)
+            .or(file.artifacts.image_uri)
+            .unwrap_or_default(),
+        dir: (flags.output_dir)
             .map(|d| clean(&cwd.join(d)))
             .or_else(|| file.artifacts.dir.map(|d| clean(&base.join(d))))
             .unwrap_or_else(|| cwd.to_path_buf()),
@@ -369,7 +401,7 @@ fn image_from_section(
 
 fn plan_from_flags(
     args: &PlanArgs,
-    output_dir: Option<&Path>,
+    flags: ArtifactFlags<'_>,
     cwd: &Path,
 ) -> Result<Plan, ConfigError> {
     let SingleImageArgs {
@@ -418,7 +450,8 @@ fn plan_from_flags(
             network: args.network.clone(),
             builder: args.builder.map(Builder::from).unwrap_or(Builder::Buildkit),
             artifacts: ArtifactsSettings {
-                dir: output_dir.map_or_else(|| cwd.to_path_buf(), |d| clean(&cwd.join(d))),
+                dir: (flags.output_dir).map_or_else(|| cwd.to_path_buf(), |d| clean(&cwd.join(d))),
+                image_uri: flags.image_uri.unwrap_or_default(),
                 ..ArtifactsSettings::default()
             },
             images: vec![ImagePlan {
@@ -442,6 +475,7 @@ fn plan_from_flags(
 #[derive(Default)]
 struct ArtifactsSettings {
     dir: PathBuf,
+    image_uri: ImageUriKind,
     imagedefinitions: Option<FileSetting>,
     image_detail: Option<FileSetting>,
     build_json: Option<FileSetting>,
@@ -589,6 +623,7 @@ fn artifacts_plan(
     };
     Ok(ArtifactsPlan {
         dir: settings.dir,
+        image_uri: settings.image_uri,
         imagedefinitions: file_name(
             settings.imagedefinitions,
             "imagedefinitions.json",
@@ -708,7 +743,7 @@ mod tests {
             Path::new("/src/app/ecr-build.toml"),
             text,
             &args(flags),
-            None,
+            ArtifactFlags::default(),
             Path::new("/work"),
         )
     }
@@ -722,6 +757,7 @@ network = "none"
 dir = "out"
 image_detail = "web"
 build_json = false
+image_uri = "digest"
 
 [images.worker]
 repository = "myapp/worker"
@@ -775,6 +811,7 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
             plan.artifacts,
             ArtifactsPlan {
                 dir: "/src/app/out".into(),
+                image_uri: ImageUriKind::Digest,
                 imagedefinitions: Some("imagedefinitions.json".into()),
                 image_detail: Some("web".into()),
                 build_json: None,
@@ -792,6 +829,7 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         assert_eq!(plan.artifacts.dir, Path::new("/work"));
         assert_eq!(plan.artifacts.image_detail.as_deref(), Some("web"));
         assert_eq!(plan.artifacts.build_json.as_deref(), Some("build.json"));
+        assert_eq!(plan.artifacts.image_uri, ImageUriKind::Tag);
     }
 
     #[test]
@@ -814,6 +852,20 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         assert_eq!(plan.tags[0].to_string(), "x-{build_number}");
         assert_eq!(plan.builder, Builder::Legacy);
         assert_eq!(plan.network.as_deref(), Some("host"));
+        let flags = ArtifactFlags {
+            output_dir: Some(Path::new("elsewhere")),
+            image_uri: Some(ImageUriKind::Tag),
+        };
+        let plan = plan_from_file(
+            Path::new("/src/app/ecr-build.toml"),
+            TWO_IMAGES,
+            &args(&[]),
+            flags,
+            Path::new("/work"),
+        )
+        .unwrap();
+        assert_eq!(plan.artifacts.image_uri, ImageUriKind::Tag);
+        assert_eq!(plan.artifacts.dir, Path::new("/work/elsewhere"));
     }
 
     #[test]
@@ -927,7 +979,15 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
             "--tag",
             "{short_sha},latest",
         ]);
-        let plan = plan_from_flags(&a, Some(Path::new("out")), Path::new("/w")).unwrap();
+        let plan = plan_from_flags(
+            &a,
+            ArtifactFlags {
+                output_dir: Some(Path::new("out")),
+                image_uri: None,
+            },
+            Path::new("/w"),
+        )
+        .unwrap();
         let image = &plan.images[0];
         assert_eq!(image.name, "web");
         assert_eq!(image.context, Path::new("/w/app"));
@@ -938,7 +998,7 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         assert_eq!(plan.artifacts.image_detail.as_deref(), Some("web"));
 
         let bad = args(&["--repository", "web", "--build-arg", "NOVALUE"]);
-        let err = plan_from_flags(&bad, None, Path::new("/w"))
+        let err = plan_from_flags(&bad, ArtifactFlags::default(), Path::new("/w"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("--build-arg `NOVALUE`"), "{err}");
@@ -948,11 +1008,11 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
     fn config_and_repository_exclude_each_other() {
         let a = args(&["--config", "x.toml", "--repository", "web"]);
         assert!(matches!(
-            load(&a, None, Path::new("/nonexistent")),
+            load(&a, ArtifactFlags::default(), Path::new("/nonexistent")),
             Err(ConfigError::Usage(_))
         ));
         let none = args(&[]);
-        let err = load(&none, None, Path::new("/nonexistent"))
+        let err = load(&none, ArtifactFlags::default(), Path::new("/nonexistent"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("no ecr-build.toml in /nonexistent"), "{err}");
@@ -985,7 +1045,7 @@ mod proptests {
             Path::new(CONFIG_PATH),
             text,
             &args(&[]),
-            None,
+            ArtifactFlags::default(),
             Path::new("/work"),
         )
     }
@@ -1265,7 +1325,7 @@ mod proptests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("ecr-build.toml");
             std::fs::write(&path, &bytes).unwrap();
-            let result = load(&args(&["--config", path.to_str().unwrap()]), None, dir.path());
+            let result = load(&args(&["--config", path.to_str().unwrap()]), ArtifactFlags::default(), dir.path());
             if let Err(err) = &result {
                 let message = err.to_string();
                 prop_assert!(

@@ -138,6 +138,7 @@ async fn build_one(
         repository_uri: repository_uri.clone(),
         digest,
         result,
+        in_registry: run.access.is_some(),
         seconds: started.elapsed().as_secs_f64(),
     };
     let Some(access) = &run.access else {

@@ -16,6 +16,8 @@ pub struct ImageOutcome {
     pub digest: String,
     /// `pushed`, `reused`, or `built (dry run, not pushed)`.
     pub result: &'static str,
+    /// Whether `digest` is the registry's (not a dry run's local image ID).
+    pub in_registry: bool,
     pub seconds: f64,
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{BuildArgs, Cli, Command, PlanArgs};
-use crate::config;
+use crate::config::{self, ArtifactFlags, ImageUriKind};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, BuildSettings};
 
@@ -48,12 +48,16 @@ fn current_dir() -> Result<PathBuf> {
 }
 
 async fn plan(args: PlanArgs) -> Result<()> {
-    let plan = config::load(&args, None, &current_dir()?)?;
+    let plan = config::load(&args, ArtifactFlags::default(), &current_dir()?)?;
     pipeline::plan(plan, args.sha.as_deref()).await
 }
 
 async fn build(args: BuildArgs) -> Result<()> {
-    let plan = config::load(&args.plan, args.output_dir.as_deref(), &current_dir()?)?;
+    let flags = ArtifactFlags {
+        output_dir: args.output_dir.as_deref(),
+        image_uri: args.image_uri.map(ImageUriKind::from),
+    };
+    let plan = config::load(&args.plan, flags, &current_dir()?)?;
     let jobs = match args.jobs {
         Some(0) => return Err(Error::usage("--jobs must be at least 1")),
         Some(jobs) => jobs,

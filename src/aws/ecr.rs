@@ -539,11 +539,12 @@ mod tests {
                 .unwrap_err();
             let message = format!("{err:#}");
             assert!(
-                message.starts_with("no repository creation template could be read"),
+                message.starts_with("ECR repository not found in eu-west-1: prod/web"),
                 "{message}"
             );
             assert!(
-                message.contains("ECR repository not found in eu-west-1: prod/web"),
+                message.contains("no repository creation template could be read")
+                    && message.contains("AccessDeniedException"),
                 "{message}"
             );
             // One attempt only: the answer decides between two errors.

@@ -230,3 +230,154 @@ fn cache_from_reuses_pushed_layers_on_a_host_without_build_cache() {
     assert_ne!(second.summary("app").digest, first.summary("app").digest);
     assert_eq!(registry_layer_count(&repository), blobs_before + 1);
 }
+
+/// A repository with ECR's tag mutability and WILDCARD exclusion filters.
+fn repository_with_exclusions(name: &str, mutability: &str, filters: &[&str]) {
+    let filters: Vec<_> = filters
+        .iter()
+        .map(|f| serde_json::json!({"filterType": "WILDCARD", "filter": f}))
+        .collect();
+    ecr_call(
+        "CreateRepository",
+        serde_json::json!({
+            "repositoryName": name,
+            "imageTagMutability": mutability,
+            "imageTagMutabilityExclusionFilters": filters,
+        }),
+    );
+}
+
+fn single_image(ws: &Workspace, repository: &str, sha: &str, tags: &[&str]) -> Run {
+    let mut command = ws
+        .ecr_build()
+        .args(["build", "--name", "app", "--repository", repository])
+        .args(["--registry", &services().registry, "--network", "none"]);
+    for tag in tags {
+        command = command.args(["--tag", tag]);
+    }
+    command.env("ECR_BUILD_SHA", sha).run()
+}
+
+fn app_dockerfile(ws: &Workspace, content: &str) {
+    ws.write(
+        "Dockerfile",
+        &format!("FROM {}\nCOPY app.txt /app.txt\n", services().base_image),
+    );
+    ws.write("app.txt", content);
+}
+
+#[test]
+fn latest_moves_on_every_run_of_an_immutable_except_latest_repository() {
+    let repository = unique("e2e-excl/immutable");
+    repository_with_exclusions(&repository, "IMMUTABLE_WITH_EXCLUSION", &["latest"]);
+    let ws = Workspace::empty();
+    let tags = ["{short_sha}", "latest"];
+    app_dockerfile(&ws, "one");
+    let first = single_image(&ws, &repository, &new_sha(), &tags).success();
+    app_dockerfile(&ws, "two");
+    let second = single_image(&ws, &repository, &new_sha(), &tags).success();
+    assert_eq!(result_of(&second, "app"), "pushed");
+    assert_eq!(
+        registry_digest(&repository, "latest"),
+        Some(second.summary("app").digest)
+    );
+    // Unchanged content for a third commit: re-stamped, and latest moves to it too.
+    let third_sha = new_sha();
+    let third = single_image(&ws, &repository, &third_sha, &tags).success();
+    assert_eq!(result_of(&third, "app"), "reused");
+    let digests = [&first, &second, &third].map(|run| run.summary("app").digest);
+    assert!(
+        digests[0] != digests[1] && digests[1] != digests[2],
+        "{digests:?}"
+    );
+    assert_eq!(
+        registry_digest(&repository, "latest").as_ref(),
+        Some(&digests[2])
+    );
+    assert_eq!(
+        registry_digest(&repository, &third_sha[..7]).as_ref(),
+        Some(&digests[2])
+    );
+}
+
+#[test]
+fn an_immutable_release_tag_of_a_mutable_repository_is_refused_at_other_content() {
+    let repository = unique("e2e-excl/mutable");
+    repository_with_exclusions(&repository, "MUTABLE_WITH_EXCLUSION", &["release-*"]);
+    let ws = Workspace::empty();
+    let tags = ["release-7", "latest"];
+    app_dockerfile(&ws, "one");
+    let first = single_image(&ws, &repository, &new_sha(), &tags).success();
+    let before = ws.read("imagedefinitions.json");
+    app_dockerfile(&ws, "two");
+    single_image(&ws, &repository, &new_sha(), &tags)
+        .failure(1)
+        .stderr_has(&format!("{repository}:release-7 already exists"))
+        .stderr_has("immutable");
+    assert_eq!(
+        registry_digest(&repository, "release-7"),
+        Some(first.summary("app").digest)
+    );
+    assert_eq!(
+        ws.read("imagedefinitions.json"),
+        before,
+        "the earlier artifact stays"
+    );
+    // latest alone is mutable there: it moves.
+    let moved = single_image(&ws, &repository, &new_sha(), &["latest"]).success();
+    assert_eq!(
+        registry_digest(&repository, "latest"),
+        Some(moved.summary("app").digest)
+    );
+}
+
+#[test]
+fn digest_uris_name_exactly_what_the_registry_holds() {
+    let (ws, web, worker) = app(&unique("e2e-digest-uri"), false);
+    let sha = new_sha();
+    let run = ws
+        .ecr_build()
+        .args([
+            "build",
+            "--image-uri",
+            "digest",
+            "--registry",
+            &services().registry,
+        ])
+        .env("ECR_BUILD_SHA", &sha)
+        .run()
+        .success();
+    let definitions: serde_json::Value =
+        serde_json::from_str(&ws.read("imagedefinitions.json")).unwrap();
+    let build: serde_json::Value = serde_json::from_str(&ws.read("build.json")).unwrap();
+    for (index, (name, repository)) in [("web", &web), ("worker", &worker)].into_iter().enumerate()
+    {
+        let digest = registry_digest(repository, &sha[..7]).unwrap();
+        assert_eq!(run.summary(name).digest, digest);
+        assert_eq!(
+            definitions[index]["imageUri"],
+            format!("{}/{repository}@{digest}", services().registry).as_str()
+        );
+        assert_eq!(build["digests"][name], digest.as_str());
+        assert_eq!(build["images"][name], definitions[index]["imageUri"]);
+    }
+    let detail: serde_json::Value = serde_json::from_str(&ws.read("imageDetail.json")).unwrap();
+    assert_eq!(detail["ImageURI"], definitions[0]["imageUri"]);
+    // The env twin, and the default (tag) for a later run.
+    ws.ecr_build()
+        .args(["build", "--registry", &services().registry])
+        .env("ECR_BUILD_SHA", &sha)
+        .env("ECR_BUILD_IMAGE_URI", "digest")
+        .run()
+        .success();
+    assert!(ws.read("imagedefinitions.json").contains('@'));
+    ws.ecr_build()
+        .args(["build", "--registry", &services().registry])
+        .env("ECR_BUILD_SHA", &sha)
+        .run()
+        .success();
+    assert!(
+        ws.read("imagedefinitions.json")
+            .contains(&format!("{web}:{}\"", &sha[..7]))
+    );
+}

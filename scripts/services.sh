@@ -18,6 +18,11 @@
 #   ECR_BUILD_DOCKER_DATA   reuse this dockerd data-root across runs (default: a fresh one in
 #                           STATE_DIR, so a test run never sees images or build cache of an earlier run)
 #   ECR_BUILD_START_TIMEOUT seconds to wait for each service (default 60)
+#   ECR_BUILD_ENGINE        the engine to start: 20.10 (Debian bookworm's docker.io, the default) or
+#                           28 (Docker 28.5 as CodeBuild's current images ship it: Debian sid's
+#                           docker.io, docker-cli, containerd and docker-buildx, fetched with
+#                           `apt-get download` into a private folder; nothing is installed over
+#                           bookworm's packages, and bookworm's runc stays, as sid's needs a newer glibc)
 
 # The moto release the harness is verified against (moto 5.2.1: ECR + SSM as in shared/stack-notes.md).
 ECR_BUILD_MOTO_VERSION=5.2.1
@@ -26,6 +31,10 @@ ECR_BUILD_BASE_IMAGE_NAME=ecr-build-test/busybox:base
 # Credentials that moto's ECR authorization token decodes to; the registry accepts exactly these.
 ECR_BUILD_REGISTRY_USER=AWS
 ECR_BUILD_REGISTRY_PASSWORD=123456789012-auth-token
+# Where Docker 28's packages are unpacked (ECR_BUILD_ENGINE=28).
+_ecr_build_engine28_dir() {
+    echo "${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build/docker-28"
+}
 # Bump when the base image recipe below changes, so that a reused data-root gets the new image.
 _ECR_BUILD_BASE_RECIPE=1
 
@@ -116,6 +125,57 @@ ecr_build_install() {
     if ((with_moto)); then
         _ecr_build_install_moto || return 1
     fi
+    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 || ${ECR_BUILD_ENGINES:-} == *28* ]]; then
+        _ecr_build_install_engine28 || return 1
+    fi
+}
+
+# Docker 28.5 from Debian sid, unpacked below $(_ecr_build_engine28_dir)/root: dockerd, containerd
+# and its shim, the docker CLI and the buildx plugin. Skipped when already there.
+_ecr_build_install_engine28() {
+    local dir root
+    dir=$(_ecr_build_engine28_dir)
+    root=$dir/root
+    if [[ -x $root/usr/sbin/dockerd && -x $root/usr/bin/containerd && -x $root/usr/bin/docker &&
+        -x $root/usr/libexec/docker/cli-plugins/docker-buildx ]]; then
+        return 0
+    fi
+    _ecr_build_log "fetching Docker 28 (docker.io, docker-cli, containerd, docker-buildx) from Debian sid into $dir"
+    local apt=$dir/apt
+    rm -rf "${dir:?}"
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$dir/debs" "$root"
+    echo "deb http://deb.debian.org/debian sid main" >"$apt/sources.list"
+    local -a opts=(-o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=/dev/null
+        -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root)
+    local log=$dir/apt.log
+    if ! apt-get -q "${opts[@]}" update >"$log" 2>&1 ||
+        ! (cd "$dir/debs" && apt-get -q "${opts[@]}" download docker.io docker-cli containerd docker-buildx) >>"$log" 2>&1; then
+        _ecr_build_err "could not fetch Docker 28 from Debian sid"
+        tail -n 20 "$log" >&2
+        return 1
+    fi
+    local deb
+    for deb in "$dir"/debs/*.deb; do
+        dpkg-deb -x "$deb" "$root" || return 1
+    done
+    rm -rf "$apt" "$dir/debs"
+    _ecr_build_log "Docker 28 ready: $("$root/usr/sbin/dockerd" --version)"
+}
+
+# containerd for Docker 28, on STATE_DIR/containerd/c.sock. Its PATH puts bookworm's runc first.
+_ecr_build_start_containerd28() {
+    local sd=$1 root=$2
+    local dir=$sd/containerd log=$sd/containerd.log
+    mkdir -p "$dir" "$sd/bin"
+    ln -sf /usr/sbin/runc "$sd/bin/runc"
+    printf '%s\n' 'version = 3' "root = \"$dir/root\"" "state = \"$dir/state\"" \
+        'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]' \
+        '[grpc]' "address = \"$dir/c.sock\"" >"$dir/config.toml"
+    PATH="$sd/bin:$root/usr/bin:$root/usr/sbin:$PATH" "$root/usr/bin/containerd" --config "$dir/config.toml" \
+        </dev/null >"$log" 2>&1 &
+    local pid=$!
+    echo "$pid" >"$sd/run/containerd.pid"
+    _ecr_build_wait containerd "$pid" "$log" test -S "$dir/c.sock"
 }
 
 _ecr_build_install_moto() {
@@ -251,12 +311,22 @@ ecr_build_start_dockerd() {
     local ns
     ns=ecrb$(basename "$sd" | tr -cd 'a-zA-Z0-9')
     # /usr/sbin may be missing from a non-login PATH.
-    local dockerd=/usr/sbin/dockerd
+    local dockerd=/usr/sbin/dockerd engine_path=$PATH
+    local -a engine_flags=()
+    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
+        local root
+        root=$(_ecr_build_engine28_dir)/root
+        [[ -x $root/usr/sbin/dockerd ]] || _ecr_build_install_engine28 || return 1
+        _ecr_build_start_containerd28 "$sd" "$root" || return 1
+        dockerd=$root/usr/sbin/dockerd
+        engine_path="$sd/bin:$root/usr/bin:$root/usr/sbin:$PATH"
+        engine_flags=(--containerd="$sd/containerd/c.sock")
+    fi
     [[ -x $dockerd ]] || dockerd=$(command -v dockerd) || {
         _ecr_build_err "dockerd not found (install Debian's docker.io)"
         return 1
     }
-    "$dockerd" \
+    PATH=$engine_path "$dockerd" "${engine_flags[@]}" \
         --host="unix://$sock" \
         --data-root="$data_root" \
         --exec-root="$sd/exec" \
@@ -361,6 +431,19 @@ _ecr_build_start_moto() {
     return 1
 }
 
+_ecr_build_engine_cli() {
+    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
+        echo "$(_ecr_build_engine28_dir)/root/usr/bin/docker"
+    else
+        echo /usr/bin/docker
+    fi
+}
+
+_ecr_build_engine_buildx() {
+    [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]] || return 0
+    echo "$(_ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx"
+}
+
 _ecr_build_write_env() {
     local sd=$1 registry moto
     registry=$(<"$sd/run/registry.addr")
@@ -393,6 +476,10 @@ _ecr_build_write_env() {
             "ECR_BUILD_TEST_REGISTRY_PASSWORD=$ECR_BUILD_REGISTRY_PASSWORD"
             "ECR_BUILD_TEST_BASE_IMAGE=$ECR_BUILD_BASE_IMAGE_NAME"
             "ECR_BUILD_TEST_DIR=$sd"
+            # The engine, and the docker CLI of its own version (with buildx for Docker 28).
+            "ECR_BUILD_ENGINE=${ECR_BUILD_ENGINE:-20.10}"
+            "ECR_BUILD_TEST_DOCKER_CLI=$(_ecr_build_engine_cli)"
+            "ECR_BUILD_TEST_BUILDX=$(_ecr_build_engine_buildx)"
             "AWS_ENDPOINT_URL=http://$moto"
             # For tests that need a moto of their own (IAM enforcement, faults).
             "ECR_BUILD_TEST_MOTO_SERVER=$(_ecr_build_venv_dir)/bin/moto_server"
@@ -562,6 +649,9 @@ ecr_build_stop_services() {
     if [[ -f $sd/run/dockerd.pid ]]; then
         _ecr_build_log "stopping dockerd"
         _ecr_build_stop_pid dockerd "$(<"$sd/run/dockerd.pid")" "$sd/docker.sock" 30
+    fi
+    if [[ -f $sd/run/containerd.pid ]]; then
+        _ecr_build_stop_pid containerd "$(<"$sd/run/containerd.pid")" "$sd/containerd" 10
     fi
     # Whatever survived: a killed dockerd's containerd and shims, a registry restarted by a test.
     local -a left=()

@@ -3,9 +3,12 @@
 # (a private dockerd, a registry with basic auth, moto for ECR and SSM), all on loopback.
 #
 #   scripts/test.sh                     everything
-#   scripts/test.sh NAME [-- ARGS...]   extra arguments go to `cargo test --all-targets`
+#   scripts/test.sh NAME [-- ARGS...]   extra arguments go to each `cargo test`
+#
+# The unit tests run once; the end-to-end tests run once per engine, each against services of its own.
 #
 # Environment:
+#   ECR_BUILD_ENGINES="20.10 28"  the Docker engines the end-to-end tests run against (default both)
 #   ECR_BUILD_SKIP_LINT=1    skip cargo fmt --check and cargo clippy
 #   ECR_BUILD_KEEP_STATE=1   keep the services' state dir and logs after the run
 #   plus the knobs described at the top of scripts/services.sh
@@ -70,7 +73,11 @@ cleanup() {
 main() {
     require_cargo
 
-    phase "checking dependencies (Debian packages, moto venv)"
+    local -a engines
+    read -r -a engines <<<"${ECR_BUILD_ENGINES:-20.10 28}"
+    export ECR_BUILD_ENGINES="${engines[*]}"
+
+    phase "checking dependencies (Debian packages, moto venv, engines ${engines[*]})"
     # shellcheck disable=SC2119 # no arguments: install everything, moto included
     ecr_build_install
 
@@ -82,19 +89,29 @@ main() {
         cargo clippy --all-targets -- -D warnings
     fi
 
+    phase "cargo test --lib --bins${*:+ $*} (unit tests)"
+    cargo test --lib --bins "$@"
+
     trap cleanup EXIT
     # A signal must still run the EXIT trap, so that no daemon outlives the run.
     trap 'exit 130' INT
     trap 'exit 143' TERM
-    # Short path under /tmp: the docker socket path must fit in 107 bytes.
-    state_dir=$(mktemp -d /tmp/ecrb.XXXXXX)
-    phase "starting services in $state_dir"
-    ecr_build_start_services "$state_dir"
-    # shellcheck source=/dev/null
-    source "$state_dir/env"
-
-    phase "cargo test --all-targets${*:+ $*}"
-    cargo test --all-targets "$@"
+    local engine
+    for engine in "${engines[@]}"; do
+        # Short path under /tmp: the docker socket path must fit in 107 bytes.
+        state_dir=$(mktemp -d /tmp/ecrb.XXXXXX)
+        phase "starting services with Docker $engine in $state_dir"
+        ECR_BUILD_ENGINE=$engine ecr_build_start_services "$state_dir"
+        (
+            # shellcheck source=/dev/null
+            source "$state_dir/env"
+            phase "cargo test --test e2e${*:+ $*} (Docker $engine)"
+            cargo test --test e2e "$@"
+        )
+        phase "stopping the services of Docker $engine"
+        ecr_build_stop_services "$state_dir"
+        state_dir=
+    done
 }
 
 main "$@"

@@ -83,10 +83,12 @@ fn two_image_app_is_built_tagged_pushed_and_described() {
         ws.read("imageDetail.json"),
         format!("{{\"ImageURI\":\"{web_uri}\"}}\n")
     );
+    let (web_digest, worker_digest) = (run.summary("web").digest, run.summary("worker").digest);
     assert_eq!(
         ws.read("build.json"),
         format!(
-            "{{\"tag\":\"{short}\",\"images\":{{\"web\":\"{web_uri}\",\"worker\":\"{worker_uri}\"}}}}\n"
+            "{{\"tag\":\"{short}\",\"images\":{{\"web\":\"{web_uri}\",\"worker\":\"{worker_uri}\"}},\
+             \"digests\":{{\"web\":\"{web_digest}\",\"worker\":\"{worker_digest}\"}}}}\n"
         )
     );
 

@@ -107,7 +107,7 @@ ecr_build_install() {
 
     local -a missing=()
     local pkg
-    for pkg in docker.io docker-registry busybox-static apache2-utils curl ca-certificates; do
+    for pkg in docker.io docker-registry busybox-static apache2-utils curl ca-certificates openssl openssh-server openssh-client; do
         _ecr_build_pkg_installed "$pkg" || missing+=("$pkg")
     done
     command -v python3 >/dev/null || [[ -x /usr/bin/python3 ]] || missing+=(python3)
@@ -326,6 +326,12 @@ ecr_build_start_dockerd() {
         _ecr_build_err "dockerd not found (install Debian's docker.io)"
         return 1
     }
+    # ECR_BUILD_DOCKERD_TLS_PORT: also listen on tcp://127.0.0.1:PORT with TLS, client certificates
+    # required, using the certificates in STATE_DIR/tls (see _ecr_build_make_certs).
+    if [[ -n ${ECR_BUILD_DOCKERD_TLS_PORT:-} ]]; then
+        engine_flags+=(--tlsverify --tlscacert="$sd/tls/ca.pem" --tlscert="$sd/tls/server-cert.pem"
+            --tlskey="$sd/tls/server-key.pem" --host="tcp://127.0.0.1:$ECR_BUILD_DOCKERD_TLS_PORT")
+    fi
     PATH=$engine_path "$dockerd" "${engine_flags[@]}" \
         --host="unix://$sock" \
         --data-root="$data_root" \
@@ -480,6 +486,14 @@ _ecr_build_write_env() {
             "ECR_BUILD_ENGINE=${ECR_BUILD_ENGINE:-20.10}"
             "ECR_BUILD_TEST_DOCKER_CLI=$(_ecr_build_engine_cli)"
             "ECR_BUILD_TEST_BUILDX=$(_ecr_build_engine_buildx)"
+            # The same engine over TLS (client certificates in tls/client; tls/wrong-ca trusts
+            # another CA) and through ssh (PATH=ssh/bin or ssh/wrong-key first, user root).
+            "ECR_BUILD_TEST_TLS_HOST=tcp://127.0.0.1:$(<"$sd/run/tls.port")"
+            "ECR_BUILD_TEST_TLS_CERTS=$sd/tls/client"
+            "ECR_BUILD_TEST_TLS_WRONG_CA=$sd/tls/wrong-ca"
+            "ECR_BUILD_TEST_SSH_HOST=ssh://root@127.0.0.1:$(<"$sd/run/sshd.port")"
+            "ECR_BUILD_TEST_SSH_BIN=$sd/ssh/bin"
+            "ECR_BUILD_TEST_SSH_WRONG_KEY_BIN=$sd/ssh/wrong-key"
             "AWS_ENDPOINT_URL=http://$moto"
             # For tests that need a moto of their own (IAM enforcement, faults).
             "ECR_BUILD_TEST_MOTO_SERVER=$(_ecr_build_venv_dir)/bin/moto_server"
@@ -501,11 +515,89 @@ _ecr_build_write_env() {
     } >"$sd/env"
 }
 
-# Start dockerd, the registry and moto, import the base image and write STATE_DIR/env.
+# A CA, the engine's server certificate (127.0.0.1), a client certificate in STATE_DIR/tls/client
+# (ca.pem, cert.pem, key.pem as DOCKER_CERT_PATH wants them), and in STATE_DIR/tls/wrong-ca the same
+# client certificate with another CA's ca.pem.
+_ecr_build_make_certs() {
+    local d=$1/tls
+    mkdir -p "$d/client" "$d/wrong-ca"
+    local -a key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    (
+        cd "$d" &&
+            openssl req -x509 "${key[@]}" -keyout ca-key.pem -out ca.pem -days 2 -subj /CN=ecr-build-test-ca &&
+            openssl req "${key[@]}" -keyout server-key.pem -out server.csr -subj /CN=127.0.0.1 &&
+            printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext &&
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+                -extfile server.ext -out server-cert.pem &&
+            openssl req "${key[@]}" -keyout client/key.pem -out client.csr -subj /CN=ecr-build-test-client &&
+            printf 'extendedKeyUsage=clientAuth\n' >client.ext &&
+            openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+                -extfile client.ext -out client/cert.pem &&
+            cp ca.pem client/ca.pem &&
+            openssl req -x509 "${key[@]}" -keyout wrong-ca/ca-key.pem -out wrong-ca/ca.pem -days 2 \
+                -subj /CN=another-ca &&
+            cp client/cert.pem client/key.pem wrong-ca/
+    ) >"$d/openssl.log" 2>&1 || {
+        _ecr_build_err "openssl could not make the test certificates"
+        tail -n 20 "$d/openssl.log" >&2
+        return 1
+    }
+}
+
+# A private sshd on 127.0.0.1 whose sessions see DOCKER_HOST=the test engine, as a remote build host
+# would; and, in STATE_DIR/ssh/bin and STATE_DIR/ssh/wrong-key, an `ssh` that uses the harness's own
+# key (or another one) and known_hosts, never the user's.
+_ecr_build_start_sshd() {
+    local sd=$1 d=$1/ssh port pid
+    mkdir -p "$d/bin" "$d/wrong-key" /run/sshd
+    ssh-keygen -q -t ed25519 -N '' -f "$d/host_key" &&
+        ssh-keygen -q -t ed25519 -N '' -f "$d/client_key" &&
+        ssh-keygen -q -t ed25519 -N '' -f "$d/wrong_key" || return 1
+    cp "$d/client_key.pub" "$d/authorized_keys"
+    port=$(_ecr_build_free_port) || return 1
+    cat >"$d/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $port
+HostKey $d/host_key
+PidFile $d/sshd.pid
+AuthorizedKeysFile $d/authorized_keys
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+SetEnv DOCKER_HOST=unix://$sd/docker.sock
+EOF
+    printf '127.0.0.1 %s\n[127.0.0.1]:%s %s\n' "$(cut -d' ' -f1-2 "$d/host_key.pub")" "$port" \
+        "$(cut -d' ' -f1-2 "$d/host_key.pub")" >"$d/known_hosts"
+    local which
+    for which in bin:client_key wrong-key:wrong_key; do
+        printf 'IdentityFile %s\nIdentitiesOnly yes\nUserKnownHostsFile %s\nStrictHostKeyChecking yes\n' \
+            "$d/${which#*:}" "$d/known_hosts" >"$d/${which%%:*}/config"
+        printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$d/${which%%:*}/config" >"$d/${which%%:*}/ssh"
+        chmod 755 "$d/${which%%:*}/ssh"
+    done
+    _ecr_build_log "starting sshd on 127.0.0.1:$port"
+    /usr/sbin/sshd -D -e -f "$d/sshd_config" </dev/null >"$sd/sshd.log" 2>&1 &
+    pid=$!
+    echo "$pid" >"$sd/run/sshd.pid"
+    echo "$port" >"$sd/run/sshd.port"
+    _ecr_build_wait sshd "$pid" "$sd/sshd.log" _ecr_build_port_open "$port"
+}
+
+_ecr_build_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Start dockerd (with a TLS listener too), the registry, moto and sshd, import the base image and
+# write STATE_DIR/env.
 ecr_build_start_services() {
     local sd=${1:?usage: ecr_build_start_services STATE_DIR}
     _ecr_build_check_state_dir "$sd" || return 1
-    ecr_build_start_dockerd "$sd" || return 1
+    _ecr_build_make_certs "$sd" || return 1
+    local tls_port
+    tls_port=$(_ecr_build_free_port) || return 1
+    echo "$tls_port" >"$sd/run/tls.port"
+    ECR_BUILD_DOCKERD_TLS_PORT=$tls_port ecr_build_start_dockerd "$sd" || return 1
+    _ecr_build_start_sshd "$sd" || return 1
     _ecr_build_start_registry "$sd" || return 1
     _ecr_build_start_moto "$sd" || return 1
     DOCKER_HOST="unix://$sd/docker.sock" ecr_build_base_image "$ECR_BUILD_BASE_IMAGE_NAME" || return 1
@@ -594,7 +686,7 @@ _ecr_build_leftover_pids() {
         [[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
         comm=$(cat "$dir/comm" 2>/dev/null) || continue
         case $comm in
-        dockerd | containerd | containerd-shim* | runc | docker-registry | docker-proxy) ;;
+        dockerd | containerd | containerd-shim* | runc | docker-registry | docker-proxy | sshd) ;;
         *) continue ;;
         esac
         if tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | grep -qF -- "$sd/"; then
@@ -652,6 +744,9 @@ ecr_build_stop_services() {
     fi
     if [[ -f $sd/run/containerd.pid ]]; then
         _ecr_build_stop_pid containerd "$(<"$sd/run/containerd.pid")" "$sd/containerd" 10
+    fi
+    if [[ -f $sd/run/sshd.pid ]]; then
+        _ecr_build_stop_pid sshd "$(<"$sd/run/sshd.pid")" "$sd/ssh/sshd_config" 5
     fi
     # Whatever survived: a killed dockerd's containerd and shims, a registry restarted by a test.
     local -a left=()

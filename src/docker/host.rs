@@ -2,7 +2,7 @@
 //! session's own connections alike.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bollard::Docker;
 use bollard::errors::Error;
@@ -12,37 +12,90 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
 
+use super::tunnel::Remote;
+
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineAddr {
     Unix(PathBuf),
-    /// `host:port`.
+    /// `host:port`, plain HTTP.
     Tcp(String),
+    /// Over TLS or ssh, through a [`super::tunnel::Tunnel`].
+    Remote(Remote),
+}
+
+/// What the docker CLI reads to find the engine.
+#[derive(Debug, Default)]
+pub struct HostEnv {
+    pub docker_host: Option<String>,
+    pub tls_verify: Option<String>,
+    pub cert_path: Option<String>,
+    pub home: Option<String>,
+}
+
+impl HostEnv {
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).ok();
+        Self {
+            docker_host: var("DOCKER_HOST"),
+            tls_verify: var("DOCKER_TLS_VERIFY"),
+            cert_path: var("DOCKER_CERT_PATH"),
+            home: var("HOME"),
+        }
+    }
 }
 
 impl EngineAddr {
     /// `DOCKER_HOST` as the docker CLI reads it: unset or empty is the local socket.
     pub fn from_env() -> Result<Self, Error> {
-        Self::parse(std::env::var("DOCKER_HOST").ok().as_deref())
+        Self::parse(&HostEnv::from_process())
     }
 
-    pub fn parse(host: Option<&str>) -> Result<Self, Error> {
-        let Some(host) = host.map(str::trim).filter(|h| !h.is_empty()) else {
+    /// `tcp://` is TLS when DOCKER_TLS_VERIFY is set (not empty), with ca.pem, cert.pem and key.pem
+    /// from DOCKER_CERT_PATH, else ~/.docker.
+    pub fn parse(env: &HostEnv) -> Result<Self, Error> {
+        let unsupported = |uri: &str| Error::UnsupportedURISchemeError {
+            uri: uri.to_owned(),
+        };
+        let Some(host) = env
+            .docker_host
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+        else {
             return Ok(EngineAddr::Unix(PathBuf::from(DEFAULT_SOCKET)));
         };
         if let Some(path) = host.strip_prefix("unix://") {
-            Ok(EngineAddr::Unix(PathBuf::from(path)))
-        } else if let Some(addr) = (host.strip_prefix("tcp://"))
-            .or_else(|| host.strip_prefix("http://"))
-            .filter(|addr| !addr.is_empty())
-        {
-            Ok(EngineAddr::Tcp(addr.trim_end_matches('/').to_owned()))
-        } else {
-            Err(Error::UnsupportedURISchemeError {
-                uri: host.to_owned(),
-            })
+            return Ok(EngineAddr::Unix(PathBuf::from(path)));
         }
+        if let Some(rest) = host.strip_prefix("ssh://") {
+            return Remote::ssh(rest)
+                .map(EngineAddr::Remote)
+                .map_err(|_| unsupported(host));
+        }
+        let addr = (host.strip_prefix("tcp://"))
+            .or_else(|| host.strip_prefix("http://"))
+            .map(|addr| addr.trim_end_matches('/'))
+            .filter(|addr| !addr.is_empty())
+            .ok_or_else(|| unsupported(host))?;
+        let tls = env.tls_verify.as_deref().is_some_and(|v| !v.is_empty());
+        if !tls {
+            return Ok(EngineAddr::Tcp(addr.to_owned()));
+        }
+        let cert_path = (env.cert_path.as_deref())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                env.home
+                    .as_deref()
+                    .map(|home| Path::new(home).join(".docker"))
+            })
+            .unwrap_or_else(|| PathBuf::from(".docker"));
+        Ok(EngineAddr::Remote(Remote::Tls {
+            addr: addr.to_owned(),
+            cert_path,
+        }))
     }
 
     /// bollard's client for this address; requests time out after `timeout_seconds`.
@@ -53,6 +106,9 @@ impl EngineAddr {
                 Docker::connect_with_unix(&path.to_string_lossy(), timeout_seconds, version)
             }
             EngineAddr::Tcp(addr) => Docker::connect_with_http(addr, timeout_seconds, version),
+            EngineAddr::Remote(remote) => Err(Error::UnsupportedURISchemeError {
+                uri: format!("{remote}: reached through a tunnel"),
+            }),
         }
     }
 
@@ -67,6 +123,11 @@ impl EngineAddr {
         let stream = match self {
             EngineAddr::Unix(path) => Either::Left(UnixStream::connect(path).await?),
             EngineAddr::Tcp(addr) => Either::Right(TcpStream::connect(addr).await?),
+            EngineAddr::Remote(remote) => {
+                return Err(Error::UnsupportedURISchemeError {
+                    uri: format!("{remote}: reached through a tunnel"),
+                });
+            }
         };
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -90,6 +151,7 @@ impl std::fmt::Display for EngineAddr {
         match self {
             EngineAddr::Unix(path) => write!(f, "unix://{}", path.display()),
             EngineAddr::Tcp(addr) => write!(f, "tcp://{addr}"),
+            EngineAddr::Remote(remote) => write!(f, "{remote}"),
         }
     }
 }
@@ -98,45 +160,84 @@ impl std::fmt::Display for EngineAddr {
 mod tests {
     use super::*;
 
+    fn host(docker_host: &str) -> HostEnv {
+        HostEnv {
+            docker_host: Some(docker_host.to_owned()),
+            home: Some("/home/ci".to_owned()),
+            ..HostEnv::default()
+        }
+    }
+
+    fn parse(docker_host: &str) -> Result<EngineAddr, Error> {
+        EngineAddr::parse(&host(docker_host))
+    }
+
     #[test]
     fn docker_host_is_read_as_the_docker_cli_reads_it() {
         let unix = |path: &str| EngineAddr::Unix(PathBuf::from(path));
-        assert_eq!(EngineAddr::parse(None).unwrap(), unix(DEFAULT_SOCKET));
-        assert_eq!(EngineAddr::parse(Some("  ")).unwrap(), unix(DEFAULT_SOCKET));
         assert_eq!(
-            EngineAddr::parse(Some("unix:///tmp/x/docker.sock")).unwrap(),
+            EngineAddr::parse(&HostEnv::default()).unwrap(),
+            unix(DEFAULT_SOCKET)
+        );
+        assert_eq!(parse("  ").unwrap(), unix(DEFAULT_SOCKET));
+        assert_eq!(
+            parse("unix:///tmp/x/docker.sock").unwrap(),
             unix("/tmp/x/docker.sock")
         );
-        for host in [
+        for docker_host in [
             "tcp://127.0.0.1:2375",
             "http://127.0.0.1:2375/",
             " tcp://127.0.0.1:2375 ",
         ] {
             assert_eq!(
-                EngineAddr::parse(Some(host)).unwrap(),
+                parse(docker_host).unwrap(),
                 EngineAddr::Tcp("127.0.0.1:2375".into()),
-                "{host}"
+                "{docker_host}"
             );
         }
-        for host in [
-            "ssh://builder",
+        assert_eq!(
+            parse("ssh://ci@builder:2222").unwrap(),
+            EngineAddr::Remote(Remote::Ssh {
+                destination: "ci@builder".into(),
+                port: Some(2222)
+            })
+        );
+        for docker_host in [
             "npipe:////./pipe/docker_engine",
             "tcp://",
             "127.0.0.1:2375",
+            "ssh://",
         ] {
-            assert!(EngineAddr::parse(Some(host)).is_err(), "{host}");
+            assert!(parse(docker_host).is_err(), "{docker_host}");
         }
+        assert_eq!(parse("tcp://h:1").unwrap().to_string(), "tcp://h:1");
+    }
+
+    #[test]
+    fn tls_verify_makes_tcp_a_tls_engine_with_the_cli_s_certificate_folder() {
+        let mut env = host("tcp://127.0.0.1:2376");
+        env.tls_verify = Some("1".into());
+        let tls = |cert_path: &str| {
+            EngineAddr::Remote(Remote::Tls {
+                addr: "127.0.0.1:2376".into(),
+                cert_path: cert_path.into(),
+            })
+        };
+        assert_eq!(EngineAddr::parse(&env).unwrap(), tls("/home/ci/.docker"));
+        env.cert_path = Some("/certs".into());
+        assert_eq!(EngineAddr::parse(&env).unwrap(), tls("/certs"));
+        env.tls_verify = Some(String::new());
         assert_eq!(
-            EngineAddr::parse(Some("tcp://h:1")).unwrap().to_string(),
-            "tcp://h:1"
+            EngineAddr::parse(&env).unwrap(),
+            EngineAddr::Tcp("127.0.0.1:2376".into()),
+            "an empty DOCKER_TLS_VERIFY is unset, as the docker CLI reads it"
         );
     }
 
     #[test]
     fn both_clients_are_made_from_the_one_address() {
-        let addr = EngineAddr::parse(Some("tcp://127.0.0.1:2375")).unwrap();
-        addr.client(5).unwrap();
-        let missing = EngineAddr::parse(Some("unix:///nonexistent.sock")).unwrap();
+        parse("tcp://127.0.0.1:2375").unwrap().client(5).unwrap();
+        let missing = parse("unix:///nonexistent.sock").unwrap();
         assert!(matches!(
             missing.client(5),
             Err(Error::SocketNotFoundError(path)) if path == "/nonexistent.sock"

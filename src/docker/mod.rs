@@ -3,6 +3,7 @@
 
 mod host;
 mod session;
+mod tunnel;
 
 pub use host::EngineAddr;
 
@@ -38,6 +39,9 @@ pub enum DockerError {
         waited: u64,
         cause: String,
     },
+    /// A remote engine refused us: a certificate, a key, ssh. Waiting would not help.
+    #[error("Docker daemon at {host}: {cause}")]
+    RemoteRefused { host: String, cause: String },
     #[error("build failed{}: {message}", step.as_ref().map(|s| format!(" at step `{s}`")).unwrap_or_default())]
     BuildFailed {
         step: Option<String>,
@@ -117,6 +121,8 @@ pub struct Engine {
     /// For the requests bollard 0.21.1 cannot make: BuildKit builds with our own session.
     address: EngineAddr,
     api_prefix: String,
+    /// A remote engine's relay, for as long as the engine is used.
+    _tunnel: Option<tunnel::Tunnel>,
 }
 
 /// The engine's address for messages, and where it came from.
@@ -132,7 +138,14 @@ impl Engine {
     /// Connects, waiting up to `wait` for a daemon that is still starting, as buildspecs do with
     /// `until docker info; do sleep 1; done`.
     pub async fn connect(wait: Duration) -> Result<Engine, DockerError> {
-        let address = EngineAddr::from_env()?;
+        let configured = EngineAddr::from_env()?;
+        let (address, tunnel) = match &configured {
+            EngineAddr::Remote(remote) => {
+                let tunnel = open_tunnel(remote, wait).await?;
+                (EngineAddr::Unix(tunnel.socket()), Some(tunnel))
+            }
+            _ => (configured.clone(), None),
+        };
         let started = Instant::now();
         let mut announced = false;
         loop {
@@ -144,17 +157,18 @@ impl Engine {
             };
             match attempt.await {
                 Ok(docker) => {
-                    tracing::debug!("connected to Docker at {}", describe(&address));
+                    tracing::debug!("connected to Docker at {}", describe(&configured));
                     let api_prefix = format!("/v{}", docker.client_version());
                     return Ok(Engine {
                         docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
                         address,
                         api_prefix,
+                        _tunnel: tunnel,
                     });
                 }
                 Err(err) if started.elapsed() >= wait => {
                     return Err(DockerError::Unreachable {
-                        host: describe(&address),
+                        host: describe(&configured),
                         waited: wait.as_secs(),
                         cause: err.to_string(),
                     });
@@ -164,7 +178,7 @@ impl Engine {
                         tracing::info!(
                             "waiting up to {} s for the Docker daemon at {} ({err})",
                             wait.as_secs(),
-                            describe(&address)
+                            describe(&configured)
                         );
                         announced = true;
                     }
@@ -328,6 +342,44 @@ fn build_options(request: &BuildRequest<'_>) -> BuildImageOptionsBuilder {
         options = options.cachefrom(&request.cache_from.to_vec());
     }
     options
+}
+
+/// Reaches a remote engine: a certificate, key or ssh refusal fails at once; a daemon that does not
+/// answer yet is waited for, up to `wait`.
+async fn open_tunnel(
+    remote: &tunnel::Remote,
+    wait: Duration,
+) -> Result<tunnel::Tunnel, DockerError> {
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        match tunnel::Tunnel::open(remote).await {
+            Ok(tunnel) => return Ok(tunnel),
+            Err(tunnel::ProbeError::Refused(cause)) => {
+                return Err(DockerError::RemoteRefused {
+                    host: remote.to_string(),
+                    cause,
+                });
+            }
+            Err(tunnel::ProbeError::Starting(cause)) if started.elapsed() >= wait => {
+                return Err(DockerError::Unreachable {
+                    host: remote.to_string(),
+                    waited: wait.as_secs(),
+                    cause,
+                });
+            }
+            Err(tunnel::ProbeError::Starting(cause)) => {
+                if !announced {
+                    tracing::info!(
+                        "waiting up to {} s for the Docker daemon at {remote} ({cause})",
+                        wait.as_secs()
+                    );
+                    announced = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// A build session ID must be unique per build; the image name keeps it readable in engine logs.

@@ -7,6 +7,7 @@ mod errors;
 mod exec;
 mod faults;
 mod harness;
+mod remote;
 mod reuse;
 mod secrets;
 mod ssm;

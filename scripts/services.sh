@@ -107,7 +107,7 @@ ecr_build_install() {
 
     local -a missing=()
     local pkg
-    for pkg in docker.io docker-registry busybox-static apache2-utils curl ca-certificates openssl openssh-server openssh-client; do
+    for pkg in docker.io docker-registry busybox-static apache2-utils curl ca-certificates openssl openssh-server openssh-client debootstrap; do
         _ecr_build_pkg_installed "$pkg" || missing+=("$pkg")
     done
     command -v python3 >/dev/null || [[ -x /usr/bin/python3 ]] || missing+=(python3)
@@ -494,6 +494,9 @@ _ecr_build_write_env() {
             "ECR_BUILD_TEST_SSH_HOST=ssh://root@127.0.0.1:$(<"$sd/run/sshd.port")"
             "ECR_BUILD_TEST_SSH_BIN=$sd/ssh/bin"
             "ECR_BUILD_TEST_SSH_WRONG_KEY_BIN=$sd/ssh/wrong-key"
+            # The engine's cgroup parent: a Docker engine started inside a test's container nests
+            # its cgroups below it, so that stopping the services removes them too.
+            "ECR_BUILD_TEST_CGROUP_PARENT=$(<"$sd/run/cgroup-parent")"
             "AWS_ENDPOINT_URL=http://$moto"
             # For tests that need a moto of their own (IAM enforcement, faults).
             "ECR_BUILD_TEST_MOTO_SERVER=$(_ecr_build_venv_dir)/bin/moto_server"
@@ -653,6 +656,41 @@ ecr_build_base_image() {
         _ecr_build_err "docker import of $name failed"
         return 1
     fi
+}
+
+# A Debian bookworm image (debootstrap --variant=minbase, imported) in the daemon at $DOCKER_HOST,
+# standing in for the custom CodeBuild image's base, which cannot be pulled here. The root file
+# system is cached as a tarball, so only the first run pays for debootstrap.
+ecr_build_bookworm_image() {
+    local name=${1:?usage: ecr_build_bookworm_image NAME}
+    local tmp
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/ecrb-bookworm.XXXXXX")
+    if DOCKER_CONFIG=$tmp/cli _ecr_build_docker image inspect "$name" >/dev/null 2>&1; then
+        rm -rf "$tmp"
+        return 0
+    fi
+    local cache tarball
+    cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build
+    tarball=$cache/bookworm-minbase.tar
+    if [[ ! -s $tarball ]]; then
+        command -v debootstrap >/dev/null || _ecr_build_apt_install debootstrap || return 1
+        _ecr_build_log "debootstrap of bookworm (minbase) into $tmp/root, once: cached as $tarball"
+        mkdir -p "$cache"
+        if ! /usr/sbin/debootstrap --variant=minbase bookworm "$tmp/root" http://deb.debian.org/debian \
+            >"$tmp/debootstrap.log" 2>&1; then
+            _ecr_build_err "debootstrap failed"
+            tail -n 20 "$tmp/debootstrap.log" >&2
+            rm -rf --one-file-system "$tmp"
+            return 1
+        fi
+        tar -C "$tmp/root" --numeric-owner -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+    fi
+    _ecr_build_log "importing $tarball as $name"
+    DOCKER_CONFIG=$tmp/cli _ecr_build_docker import - "$name" <"$tarball" >/dev/null || {
+        rm -rf --one-file-system "$tmp"
+        return 1
+    }
+    rm -rf --one-file-system "$tmp"
 }
 
 # _ecr_build_stop_pid NAME PID NEEDLE TIMEOUT: TERM, wait, then KILL. NEEDLE guards against a

@@ -852,6 +852,26 @@ fn services_sh(script: &str, dir: &Path) -> Command {
     command
 }
 
+/// Runs a function of scripts/services.sh against the shared engine; panics with its output if it fails.
+#[track_caller]
+pub fn services_function(script: &str) {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}/scripts/services.sh && {script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .env("DOCKER_HOST", &services().docker_host)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 impl PrivateDockerd {
     /// Starts it after `delay` on a thread; `docker_host()` is known at once.
     pub fn start_after(delay: std::time::Duration) -> Self {

@@ -111,7 +111,13 @@ struct RunContext<'a> {
     rebuild: bool,
     /// How long transient registry faults are retried, per call.
     retry_budget: Duration,
+    /// `--jobs`: how many images build and push at once. Registry look-ups and re-tags of
+    /// unchanged images need no slot.
+    build_slots: tokio::sync::Semaphore,
 }
+
+/// Images whose registry look-ups (and re-tags) go out at once.
+const REGISTRY_FAN_OUT: usize = 32;
 
 impl RunContext<'_> {
     /// The commit images are labelled with, if the run has one.
@@ -142,6 +148,11 @@ async fn build_one(
         seconds: started.elapsed().as_secs_f64(),
     };
     let Some(access) = &run.access else {
+        let _slot = run
+            .build_slots
+            .acquire()
+            .await
+            .map_err(anyhow::Error::from)?;
         let image_id = build_image(run, image, secrets, None).await?;
         return Ok(outcome(image_id, "built (dry run, not pushed)"));
     };
@@ -183,6 +194,11 @@ async fn build_one(
             Ok(outcome(digest, "reused"))
         }
         Action::Build { push } => {
+            let _slot = run
+                .build_slots
+                .acquire()
+                .await
+                .map_err(anyhow::Error::from)?;
             let login = access.current().await?;
             let image_id = build_image(run, image, secrets, Some(&login)).await?;
             let digest = push_tags(run, access, &name, &repository_uri, &image_id, &push).await?;
@@ -305,28 +321,52 @@ async fn push_tags(
     Ok(pushed.expect("a plan has at least one tag"))
 }
 
-/// `ecr-build build`.
-pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) -> Result<()> {
-    let prepared = context::prepare(&plan).await?;
-    let run_tags = run_tags(&plan, sha_flag, &prepared, settings.dry_run)?;
-    let (registry, access, rules, secrets) = if settings.dry_run {
+/// The registry, its access and tag rules, and every image's secrets: from AWS, or for a dry run
+/// without it.
+async fn remote_side(
+    plan: &Plan,
+    dry_run: bool,
+) -> Result<(
+    String,
+    Option<RegistryAccess>,
+    HashMap<String, TagRules>,
+    Vec<SecretValues>,
+)> {
+    if dry_run {
         let (registry, source) = ecr::offline_registry(plan.registry.as_deref());
         tracing::info!(
             "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
         );
-        (
-            registry,
-            None,
-            HashMap::new(),
-            secrets::resolve(&plan, None).await?,
-        )
-    } else {
-        let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
-        let aws = aws::connect(plan.registry.as_deref(), &repositories).await?;
-        let secrets = secrets::resolve(&plan, Some((&aws.ssm, &aws.region))).await?;
-        (aws.registry, Some(aws.access), aws.rules, secrets)
+        let secrets = secrets::resolve(plan, None).await?;
+        return Ok((registry, None, HashMap::new(), secrets));
+    }
+    let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
+    let aws = aws::connect(plan.registry.as_deref(), &repositories).await?;
+    let secrets = secrets::resolve(plan, Some((&aws.ssm, &aws.region))).await?;
+    Ok((aws.registry, Some(aws.access), aws.rules, secrets))
+}
+
+/// `ecr-build build`.
+pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) -> Result<()> {
+    // A run that pushes knows its tags without the contexts: a missing commit fails before any call.
+    let early_tags = match settings.dry_run {
+        false => Some(run_tags(&plan, sha_flag, &[], false)?),
+        true => None,
     };
-    let engine = Engine::connect(settings.docker_timeout).await?;
+    // No idle waits: the contexts are walked and hashed while ECR logs in, the repositories are
+    // checked, the secrets are read and the engine is reached (CodeBuild's dockerd may be starting).
+    let ((prepared, engine), (registry, access, rules, secrets)) = tokio::try_join!(
+        async {
+            tokio::try_join!(context::prepare(&plan), async {
+                Ok(Engine::connect(settings.docker_timeout).await?)
+            })
+        },
+        remote_side(&plan, settings.dry_run),
+    )?;
+    let run_tags = match early_tags {
+        Some(tags) => tags,
+        None => run_tags(&plan, sha_flag, &prepared, true)?,
+    };
     let labels = (run_tags.sha.iter())
         .map(|sha| (REVISION_LABEL.to_owned(), sha.clone()))
         .collect();
@@ -341,6 +381,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         rules,
         rebuild: settings.rebuild,
         retry_budget: settings.retry_budget,
+        build_slots: tokio::sync::Semaphore::new(settings.jobs),
     };
     let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
         futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())
@@ -351,7 +392,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
                     (index, name, build_one(run, image, secrets).await)
                 }
             })
-            .buffer_unordered(settings.jobs)
+            .buffer_unordered(REGISTRY_FAN_OUT)
             .collect()
             .await;
     outcomes.sort_by_key(|(index, _, _)| *index);

@@ -3,10 +3,11 @@
 //! of the example app against the test registry and moto.
 //!
 //! Its base image is made here (debootstrap of bookworm, imported), and it takes the ecr-build
-//! binary under test instead of compiling one. This machine's capability bounding set lacks
-//! CAP_SYS_RESOURCE, so `docker run --privileged` fails ("unable to apply caps"): the container gets
-//! every other capability, no seccomp or AppArmor profile, unmasked system paths and the host's
-//! cgroups writable, which is what privileged mode gives dockerd in CodeBuild.
+//! binary under test instead of compiling one. On Docker 28 the container runs `--privileged`, as
+//! CodeBuild runs it. This machine's capability bounding set lacks CAP_SYS_RESOURCE, and Docker
+//! 20.10's `--privileged` then fails ("unable to apply caps"): there the container gets every other
+//! capability, no seccomp or AppArmor profile, unmasked system paths and writable cgroups, which is
+//! what privileged mode gives dockerd.
 
 use std::path::Path;
 
@@ -74,28 +75,24 @@ fn the_custom_codebuild_image_starts_docker_and_builds_the_example_app() {
     let sha = new_sha();
     let mount = |from: &Path, to: &str| format!("{}:{to}", from.display());
     let env = |name: &str| format!("{name}={}", std::env::var(name).unwrap());
-    let mut args: Vec<String> = [
-        "run",
-        "--rm",
-        "--cap-add",
-        "ALL",
-        "--cap-drop",
-        "SYS_RESOURCE",
-        "--security-opt",
-        "seccomp=unconfined",
-        "--security-opt",
-        "apparmor=unconfined",
-        "--security-opt",
-        "systempaths=unconfined",
-        "--network",
-        "host",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "-w",
-        "/src",
-    ]
-    .map(str::to_owned)
-    .into();
+    let mut args: Vec<String> = ["run", "--rm", "--network", "host", "-w", "/src"]
+        .map(str::to_owned)
+        .into();
+    // Docker 28 grants privileged mode with the capabilities the machine has; Docker 20.10 asks for
+    // every capability and fails, so there it is spelt out without CAP_SYS_RESOURCE.
+    if std::env::var("ECR_BUILD_ENGINE").as_deref() == Ok("28") {
+        args.push("--privileged".into());
+    } else {
+        let privileges = [
+            "--cap-add=ALL",
+            "--cap-drop=SYS_RESOURCE",
+            "--security-opt=seccomp=unconfined",
+            "--security-opt=apparmor=unconfined",
+            "--security-opt=systempaths=unconfined",
+            "--volume=/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        ];
+        args.extend(privileges.map(str::to_owned));
+    }
     args.extend(["-v".into(), mount(ws.path(), "/src")]);
     args.extend(["-v".into(), mount(seed.path(), "/seed:ro")]);
     for variable in [

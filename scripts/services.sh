@@ -125,22 +125,25 @@ ecr_build_install() {
     if ((with_moto)); then
         _ecr_build_install_moto || return 1
     fi
-    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 || ${ECR_BUILD_ENGINES:-} == *28* ]]; then
+    # The tests need Docker Compose 2.40 (fetched with Docker 28) whatever the engine.
+    if ((with_moto)) || [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
         _ecr_build_install_engine28 || return 1
     fi
 }
 
 # Docker 28.5 from Debian sid, unpacked below $(_ecr_build_engine28_dir)/root: dockerd, containerd
-# and its shim, the docker CLI and the buildx plugin. Skipped when already there.
+# and its shim, the docker CLI, the buildx plugin, and Docker Compose 2.40 (the tests' reference for
+# reading Compose files). Skipped when already there.
 _ecr_build_install_engine28() {
     local dir root
     dir=$(_ecr_build_engine28_dir)
     root=$dir/root
     if [[ -x $root/usr/sbin/dockerd && -x $root/usr/bin/containerd && -x $root/usr/bin/docker &&
-        -x $root/usr/libexec/docker/cli-plugins/docker-buildx ]]; then
+        -x $root/usr/libexec/docker/cli-plugins/docker-buildx &&
+        -x $root/usr/libexec/docker/cli-plugins/docker-compose ]]; then
         return 0
     fi
-    _ecr_build_log "fetching Docker 28 (docker.io, docker-cli, containerd, docker-buildx) from Debian sid into $dir"
+    _ecr_build_log "fetching Docker 28 (docker.io, docker-cli, containerd, docker-buildx, docker-compose) from Debian sid into $dir"
     local apt=$dir/apt
     rm -rf "${dir:?}"
     mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$dir/debs" "$root"
@@ -149,7 +152,7 @@ _ecr_build_install_engine28() {
         -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root)
     local log=$dir/apt.log
     if ! apt-get -q "${opts[@]}" update >"$log" 2>&1 ||
-        ! (cd "$dir/debs" && apt-get -q "${opts[@]}" download docker.io docker-cli containerd docker-buildx) >>"$log" 2>&1; then
+        ! (cd "$dir/debs" && apt-get -q "${opts[@]}" download docker.io docker-cli containerd docker-buildx docker-compose) >>"$log" 2>&1; then
         _ecr_build_err "could not fetch Docker 28 from Debian sid"
         tail -n 20 "$log" >&2
         return 1
@@ -486,6 +489,7 @@ _ecr_build_write_env() {
             "ECR_BUILD_ENGINE=${ECR_BUILD_ENGINE:-20.10}"
             "ECR_BUILD_TEST_DOCKER_CLI=$(_ecr_build_engine_cli)"
             "ECR_BUILD_TEST_BUILDX=$(_ecr_build_engine_buildx)"
+            "ECR_BUILD_TEST_COMPOSE=$(_ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-compose"
             # The same engine over TLS (client certificates in tls/client; tls/wrong-ca trusts
             # another CA) and through ssh (PATH=ssh/bin or ssh/wrong-key first, user root).
             "ECR_BUILD_TEST_TLS_HOST=tcp://127.0.0.1:$(<"$sd/run/tls.port")"

@@ -89,6 +89,17 @@ pub struct PlanArgs {
     #[arg(long, short = 'c', value_name = "FILE", env = "ECR_BUILD_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Compose file whose services with `build:` are the images, repeatable, merged in order as
+    /// `docker compose -f A -f B` merges them [default: the config's `compose`, else Compose's
+    /// default files when there is no ecr-build.toml]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ECR_BUILD_COMPOSE",
+        value_delimiter = ','
+    )]
+    pub compose: Vec<PathBuf>,
+
     /// Registry host to push to, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com [default: the ECR login's endpoint]
     #[arg(long, value_name = "HOST", env = "ECR_BUILD_REGISTRY")]
     pub registry: Option<String>,

@@ -10,15 +10,22 @@ use crate::config::{Builder, ImagePlan};
 /// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
 /// different inputs can produce the same bytes.
 pub fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+    let mut inputs = serde_json::json!({
         "builder": format!("{builder:?}"),
         "dockerfile": dockerfile_in_context,
         "target": image.target,
         "build_args": image.build_args,
         "secret_ids": image.secrets.iter().map(|(id, _)| id).collect::<Vec<_>>(),
         "ssm_path": image.ssm_path,
-    }))
-    .expect("plain values serialize")
+    });
+    // Only where set, so that images which have neither keep the digests they had.
+    if let Some(platform) = &image.platform {
+        inputs["platform"] = platform.as_str().into();
+    }
+    if !image.labels.is_empty() {
+        inputs["labels"] = serde_json::json!(image.labels);
+    }
+    serde_json::to_vec(&inputs).expect("plain values serialize")
 }
 
 /// The tag that marks an image by the digest of everything that decided it.
@@ -337,6 +344,10 @@ mod tests {
             ssm_path: None,
             allow_secret_build_args: false,
             cache_from: Vec::new(),
+            dockerfile_inline: None,
+            network: None,
+            platform: None,
+            labels: Vec::new(),
         }
     }
 

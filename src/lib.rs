@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod aws;
 pub mod cli;
+pub mod compose;
 pub mod config;
 pub mod context;
 pub mod decide;

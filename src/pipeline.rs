@@ -74,16 +74,11 @@ pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
     tracing::info!("registry {registry} (from {source})");
     let images = prepared
         .iter()
-        .map(|p| PlannedImage {
-            name: &p.plan.name,
-            repository: &p.plan.repository,
-            context: &p.plan.context,
-            dockerfile: &p.plan.dockerfile,
-            target: p.plan.target.as_deref(),
-            context_digest: &p.digest,
-            uris: (run_tags.tags.iter())
+        .map(|p| {
+            let uris = (run_tags.tags.iter())
                 .map(|t| format!("{registry}/{}:{t}", p.plan.repository))
-                .collect(),
+                .collect();
+            PlannedImage::new(&p.plan, &p.digest, uris)
         })
         .collect();
     let output = PlanOutput {
@@ -217,7 +212,8 @@ async fn build_image(
     let name = image.plan.name.as_str();
     let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
     let primary = format!("{repository_uri}:{}", run.tags[0]);
-    let mut labels = run.labels.clone();
+    let mut labels = image.plan.labels.clone();
+    labels.extend(run.labels.iter().cloned());
     labels.push((CONTEXT_DIGEST_LABEL.into(), image.digest.clone()));
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
@@ -251,7 +247,8 @@ async fn build_image(
         reference: &primary,
         dockerfile: &dockerfile,
         target: image.plan.target.as_deref(),
-        network: run.network,
+        network: image.plan.network.as_deref().or(run.network),
+        platform: image.plan.platform.as_deref(),
         builder: run.builder,
         build_args: &build_args,
         labels: &labels,

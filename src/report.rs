@@ -1,10 +1,12 @@
 //! Results on stdout: the plan's JSON and the summary of a build, one line per image. Logs go to
 //! stderr through `tracing`; nothing else writes to stdout.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
 
+use crate::config::ImagePlan;
 use crate::error::Result;
 use crate::output;
 
@@ -85,9 +87,48 @@ pub struct PlannedImage<'a> {
     pub repository: &'a str,
     pub context: &'a Path,
     pub dockerfile: &'a Path,
+    /// The Dockerfile's text where a Compose file gives it inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile_inline: Option<&'a str>,
     pub target: Option<&'a str>,
+    pub build_args: BTreeMap<&'a str, &'a str>,
+    pub labels: BTreeMap<&'a str, &'a str>,
+    pub cache_from: &'a [String],
+    /// Secret ids and where their values come from (`ssm:NAME`, `env:VAR`, `file:PATH`).
+    pub secrets: BTreeMap<&'a str, String>,
+    pub platform: Option<&'a str>,
+    pub network: Option<&'a str>,
     pub context_digest: &'a str,
     pub uris: Vec<String>,
+}
+
+impl<'a> PlannedImage<'a> {
+    pub fn new(image: &'a ImagePlan, context_digest: &'a str, uris: Vec<String>) -> Self {
+        let pairs = |pairs: &'a [(String, String)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        };
+        Self {
+            name: &image.name,
+            repository: &image.repository,
+            context: &image.context,
+            dockerfile: &image.dockerfile,
+            dockerfile_inline: image.dockerfile_inline.as_deref(),
+            target: image.target.as_deref(),
+            build_args: pairs(&image.build_args),
+            labels: pairs(&image.labels),
+            cache_from: &image.cache_from,
+            secrets: (image.secrets.iter())
+                .map(|(id, source)| (id.as_str(), source.to_string()))
+                .collect(),
+            platform: image.platform.as_deref(),
+            network: image.network.as_deref(),
+            context_digest,
+            uris,
+        }
+    }
 }
 
 pub fn print_plan(plan: &PlanOutput<'_>) -> serde_json::Result<()> {

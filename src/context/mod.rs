@@ -119,6 +119,20 @@ pub struct ContextFiles {
 /// Walks `context_dir` as `docker build` does. A relative `dockerfile` is relative to the context
 /// dir; a Dockerfile outside the context is added under a generated name, as docker CLI does.
 pub fn collect(context_dir: &Path, dockerfile: &Path) -> Result<ContextFiles, ContextError> {
+    collect_with(context_dir, DockerfileSource::Path(dockerfile))
+}
+
+/// Where the Dockerfile comes from: a file, or its text (Compose's `dockerfile_inline`), which
+/// travels like a Dockerfile from outside the context.
+pub enum DockerfileSource<'a> {
+    Path(&'a Path),
+    Inline(&'a str),
+}
+
+pub fn collect_with(
+    context_dir: &Path,
+    dockerfile: DockerfileSource<'_>,
+) -> Result<ContextFiles, ContextError> {
     // Docker resolves symlinks in both paths before relating them.
     let root = fs::canonicalize(context_dir).map_err(|cause| ContextError::ContextDir {
         path: context_dir.to_owned(),
@@ -129,6 +143,27 @@ pub fn collect(context_dir: &Path, dockerfile: &Path) -> Result<ContextFiles, Co
             path: context_dir.to_owned(),
         });
     }
+    let (dockerfile_rel, outside) = match dockerfile {
+        DockerfileSource::Path(path) => match locate_dockerfile(&root, path)? {
+            Ok(rel) => (Some(rel), None),
+            Err(outside) => {
+                let content = fs::read(&outside).map_err(|cause| ContextError::Dockerfile {
+                    path: outside.clone(),
+                    cause,
+                })?;
+                (None, Some(content))
+            }
+        },
+        DockerfileSource::Inline(text) => (None, Some(text.as_bytes().to_vec())),
+    };
+    walk_context(root, dockerfile_rel, outside)
+}
+
+/// The Dockerfile's path inside the context (`Ok`), or its resolved path outside it (`Err`).
+fn locate_dockerfile(
+    root: &Path,
+    dockerfile: &Path,
+) -> Result<Result<String, PathBuf>, ContextError> {
     let given_dockerfile = root.join(dockerfile);
     let dockerfile_path =
         fs::canonicalize(&given_dockerfile).map_err(|cause| ContextError::Dockerfile {
@@ -140,17 +175,23 @@ pub fn collect(context_dir: &Path, dockerfile: &Path) -> Result<ContextFiles, Co
             path: given_dockerfile,
         });
     }
-    let dockerfile_rel = match dockerfile_path.strip_prefix(&root) {
-        Ok(rel) => Some(
-            rel.to_str()
-                .ok_or_else(|| ContextError::NonUtf8Path {
-                    path: dockerfile_path.clone(),
-                })?
-                .to_owned(),
-        ),
-        Err(_) => None,
-    };
+    match dockerfile_path.strip_prefix(root) {
+        Ok(rel) => Ok(Ok(rel
+            .to_str()
+            .ok_or_else(|| ContextError::NonUtf8Path {
+                path: dockerfile_path.clone(),
+            })?
+            .to_owned())),
+        Err(_) => Ok(Err(dockerfile_path)),
+    }
+}
 
+/// The walk with `.dockerignore`, and a Dockerfile from outside the context (`outside`) added.
+fn walk_context(
+    root: PathBuf,
+    dockerfile_rel: Option<String>,
+    outside: Option<Vec<u8>>,
+) -> Result<ContextFiles, ContextError> {
     let ignore_path = root.join(DOCKERIGNORE);
     let ignore_bytes = match fs::read(&ignore_path) {
         Ok(bytes) => Some(bytes),
@@ -175,9 +216,11 @@ pub fn collect(context_dir: &Path, dockerfile: &Path) -> Result<ContextFiles, Co
         .flatten()
         .collect();
     let mut entries = walk(&root, &ignore, &build_files)?;
-    let dockerfile = match dockerfile_rel {
-        Some(rel) => rel,
-        None => add_outside_dockerfile(&mut entries, &dockerfile_path, ignore_bytes)?,
+    let dockerfile = match (dockerfile_rel, outside) {
+        (Some(rel), _) => rel,
+        (None, content) => {
+            add_outside_dockerfile(&mut entries, content.unwrap_or_default(), ignore_bytes)
+        }
     };
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok(ContextFiles {
@@ -269,13 +312,9 @@ fn walk(
 /// The name comes from the content rather than randomness, keeping the context reproducible.
 fn add_outside_dockerfile(
     entries: &mut Vec<Entry>,
-    dockerfile: &Path,
+    content: Vec<u8>,
     ignore_bytes: Option<Vec<u8>>,
-) -> Result<String, ContextError> {
-    let content = fs::read(dockerfile).map_err(|cause| ContextError::Dockerfile {
-        path: dockerfile.to_owned(),
-        cause,
-    })?;
+) -> String {
     let name = format!(
         ".dockerfile.{}",
         &format!("{:x}", Sha256::digest(&content))[..20]
@@ -299,7 +338,7 @@ fn add_outside_dockerfile(
         mode: ADDED_FILE_MODE,
         kind: EntryKind::MemoryFile(content),
     });
-    Ok(name)
+    name
 }
 
 impl ContextFiles {
@@ -383,8 +422,12 @@ fn prepare_one(
     withheld: &[PathBuf],
 ) -> crate::error::Result<PreparedImage> {
     let name = image.name.as_str();
+    let dockerfile = match &image.dockerfile_inline {
+        Some(text) => DockerfileSource::Inline(text),
+        None => DockerfileSource::Path(&image.dockerfile),
+    };
     let mut files =
-        collect(&image.context, &image.dockerfile).map_err(|err| ConfigError::Invalid {
+        collect_with(&image.context, dockerfile).map_err(|err| ConfigError::Invalid {
             origin: format!("image {name}"),
             message: err.to_string(),
         })?;

@@ -338,6 +338,9 @@ fn build_options(request: &BuildRequest<'_>) -> BuildImageOptionsBuilder {
     if let Some(network) = request.network {
         options = options.networkmode(network);
     }
+    if let Some(platform) = request.platform {
+        options = options.platform(platform);
+    }
     if !request.cache_from.is_empty() {
         options = options.cachefrom(&request.cache_from.to_vec());
     }
@@ -403,6 +406,8 @@ pub struct BuildRequest<'a> {
     pub dockerfile: &'a str,
     pub target: Option<&'a str>,
     pub network: Option<&'a str>,
+    /// `linux/arm64`; `None`: the engine's own platform.
+    pub platform: Option<&'a str>,
     pub builder: Builder,
     pub build_args: &'a [(String, String)],
     pub labels: &'a [(String, String)],

@@ -151,7 +151,7 @@ fn no_config_and_no_repository_is_a_usage_error() {
         .args(["build"])
         .run()
         .failure(2)
-        .stderr_has("no ecr-build.toml in");
+        .stderr_has("no ecr-build.toml or Compose file in");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod build;
 mod codebuild;
+mod compose;
 mod dockerignore;
 mod errors;
 mod exec;

@@ -12,6 +12,10 @@ use crate::cli::{BuilderArg, ImageUriArg, PlanArgs, SingleImageArgs};
 use crate::reference::{check_repository, normalize_registry};
 use crate::tags::TagTemplate;
 
+mod from_compose;
+
+use from_compose::plan_from_compose;
+
 pub const DEFAULT_CONFIG_FILE: &str = "ecr-build.toml";
 const DEFAULT_TAG: &str = "{sha}";
 
@@ -95,6 +99,8 @@ impl From<BuilderArg> for Builder {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    /// Compose files that list the images, relative to this file.
+    compose: Option<Vec<PathBuf>>,
     registry: Option<String>,
     ssm_path: Option<String>,
     tags: Option<Vec<String>>,
@@ -105,9 +111,10 @@ struct ConfigFile {
     images: Option<IndexMap<String, ImageSection>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `[artifacts]`, or `artifacts:` in a Compose file's `x-ecr-build:`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ArtifactsSection {
+pub struct ArtifactsSection {
     dir: Option<PathBuf>,
     image_uri: Option<ImageUriKind>,
     imagedefinitions: Option<FileSetting>,
@@ -115,8 +122,23 @@ struct ArtifactsSection {
     build_json: Option<FileSetting>,
 }
 
+impl ArtifactsSection {
+    /// Takes from `other` what this one leaves unset.
+    fn fill_from(&mut self, other: &ArtifactsSection) {
+        self.dir = self.dir.take().or_else(|| other.dir.clone());
+        self.image_uri = self.image_uri.or(other.image_uri);
+        self.imagedefinitions =
+            (self.imagedefinitions.take()).or_else(|| other.imagedefinitions.clone());
+        self.image_detail = self
+            .image_detail
+            .take()
+            .or_else(|| other.image_detail.clone());
+        self.build_json = self.build_json.take().or_else(|| other.build_json.clone());
+    }
+}
+
 /// `"name"` or `false` (don't write) or `true` (the default).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum FileSetting {
     Enabled(bool),
@@ -212,6 +234,14 @@ pub struct ImagePlan {
     /// Images whose inline BuildKit cache a build may reuse: `REPO:TAG` in the run's registry, or a
     /// full reference with its own registry host.
     pub cache_from: Vec<String>,
+    /// The Dockerfile's text, when a Compose file gives it inline (`dockerfile` is then nominal).
+    pub dockerfile_inline: Option<String>,
+    /// The network mode of this image's RUN steps, where it differs from the run's.
+    pub network: Option<String>,
+    /// The platform to build for (`linux/arm64`); `None`: the engine's own.
+    pub platform: Option<String>,
+    /// Labels the image gets besides ecr-build's own.
+    pub labels: Vec<(String, String)>,
 }
 
 impl ImagePlan {
@@ -250,48 +280,71 @@ impl ArtifactsPlan {
 
 /// Reads the config file (if any) and merges it with the command line.
 pub fn load(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Plan, ConfigError> {
-    let config_path = match (&args.config, &args.single.repository) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::Usage(
-                "--config and --repository exclude each other: describe the image in the config file, \
-                 or drop --config to build one image from flags"
-                    .into(),
-            ));
-        }
-        (Some(path), None) => Some(cwd.join(path)),
-        (None, Some(_)) => None,
-        (None, None) => {
-            let default = cwd.join(DEFAULT_CONFIG_FILE);
-            if !default.is_file() {
-                return Err(ConfigError::Usage(format!(
-                    "no {DEFAULT_CONFIG_FILE} in {} and no --repository: give --config FILE, or \
-                     --repository REPO [--context DIR] for a single image",
-                    cwd.display()
-                )));
-            }
-            Some(default)
-        }
-    };
-    match config_path {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            plan_from_file(&path, &text, args, flags, cwd)
-        }
-        None => plan_from_flags(args, flags, cwd),
+    let compose: Vec<PathBuf> = args
+        .compose
+        .iter()
+        .map(|file| clean(&cwd.join(file)))
+        .collect();
+    if args.single.repository.is_some() && (args.config.is_some() || !compose.is_empty()) {
+        return Err(ConfigError::Usage(
+            "--repository excludes --config and --compose: describe the images in the file, or drop \
+             it to build one image from flags"
+                .into(),
+        ));
     }
+    let config_path = match (&args.config, &args.single.repository) {
+        (Some(path), _) => Some(cwd.join(path)),
+        (None, Some(_)) => return plan_from_flags(args, flags, cwd),
+        (None, None) => Some(cwd.join(DEFAULT_CONFIG_FILE)).filter(|path| path.is_file()),
+    };
+    let Some(path) = config_path else {
+        return match (compose.is_empty(), crate::compose::default_files(cwd)) {
+            (false, _) => plan_from_compose(compose, None, args, flags, cwd),
+            (true, Some(files)) => {
+                tracing::info!(
+                    "no {DEFAULT_CONFIG_FILE}: the images are the services of {}",
+                    files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                );
+                plan_from_compose(files, None, args, flags, cwd)
+            }
+            (true, None) => Err(ConfigError::Usage(format!(
+                "no {DEFAULT_CONFIG_FILE} or Compose file in {} and no --repository: give --config FILE, \
+                 --compose FILE, or --repository REPO [--context DIR] for a single image",
+                cwd.display()
+            ))),
+        };
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let file = parse_config_file(&path, &text)?;
+    let base = path.parent().unwrap_or(cwd);
+    let named: Vec<PathBuf> = (file.compose.iter().flatten())
+        .map(|f| clean(&base.join(f)))
+        .collect();
+    match (compose.is_empty(), named.is_empty()) {
+        (true, true) => plan_from_file(&path, file, args, flags, cwd),
+        (false, _) => plan_from_compose(compose, Some((path, file)), args, flags, cwd),
+        (true, false) => plan_from_compose(named, Some((path, file)), args, flags, cwd),
+    }
+}
+
+fn parse_config_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    toml::from_str(text).map_err(|err| syntax_error(path, text, &err))
 }
 
 fn plan_from_file(
     path: &Path,
-    text: &str,
+    file: ConfigFile,
     args: &PlanArgs,
     flags: ArtifactFlags<'_>,
     cwd: &Path,
 ) -> Result<Plan, ConfigError> {
-    let file: ConfigFile = toml::from_str(text).map_err(|err| syntax_error(path, text, &err))?;
     let origin = path.display().to_string();
     let invalid = |message: String| ConfigError::Invalid {
         origin: origin.clone(),
@@ -396,6 +449,10 @@ fn image_from_section(
             .or_else(|| file_ssm_path.map(str::to_owned)),
         allow_secret_build_args: section.allow_secret_build_args,
         cache_from: section.cache_from,
+        dockerfile_inline: None,
+        network: None,
+        platform: None,
+        labels: Vec::new(),
     })
 }
 
@@ -465,6 +522,10 @@ fn plan_from_flags(
                 ssm_path: None,
                 allow_secret_build_args: false,
                 cache_from: cache_from.clone(),
+                dockerfile_inline: None,
+                network: None,
+                platform: None,
+                labels: Vec::new(),
             }],
             source_dir: context,
         },
@@ -739,9 +800,10 @@ mod tests {
     }
 
     fn parse_with(text: &str, flags: &[&str]) -> Result<Plan, ConfigError> {
+        let path = Path::new("/src/app/ecr-build.toml");
         plan_from_file(
-            Path::new("/src/app/ecr-build.toml"),
-            text,
+            path,
+            parse_config_file(path, text)?,
             &args(flags),
             ArtifactFlags::default(),
             Path::new("/work"),
@@ -856,9 +918,10 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
             output_dir: Some(Path::new("elsewhere")),
             image_uri: Some(ImageUriKind::Tag),
         };
+        let path = Path::new("/src/app/ecr-build.toml");
         let plan = plan_from_file(
-            Path::new("/src/app/ecr-build.toml"),
-            TWO_IMAGES,
+            path,
+            parse_config_file(path, TWO_IMAGES).unwrap(),
             &args(&[]),
             flags,
             Path::new("/work"),
@@ -1015,7 +1078,15 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         let err = load(&none, ArtifactFlags::default(), Path::new("/nonexistent"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no ecr-build.toml in /nonexistent"), "{err}");
+        assert!(
+            err.contains("no ecr-build.toml or Compose file in /nonexistent"),
+            "{err}"
+        );
+        let both = args(&["--compose", "compose.yaml", "--repository", "web"]);
+        assert!(matches!(
+            load(&both, ArtifactFlags::default(), Path::new("/nonexistent")),
+            Err(ConfigError::Usage(_))
+        ));
     }
 }
 
@@ -1043,7 +1114,7 @@ mod proptests {
     fn parse(text: &str) -> Result<Plan, ConfigError> {
         plan_from_file(
             Path::new(CONFIG_PATH),
-            text,
+            parse_config_file(Path::new(CONFIG_PATH), text)?,
             &args(&[]),
             ArtifactFlags::default(),
             Path::new("/work"),

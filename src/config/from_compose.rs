@@ -1,0 +1,212 @@
+//! A plan from Compose files: the services with `build:` are the images. Settings come from the
+//! flags, then the ecr-build.toml that names the files (if any), then the files' `x-ecr-build:`.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    ArtifactFlags, ArtifactsSettings, Builder, ConfigError, ConfigFile, DEFAULT_TAG, ImagePlan,
+    Plan, PlanParts, SecretSource, clean, finish, parse_secret_overrides,
+};
+use crate::cli::PlanArgs;
+use crate::compose::{self, Project, Service};
+
+/// The platforms ecr-build knows, as Docker writes them.
+const PLATFORMS: [&str; 8] = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm64/v8",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/386",
+    "linux/ppc64le",
+    "linux/s390x",
+];
+
+pub(super) fn plan_from_compose(
+    files: Vec<PathBuf>,
+    toml: Option<(PathBuf, ConfigFile)>,
+    args: &PlanArgs,
+    flags: ArtifactFlags<'_>,
+    cwd: &Path,
+) -> Result<Plan, ConfigError> {
+    if let Some((path, file)) = &toml
+        && file
+            .images
+            .as_ref()
+            .is_some_and(|images| !images.is_empty())
+    {
+        return Err(ConfigError::Invalid {
+            origin: path.display().to_string(),
+            message: "the images come from Compose files: remove the [images] tables, or `compose`"
+                .into(),
+        });
+    }
+    let project = compose::load(&files, std::env::vars().collect())?;
+    let invalid = |message: String| ConfigError::Invalid {
+        origin: project.origin.clone(),
+        message,
+    };
+    let images = (project.services.iter())
+        .map(|service| image_plan(service, &project).map_err(&invalid))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (toml_path, file) = match toml {
+        Some((path, file)) => (Some(path), Some(file)),
+        None => (None, None),
+    };
+    let settings = &project.settings;
+    let tags = run_tags(args, file.as_ref(), &project).map_err(&invalid)?;
+    let registry = (args.registry.clone())
+        .or_else(|| file.as_ref().and_then(|f| f.registry.clone()))
+        .or_else(|| settings.registry.clone())
+        .or(one_registry(&project).map_err(&invalid)?);
+    let artifacts = artifacts_settings(flags, file.as_ref(), toml_path.as_deref(), &project, cwd);
+    let pick = |flag: Option<String>, toml: Option<String>, compose: &Option<String>| {
+        flag.or(toml).or_else(|| compose.clone())
+    };
+    let builder = (args.builder.map(Builder::from))
+        .or(file.as_ref().and_then(|f| f.builder))
+        .or(settings.builder)
+        .unwrap_or(Builder::Buildkit);
+    let network = pick(
+        args.network.clone(),
+        file.as_ref().and_then(|f| f.network.clone()),
+        &settings.network,
+    );
+    finish(
+        PlanParts {
+            registry,
+            secret_overrides: parse_secret_overrides(args, cwd)?,
+            tags,
+            network,
+            builder,
+            artifacts,
+            images,
+            source_dir: project.dir.clone(),
+        },
+        &project.origin,
+    )
+}
+
+/// Where the artifacts go and which: the flags, then ecr-build.toml's `[artifacts]` (relative to
+/// its folder), then `x-ecr-build: artifacts:` (relative to the Compose project's).
+fn artifacts_settings(
+    flags: ArtifactFlags<'_>,
+    file: Option<&ConfigFile>,
+    toml_path: Option<&Path>,
+    project: &Project,
+    cwd: &Path,
+) -> ArtifactsSettings {
+    let base = toml_path.and_then(Path::parent).unwrap_or(&project.dir);
+    let mut section = file.map(|f| f.artifacts.clone()).unwrap_or_default();
+    section.fill_from(&project.settings.artifacts);
+    ArtifactsSettings {
+        image_uri: (flags.image_uri).or(section.image_uri).unwrap_or_default(),
+        dir: (flags.output_dir)
+            .map(|d| clean(&cwd.join(d)))
+            .or_else(|| section.dir.as_ref().map(|d| clean(&base.join(d))))
+            .unwrap_or_else(|| cwd.to_path_buf()),
+        imagedefinitions: section.imagedefinitions,
+        image_detail: section.image_detail,
+        build_json: section.build_json,
+    }
+}
+
+/// One service as an image.
+fn image_plan(service: &Service, project: &Project) -> Result<ImagePlan, String> {
+    let name = service
+        .settings
+        .name
+        .clone()
+        .unwrap_or_else(|| service.service.clone());
+    let prefix = |message: String| format!("service {}: {message}", service.service);
+    let platform = match service.platforms.as_slice() {
+        [] => None,
+        [one] if PLATFORMS.contains(&one.as_str()) => Some(one.clone()),
+        [unknown] => {
+            return Err(prefix(format!(
+                "platform `{unknown}` is not one of {}",
+                PLATFORMS.join(", ")
+            )));
+        }
+        several => {
+            return Err(prefix(format!(
+                "platforms {}: ecr-build builds one platform per image (multi-platform images are not \
+                 supported yet); list one",
+                several.join(", ")
+            )));
+        }
+    };
+    let mut secrets = Vec::new();
+    let pairs = (service.secrets.iter()).map(|(id, source)| (id, source));
+    for (id, source) in pairs.chain(&service.settings.secrets) {
+        let source = SecretSource::parse(source, &project.dir)
+            .map_err(|m| prefix(format!("secret {id}: {m}")))?;
+        secrets.retain(|(known, _): &(String, SecretSource)| known != id);
+        secrets.push((id.clone(), source));
+    }
+    Ok(ImagePlan {
+        name,
+        repository: service.repository.clone(),
+        context: clean(&service.context),
+        dockerfile: clean(&service.context.join(&service.dockerfile)),
+        target: service.target.clone(),
+        build_args: service.args.clone(),
+        secrets,
+        ssm_path: (service.settings.ssm_path.clone()).or_else(|| project.settings.ssm_path.clone()),
+        allow_secret_build_args: service.settings.allow_secret_build_args,
+        cache_from: service.cache_from.clone(),
+        dockerfile_inline: service.dockerfile_inline.clone(),
+        network: service.network.clone(),
+        platform,
+        labels: service.labels.clone(),
+    })
+}
+
+/// The configured tag templates, after the tag the services' `image:` names (their primary tag).
+fn run_tags(
+    args: &PlanArgs,
+    file: Option<&ConfigFile>,
+    project: &Project,
+) -> Result<Vec<String>, String> {
+    let mut tags = if args.tags.is_empty() {
+        (file.and_then(|f| f.tags.clone()))
+            .or_else(|| project.settings.tags.clone())
+            .unwrap_or_else(|| vec![DEFAULT_TAG.into()])
+    } else {
+        args.tags.clone()
+    };
+    let mut named = project.services.iter().filter(|s| s.tag.is_some());
+    if let Some(first) = named.next() {
+        let tag = first.tag.clone().expect("filtered");
+        if let Some(other) = named.find(|s| s.tag != first.tag) {
+            return Err(format!(
+                "services {} and {} name different tags in image: ({tag} and {}); a run pushes one set \
+                 of tags",
+                first.service,
+                other.service,
+                other.tag.as_deref().unwrap_or_default()
+            ));
+        }
+        tags.retain(|t| *t != tag);
+        tags.insert(0, tag);
+    }
+    Ok(tags)
+}
+
+/// The registry the services' `image:` names, if they name one; they must agree.
+fn one_registry(project: &Project) -> Result<Option<String>, String> {
+    let mut named = project.services.iter().filter(|s| s.registry.is_some());
+    let Some(first) = named.next() else {
+        return Ok(None);
+    };
+    if let Some(other) = named.find(|s| s.registry != first.registry) {
+        return Err(format!(
+            "services {} and {} push to different registries ({} and {}); a run pushes to one",
+            first.service,
+            other.service,
+            first.registry.as_deref().unwrap_or_default(),
+            other.registry.as_deref().unwrap_or_default()
+        ));
+    }
+    Ok(first.registry.clone())
+}

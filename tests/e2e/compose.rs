@@ -92,6 +92,28 @@ fn a_compose_app_is_built_and_pushed_under_its_interpolated_tag() {
         .stderr_has("compose.yaml and ");
     let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
     assert_eq!(plan["images"][0]["build_args"]["FROM_OVERRIDE"], "yes");
+    // An ecr-build.toml may name the Compose files, and its settings come first.
+    ws.write(
+        "ecr-build.toml",
+        "compose = [\"compose.yaml\"]\ntags = [\"t-{short_sha}\"]\n",
+    );
+    let plan = ws
+        .ecr_build()
+        .args(["plan"])
+        .env("APP_VERSION", "2.0")
+        .env("ECR_BUILD_SHA", &sha)
+        .run()
+        .success();
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(
+        plan["tags"],
+        serde_json::json!(["2.0", format!("t-{}", &sha[..7])])
+    );
+    assert_eq!(
+        plan["images"][0]["build_args"].get("FROM_OVERRIDE"),
+        None,
+        "no override file now"
+    );
 }
 
 /// Projects that exercise what ecr-build reads: override files, list and map args, every form of

@@ -490,6 +490,8 @@ _ecr_build_write_env() {
             "ECR_BUILD_TEST_DOCKER_CLI=$(_ecr_build_engine_cli)"
             "ECR_BUILD_TEST_BUILDX=$(_ecr_build_engine_buildx)"
             "ECR_BUILD_TEST_COMPOSE=$(_ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-compose"
+            # Debian's arm64 busybox-static; QEMU runs it (ecr_build_enable_arm64).
+            "ECR_BUILD_TEST_BUSYBOX_ARM64=$(<"$sd/run/busybox-arm64")"
             # The same engine over TLS (client certificates in tls/client; tls/wrong-ca trusts
             # another CA) and through ssh (PATH=ssh/bin or ssh/wrong-key first, user root).
             "ECR_BUILD_TEST_TLS_HOST=tcp://127.0.0.1:$(<"$sd/run/tls.port")"
@@ -605,6 +607,7 @@ ecr_build_start_services() {
     echo "$tls_port" >"$sd/run/tls.port"
     ECR_BUILD_DOCKERD_TLS_PORT=$tls_port ecr_build_start_dockerd "$sd" || return 1
     _ecr_build_start_sshd "$sd" || return 1
+    ecr_build_enable_arm64 >"$sd/run/busybox-arm64" || return 1
     _ecr_build_start_registry "$sd" || return 1
     _ecr_build_start_moto "$sd" || return 1
     DOCKER_HOST="unix://$sd/docker.sock" ecr_build_base_image "$ECR_BUILD_BASE_IMAGE_NAME" || return 1
@@ -660,6 +663,49 @@ ecr_build_base_image() {
         _ecr_build_err "docker import of $name failed"
         return 1
     fi
+}
+
+# arm64 under emulation, for multi-platform builds: QEMU's aarch64 handler registered with the
+# fix-binary flag (so it works inside builds and containers), and Debian's arm64 busybox-static,
+# downloaded for a private apt config with arm64 added and unpacked, nothing installed; also the
+# s390x one, which no handler runs (a platform the engine cannot run). Prints the arm64 busybox.
+ecr_build_enable_arm64() {
+    _ecr_build_pkg_installed qemu-user-static || _ecr_build_apt_install qemu-user-static || return 1
+    local binfmt=/proc/sys/fs/binfmt_misc
+    if [[ ! -e $binfmt/register ]]; then
+        mount -t binfmt_misc binfmt_misc "$binfmt" || {
+            _ecr_build_err "cannot mount binfmt_misc (root is needed)"
+            return 1
+        }
+    fi
+    if [[ ! -e $binfmt/qemu-aarch64 ]]; then
+        tr -d '\n' </usr/lib/binfmt.d/qemu-aarch64.conf >"$binfmt/register" || {
+            _ecr_build_err "cannot register QEMU's aarch64 handler"
+            return 1
+        }
+    fi
+    local dir busybox
+    dir=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build/busybox-arm64
+    busybox=$dir/root/bin/busybox
+    if [[ ! -x $busybox || ! -x $dir/s390x/bin/busybox ]]; then
+        local apt=$dir/apt
+        rm -rf "${dir:?}"
+        mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$dir/debs"
+        echo "deb http://deb.debian.org/debian bookworm main" >"$apt/sources.list"
+        local -a opts=(-o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=/dev/null
+            -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root
+            -o APT::Architectures::=amd64 -o APT::Architectures::=arm64 -o APT::Architectures::=s390x)
+        if ! apt-get -q "${opts[@]}" update >"$dir/apt.log" 2>&1 ||
+            ! (cd "$dir/debs" && apt-get -q "${opts[@]}" download busybox-static:arm64 busybox-static:s390x) >>"$dir/apt.log" 2>&1; then
+            _ecr_build_err "could not fetch Debian's arm64 busybox-static"
+            tail -n 20 "$dir/apt.log" >&2
+            return 1
+        fi
+        dpkg-deb -x "$dir"/debs/*_arm64.deb "$dir/root" || return 1
+        dpkg-deb -x "$dir"/debs/*_s390x.deb "$dir/s390x" || return 1
+        rm -rf "$apt" "$dir/debs"
+    fi
+    echo "$busybox"
 }
 
 # A Debian bookworm image (debootstrap --variant=minbase, imported) in the daemon at $DOCKER_HOST,

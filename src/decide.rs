@@ -9,7 +9,13 @@ use crate::config::{Builder, ImagePlan};
 
 /// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
 /// different inputs can produce the same bytes.
-pub fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context: &str) -> Vec<u8> {
+/// `platform` is the one the image is built for, where the configuration names one.
+pub fn digest_inputs(
+    image: &ImagePlan,
+    builder: Builder,
+    dockerfile_in_context: &str,
+    platform: Option<&str>,
+) -> Vec<u8> {
     let mut inputs = serde_json::json!({
         "builder": format!("{builder:?}"),
         "dockerfile": dockerfile_in_context,
@@ -19,8 +25,8 @@ pub fn digest_inputs(image: &ImagePlan, builder: Builder, dockerfile_in_context:
         "ssm_path": image.ssm_path,
     });
     // Only where set, so that images which have neither keep the digests they had.
-    if let Some(platform) = &image.platform {
-        inputs["platform"] = platform.as_str().into();
+    if let Some(platform) = platform {
+        inputs["platform"] = platform.into();
     }
     if !image.labels.is_empty() {
         inputs["labels"] = serde_json::json!(image.labels);
@@ -346,15 +352,16 @@ mod tests {
             cache_from: Vec::new(),
             dockerfile_inline: None,
             network: None,
-            platform: None,
+            platforms: Vec::new(),
             labels: Vec::new(),
         }
     }
 
     #[test]
     fn digest_inputs_separate_everything_that_decides_the_image() {
-        let inputs =
-            |image: &ImagePlan, builder, dockerfile| digest_inputs(image, builder, dockerfile);
+        let inputs = |image: &ImagePlan, builder, dockerfile| {
+            digest_inputs(image, builder, dockerfile, None)
+        };
         let base = inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile");
         let mut with_secret = image(&[("A", "1")], None);
         with_secret

@@ -90,6 +90,43 @@ fn object_at<'a>(
     here.as_object_mut()
 }
 
+/// An OCI image index of `children` (platform, manifest), with the run's commit as an annotation:
+/// a new commit is a new index, even where no platform's image changed.
+pub fn index(children: &[(String, Manifest)], revision: Option<&str>) -> Result<Manifest, String> {
+    let manifests: Vec<Value> = (children.iter())
+        .map(|(platform, manifest)| {
+            let (os, architecture, variant) = crate::reference::platform_parts(platform);
+            let mut platform = serde_json::json!({"architecture": architecture, "os": os});
+            if let Some(variant) = variant {
+                platform["variant"] = variant.into();
+            }
+            serde_json::json!({
+                "mediaType": manifest.media_type,
+                "digest": manifest.digest,
+                "size": manifest.bytes.len(),
+                "platform": platform,
+            })
+        })
+        .collect();
+    let mut index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    });
+    if let Some(revision) = revision {
+        index["annotations"] = serde_json::json!({ REVISION_ANNOTATION: revision });
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&index).map_err(|e| e.to_string())?);
+    Ok(Manifest {
+        digest: sha256_digest(&bytes),
+        bytes,
+        media_type: OCI_INDEX.to_owned(),
+    })
+}
+
+/// The OCI annotation (and label) that names the commit an image was built from.
+const REVISION_ANNOTATION: &str = "org.opencontainers.image.revision";
+
 pub fn is_index(manifest: &Manifest) -> bool {
     let essence = manifest
         .media_type
@@ -185,5 +222,36 @@ mod tests {
         };
         assert_eq!(config_digest(&index).unwrap(), None);
         assert!(restamp(&manifest(b"[]"), b"[]", LABEL, "x").is_err());
+    }
+
+    #[test]
+    fn an_index_lists_each_platform_and_names_the_commit() {
+        let amd64 = manifest(&config("aaaa"));
+        let arm64 = manifest(&config("bbbb"));
+        let children = [
+            ("linux/amd64".to_owned(), amd64.clone()),
+            ("linux/arm/v7".to_owned(), arm64.clone()),
+        ];
+        let index = index(&children, Some("cccc")).unwrap();
+        assert_eq!(index.media_type, OCI_INDEX);
+        assert!(is_index(&index));
+        let value: Value = serde_json::from_slice(&index.bytes).unwrap();
+        assert_eq!(value["manifests"][0]["digest"], amd64.digest.as_str());
+        assert_eq!(value["manifests"][0]["size"], amd64.bytes.len());
+        assert_eq!(
+            value["manifests"][0]["platform"],
+            serde_json::json!({"architecture": "amd64", "os": "linux"})
+        );
+        assert_eq!(
+            value["manifests"][1]["platform"],
+            serde_json::json!({"architecture": "arm", "os": "linux", "variant": "v7"})
+        );
+        assert_eq!(value["annotations"][LABEL], "cccc");
+        // Another commit, another index; the same commit, the same one.
+        assert_ne!(
+            super::index(&children, Some("dddd")).unwrap().digest,
+            index.digest
+        );
+        assert_eq!(super::index(&children, Some("cccc")).unwrap(), index);
     }
 }

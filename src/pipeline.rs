@@ -24,7 +24,7 @@ use crate::reuse::ImageRegistry;
 use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
 use crate::tags::{self, BuildEnv, RunTags};
-use crate::{git, retry};
+use crate::{git, multiarch, retry};
 
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
 pub const CONTEXT_DIGEST_LABEL: &str = "dev.ecr-build.context-digest";
@@ -78,7 +78,7 @@ pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
             let uris = (run_tags.tags.iter())
                 .map(|t| format!("{registry}/{}:{t}", p.plan.repository))
                 .collect();
-            PlannedImage::new(&p.plan, &p.digest, uris)
+            PlannedImage::new(p, uris)
         })
         .collect();
     let output = PlanOutput {
@@ -92,23 +92,23 @@ pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
 }
 
 /// The parts of a run every image shares.
-struct RunContext<'a> {
-    engine: &'a Engine,
-    registry: &'a str,
-    tags: &'a [String],
+pub(crate) struct RunContext<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) registry: &'a str,
+    pub(crate) tags: &'a [String],
     labels: Vec<(String, String)>,
     network: Option<&'a str>,
     builder: Builder,
     /// `None` in a dry run.
-    access: Option<RegistryAccess>,
+    pub(crate) access: Option<RegistryAccess>,
     /// Each repository's tag rules, from ECR.
-    rules: HashMap<String, TagRules>,
-    rebuild: bool,
+    pub(crate) rules: HashMap<String, TagRules>,
+    pub(crate) rebuild: bool,
     /// How long transient registry faults are retried, per call.
-    retry_budget: Duration,
+    pub(crate) retry_budget: Duration,
     /// `--jobs`: how many images build and push at once. Registry look-ups and re-tags of
     /// unchanged images need no slot.
-    build_slots: tokio::sync::Semaphore,
+    pub(crate) build_slots: tokio::sync::Semaphore,
 }
 
 /// Images whose registry look-ups (and re-tags) go out at once.
@@ -116,10 +116,19 @@ const REGISTRY_FAN_OUT: usize = 32;
 
 impl RunContext<'_> {
     /// The commit images are labelled with, if the run has one.
-    fn revision(&self) -> Option<&str> {
+    pub(crate) fn revision(&self) -> Option<&str> {
         (self.labels.iter())
             .find(|(name, _)| name == REVISION_LABEL)
             .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The build of an image for one platform (or none): under the run's tags.
+fn single_spec<'a>(run: &'a RunContext<'_>, image: &'a PreparedImage) -> BuildSpec<'a> {
+    BuildSpec {
+        platform: image.plan.platforms.first().map(String::as_str),
+        context_digest: &image.digest,
+        tags: run.tags,
     }
 }
 
@@ -142,13 +151,18 @@ async fn build_one(
         in_registry: run.access.is_some(),
         seconds: started.elapsed().as_secs_f64(),
     };
+    if !image.variants.is_empty() {
+        let (digest, result) = multiarch::build_platforms(run, &image, &secrets).await?;
+        return Ok(outcome(digest, result));
+    }
     let Some(access) = &run.access else {
         let _slot = run
             .build_slots
             .acquire()
             .await
             .map_err(anyhow::Error::from)?;
-        let image_id = build_image(run, image, secrets, None).await?;
+        let spec = single_spec(run, &image);
+        let image_id = build_image(run, &image, secrets, None, spec).await?;
         return Ok(outcome(image_id, "built (dry run, not pushed)"));
     };
     let rules = run.rules.get(repository).cloned().unwrap_or_default();
@@ -195,26 +209,36 @@ async fn build_one(
                 .await
                 .map_err(anyhow::Error::from)?;
             let login = access.current().await?;
-            let image_id = build_image(run, image, secrets, Some(&login)).await?;
+            let spec = single_spec(run, &image);
+            let image_id = build_image(run, &image, secrets, Some(&login), spec).await?;
             let digest = push_tags(run, access, &name, &repository_uri, &image_id, &push).await?;
             Ok(outcome(digest, "pushed"))
         }
     }
 }
 
-/// Builds the image and tags it locally with every run tag; returns the image ID.
-async fn build_image(
+/// What one build makes: an image for `platform` (or the engine's own), labelled with its context
+/// digest, tagged locally with `tags`.
+pub(crate) struct BuildSpec<'a> {
+    pub platform: Option<&'a str>,
+    pub context_digest: &'a str,
+    pub tags: &'a [String],
+}
+
+/// Builds the image and tags it locally with every tag of `spec`; returns the image ID.
+pub(crate) async fn build_image(
     run: &RunContext<'_>,
-    image: PreparedImage,
+    image: &PreparedImage,
     secrets: SecretValues,
     login: Option<&EcrLogin>,
+    spec: BuildSpec<'_>,
 ) -> Result<String> {
     let name = image.plan.name.as_str();
     let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
-    let primary = format!("{repository_uri}:{}", run.tags[0]);
+    let primary = format!("{repository_uri}:{}", spec.tags[0]);
     let mut labels = image.plan.labels.clone();
     labels.extend(run.labels.iter().cloned());
-    labels.push((CONTEXT_DIGEST_LABEL.into(), image.digest.clone()));
+    labels.push((CONTEXT_DIGEST_LABEL.into(), spec.context_digest.to_owned()));
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
         tracing::warn!(
@@ -248,7 +272,7 @@ async fn build_image(
         dockerfile: &dockerfile,
         target: image.plan.target.as_deref(),
         network: image.plan.network.as_deref().or(run.network),
-        platform: image.plan.platform.as_deref(),
+        platform: spec.platform,
         builder: run.builder,
         build_args: &build_args,
         labels: &labels,
@@ -261,19 +285,30 @@ async fn build_image(
         }),
         secrets,
     };
-    let image_id = run
-        .engine
-        .build(request, image.files.into_tar_stream())
-        .await?;
+    let built = (run.engine)
+        .build(request, image.files.clone().into_tar_stream())
+        .await;
+    let image_id = match (built, spec.platform) {
+        (Err(err), Some(platform)) if err.to_string().contains("exec format error") => {
+            return Err(anyhow::Error::new(err)
+                .context(format!(
+                    "the engine cannot run {platform} programs: register QEMU's binfmt handlers on the \
+                     host (in privileged mode: docker run --privileged tonistiigi/binfmt --install all), \
+                     or build {platform} on a host of its own (ecr-build build --platform {platform})"
+                ))
+                .into());
+        }
+        (built, _) => built?,
+    };
     tracing::info!(image = name, "built {primary} ({image_id})");
-    for tag in &run.tags[1..] {
+    for tag in &spec.tags[1..] {
         run.engine.tag(&image_id, &repository_uri, tag).await?;
     }
     Ok(image_id)
 }
 
 /// Pushes `push` in order; every tag must be stored under the same digest, which is returned.
-async fn push_tags(
+pub(crate) async fn push_tags(
     run: &RunContext<'_>,
     access: &RegistryAccess,
     name: &str,

@@ -126,6 +126,37 @@ pub fn qualify_reference(registry: &str, reference: &str) -> String {
     }
 }
 
+/// The platforms ecr-build builds for, as Docker writes them.
+pub const PLATFORMS: [&str; 8] = [
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm64/v8",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/386",
+    "linux/ppc64le",
+    "linux/s390x",
+];
+
+pub fn check_platform(platform: &str) -> Result<(), String> {
+    if PLATFORMS.contains(&platform) {
+        Ok(())
+    } else {
+        Err(format!(
+            "platform `{platform}` is not one of {}",
+            PLATFORMS.join(", ")
+        ))
+    }
+}
+
+/// `linux/arm64/v8` → `("linux", "arm64", Some("v8"))`.
+pub fn platform_parts(platform: &str) -> (&str, &str, Option<&str>) {
+    let mut parts = platform.splitn(3, '/');
+    let os = parts.next().unwrap_or_default();
+    let architecture = parts.next().unwrap_or_default();
+    (os, architecture, parts.next())
+}
+
 /// 127.0.0.0/8, `localhost` and `::1` (the IPv6 address without brackets).
 pub fn is_loopback(name: &str) -> bool {
     name.eq_ignore_ascii_case("localhost")
@@ -178,6 +209,18 @@ mod tests {
         }
         assert!(!is_digest(&format!("sha384:{}", "0".repeat(96))));
         assert!(is_digest(&format!("sha512:{}", "A".repeat(128))));
+    }
+
+    #[test]
+    fn platforms() {
+        assert!(check_platform("linux/arm64").is_ok());
+        assert!(
+            check_platform("linux/arm65")
+                .unwrap_err()
+                .contains("linux/arm65")
+        );
+        assert_eq!(platform_parts("linux/arm/v7"), ("linux", "arm", Some("v7")));
+        assert_eq!(platform_parts("linux/amd64"), ("linux", "amd64", None));
     }
 
     #[test]

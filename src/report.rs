@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::ImagePlan;
+use crate::context::PreparedImage;
 use crate::error::Result;
 use crate::output;
 
@@ -96,14 +96,18 @@ pub struct PlannedImage<'a> {
     pub cache_from: &'a [String],
     /// Secret ids and where their values come from (`ssm:NAME`, `env:VAR`, `file:PATH`).
     pub secrets: BTreeMap<&'a str, String>,
-    pub platform: Option<&'a str>,
+    pub platforms: &'a [String],
     pub network: Option<&'a str>,
     pub context_digest: &'a str,
+    /// With several platforms: each one's context digest, under which its image is found.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub platform_digests: BTreeMap<&'a str, &'a str>,
     pub uris: Vec<String>,
 }
 
 impl<'a> PlannedImage<'a> {
-    pub fn new(image: &'a ImagePlan, context_digest: &'a str, uris: Vec<String>) -> Self {
+    pub fn new(prepared: &'a PreparedImage, uris: Vec<String>) -> Self {
+        let image = &prepared.plan;
         let pairs = |pairs: &'a [(String, String)]| {
             pairs
                 .iter()
@@ -123,9 +127,12 @@ impl<'a> PlannedImage<'a> {
             secrets: (image.secrets.iter())
                 .map(|(id, source)| (id.as_str(), source.to_string()))
                 .collect(),
-            platform: image.platform.as_deref(),
+            platforms: &image.platforms,
             network: image.network.as_deref(),
-            context_digest,
+            context_digest: &prepared.digest,
+            platform_digests: (prepared.variants.iter())
+                .map(|v| (v.platform.as_str(), v.digest.as_str()))
+                .collect(),
             uris,
         }
     }

@@ -82,6 +82,40 @@ impl ImageRegistry<'_> {
         Ok((state, target))
     }
 
+    /// The manifest under `tag`, if there is one.
+    pub async fn manifest(&self, tag: &str) -> Result<Option<Manifest>> {
+        let (client, repository) = (&self.access.client, self.repository);
+        self.access.current().await?;
+        Ok((self.call(&format!("looking up {repository}:{tag}"), || {
+            client.get_manifest(repository, tag)
+        }))
+        .await?)
+    }
+
+    /// What the run's tags hold, for putting `target` (an index) under them.
+    pub async fn tags_state(
+        &self,
+        target: &str,
+        tags: &[String],
+        rules: &TagRules,
+    ) -> Result<RegistryState> {
+        let (client, repository) = (&self.access.client, self.repository);
+        let mut state = RegistryState {
+            unchanged: Some(target.to_owned()),
+            ..RegistryState::default()
+        };
+        for tag in decide::tags_to_look_up(tags, rules, true) {
+            let digest = (self.call(&format!("looking up {repository}:{tag}"), || {
+                client.manifest_digest(repository, tag)
+            }))
+            .await?;
+            if let Some(digest) = digest {
+                state.existing.insert(tag.to_owned(), digest);
+            }
+        }
+        Ok(state)
+    }
+
     /// `built` labelled for `revision`: a new config and manifest, or `built` itself when it already
     /// carries that revision (or is an index, or there is no commit).
     async fn restamped(&self, built: Manifest, revision: Option<&str>) -> Result<ReuseTarget> {

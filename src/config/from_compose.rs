@@ -10,18 +10,6 @@ use super::{
 use crate::cli::PlanArgs;
 use crate::compose::{self, Project, Service};
 
-/// The platforms ecr-build knows, as Docker writes them.
-const PLATFORMS: [&str; 8] = [
-    "linux/amd64",
-    "linux/arm64",
-    "linux/arm64/v8",
-    "linux/arm/v7",
-    "linux/arm/v6",
-    "linux/386",
-    "linux/ppc64le",
-    "linux/s390x",
-];
-
 pub(super) fn plan_from_compose(
     files: Vec<PathBuf>,
     toml: Option<(PathBuf, ConfigFile)>,
@@ -119,23 +107,6 @@ fn image_plan(service: &Service, project: &Project) -> Result<ImagePlan, String>
         .clone()
         .unwrap_or_else(|| service.service.clone());
     let prefix = |message: String| format!("service {}: {message}", service.service);
-    let platform = match service.platforms.as_slice() {
-        [] => None,
-        [one] if PLATFORMS.contains(&one.as_str()) => Some(one.clone()),
-        [unknown] => {
-            return Err(prefix(format!(
-                "platform `{unknown}` is not one of {}",
-                PLATFORMS.join(", ")
-            )));
-        }
-        several => {
-            return Err(prefix(format!(
-                "platforms {}: ecr-build builds one platform per image (multi-platform images are not \
-                 supported yet); list one",
-                several.join(", ")
-            )));
-        }
-    };
     let mut secrets = Vec::new();
     let pairs = (service.secrets.iter()).map(|(id, source)| (id, source));
     for (id, source) in pairs.chain(&service.settings.secrets) {
@@ -157,7 +128,7 @@ fn image_plan(service: &Service, project: &Project) -> Result<ImagePlan, String>
         cache_from: service.cache_from.clone(),
         dockerfile_inline: service.dockerfile_inline.clone(),
         network: service.network.clone(),
-        platform,
+        platforms: service.platforms.clone(),
         labels: service.labels.clone(),
     })
 }

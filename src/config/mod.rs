@@ -101,6 +101,8 @@ impl From<BuilderArg> for Builder {
 struct ConfigFile {
     /// Compose files that list the images, relative to this file.
     compose: Option<Vec<PathBuf>>,
+    /// Every image's platforms, unless the image names its own.
+    platforms: Option<Vec<String>>,
     registry: Option<String>,
     ssm_path: Option<String>,
     tags: Option<Vec<String>>,
@@ -161,6 +163,7 @@ struct ImageSection {
     allow_secret_build_args: bool,
     #[serde(default)]
     cache_from: Vec<String>,
+    platforms: Option<Vec<String>>,
 }
 
 /// Where a build secret's value comes from: `ssm:NAME`, `env:VAR` or `file:PATH`.
@@ -238,8 +241,9 @@ pub struct ImagePlan {
     pub dockerfile_inline: Option<String>,
     /// The network mode of this image's RUN steps, where it differs from the run's.
     pub network: Option<String>,
-    /// The platform to build for (`linux/arm64`); `None`: the engine's own.
-    pub platform: Option<String>,
+    /// The platforms to build for (`linux/arm64`); none: the engine's own. Several make an image
+    /// index of one image each.
+    pub platforms: Vec<String>,
     /// Labels the image gets besides ecr-build's own.
     pub labels: Vec<(String, String)>,
 }
@@ -340,7 +344,7 @@ fn parse_config_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError>
 
 fn plan_from_file(
     path: &Path,
-    file: ConfigFile,
+    mut file: ConfigFile,
     args: &PlanArgs,
     flags: ArtifactFlags<'_>,
     cwd: &Path,
@@ -352,7 +356,7 @@ fn plan_from_file(
     };
     let base = path.parent().unwrap_or(cwd).to_path_buf();
 
-    let sections = file.images.unwrap_or_default();
+    let sections = file.images.take().unwrap_or_default();
     if sections.is_empty() {
         return Err(invalid(
             "no images: add at least one [images.NAME] table with a repository".into(),
@@ -360,9 +364,7 @@ fn plan_from_file(
     }
     let images = sections
         .into_iter()
-        .map(|(name, section)| {
-            image_from_section(name, section, &base, file.ssm_path.as_deref()).map_err(&invalid)
-        })
+        .map(|(name, section)| image_from_section(name, section, &base, &file).map_err(&invalid))
         .collect::<Result<Vec<_>, _>>()?;
 
     let artifacts = ArtifactsSettings {
@@ -406,7 +408,7 @@ fn image_from_section(
     name: String,
     section: ImageSection,
     base: &Path,
-    file_ssm_path: Option<&str>,
+    file: &ConfigFile,
 ) -> Result<ImagePlan, String> {
     let build_args = section
         .build_args
@@ -444,14 +446,14 @@ fn image_from_section(
         target: section.target,
         build_args,
         secrets,
-        ssm_path: section
-            .ssm_path
-            .or_else(|| file_ssm_path.map(str::to_owned)),
+        ssm_path: section.ssm_path.or_else(|| file.ssm_path.clone()),
         allow_secret_build_args: section.allow_secret_build_args,
         cache_from: section.cache_from,
         dockerfile_inline: None,
         network: None,
-        platform: None,
+        platforms: (section.platforms)
+            .or_else(|| file.platforms.clone())
+            .unwrap_or_default(),
         labels: Vec::new(),
     })
 }
@@ -524,7 +526,7 @@ fn plan_from_flags(
                 cache_from: cache_from.clone(),
                 dockerfile_inline: None,
                 network: None,
-                platform: None,
+                platforms: Vec::new(),
                 labels: Vec::new(),
             }],
             source_dir: context,
@@ -617,6 +619,16 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
 
 /// The checks of one image that need nothing else.
 fn check_image(image: &ImagePlan, builder: Builder) -> Result<(), String> {
+    for platform in &image.platforms {
+        crate::reference::check_platform(platform)
+            .map_err(|m| format!("image {}: {m}", image.name))?;
+    }
+    if let Some(twice) = first_duplicate(image.platforms.iter()) {
+        return Err(format!(
+            "image {}: platform {twice} is listed twice",
+            image.name
+        ));
+    }
     check_container_name(&image.name)?;
     check_repository(&image.repository).map_err(|m| format!("image {}: {m}", image.name))?;
     if let Some(target) = &image.target

@@ -25,14 +25,18 @@ impl ContextFiles {
     /// path of context_dir. Reads each file once, on up to 2 threads, in 64 KiB chunks, and keeps
     /// each file's hash, so that the tar stream can prove it sends what was hashed. Blocking.
     pub fn digest(&mut self, extra: &[u8]) -> Result<String, ContextError> {
-        let mut content_hashes = self.hash_disk_files()?.into_iter();
-        for entry in &mut self.entries {
-            if let EntryKind::DiskFile { hash, .. } = &mut entry.kind {
-                *hash = Some(
-                    content_hashes
-                        .next()
-                        .expect("hash_disk_files yields one hash per DiskFile, in entry order"),
-                );
+        // Each file is read once: a second digest (another platform) reuses the hashes.
+        let unhashed = (self.entries.iter())
+            .any(|entry| matches!(entry.kind, EntryKind::DiskFile { hash: None, .. }));
+        if unhashed {
+            let mut content_hashes = self.hash_disk_files()?.into_iter();
+            for entry in &mut self.entries {
+                if let EntryKind::DiskFile { hash, .. } = &mut entry.kind {
+                    *hash =
+                        Some(content_hashes.next().expect(
+                            "hash_disk_files yields one hash per DiskFile, in entry order",
+                        ));
+                }
             }
         }
         let mut hasher = Sha256::new();
@@ -243,16 +247,30 @@ mod tests {
         let dir = TempDir::new();
         dir.write("Dockerfile", "FROM scratch\n");
         dir.write("data", "12345");
+        let before = digest_of(&dir, b"");
         let mut files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
-        let before = files.digest(b"").unwrap();
         dir.write("data", "1234567");
         assert_eq!(
             files.digest(b"").unwrap(),
             before,
             "what a file appends after the walk is not read"
         );
+        let mut files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
         dir.write("data", "123");
         let err = files.digest(b"").unwrap_err().to_string();
         assert!(err.contains("data") && err.contains("shorter"), "{err}");
+    }
+
+    #[test]
+    fn a_second_digest_reads_no_file_again() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write("data", "12345");
+        let mut files = collect(dir.path(), Path::new("Dockerfile")).unwrap();
+        let amd64 = files.digest(b"linux/amd64").unwrap();
+        // Another platform's digest of the same files: their hashes are kept, nothing is read.
+        std::fs::remove_file(dir.path().join("data")).unwrap();
+        let arm64 = files.digest(b"linux/arm64").unwrap();
+        assert_ne!(amd64, arm64);
     }
 }

@@ -73,7 +73,7 @@ fn read_error(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
 }
 
 /// One entry the build sends.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     /// Relative to the context, '/'-separated, no trailing slash.
     path: String,
@@ -82,7 +82,7 @@ struct Entry {
     kind: EntryKind,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum EntryKind {
     Dir,
     Symlink(PathBuf),
@@ -109,7 +109,7 @@ impl Entry {
 
 /// The entries a build sends (directories, regular files, symlinks), after .dockerignore,
 /// sorted by path (byte order), walked once.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ContextFiles {
     root: PathBuf,
     dockerfile: String,
@@ -396,6 +396,15 @@ impl ContextFiles {
 pub struct PreparedImage {
     pub plan: ImagePlan,
     pub files: ContextFiles,
+    /// The context digest; for several platforms, a digest of theirs.
+    pub digest: String,
+    /// With several platforms: each one's context digest (the platform is an input).
+    pub variants: Vec<Variant>,
+}
+
+/// One platform of an image built for several.
+pub struct Variant {
+    pub platform: String,
     pub digest: String,
 }
 
@@ -434,13 +443,32 @@ fn prepare_one(
     for path in files.withhold(withheld) {
         tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
     }
-    let inputs = crate::decide::digest_inputs(&image, builder, files.dockerfile_in_context());
-    let digest = files.digest(&inputs).with_context(|| {
-        format!(
-            "image {name}: cannot hash the context {}",
-            image.context.display()
-        )
-    })?;
+    let dockerfile = files.dockerfile_in_context().to_owned();
+    let mut digest_for = |platform: Option<&str>| {
+        let inputs = crate::decide::digest_inputs(&image, builder, &dockerfile, platform);
+        files.digest(&inputs).with_context(|| {
+            format!(
+                "image {name}: cannot hash the context {}",
+                image.context.display()
+            )
+        })
+    };
+    let mut variants = Vec::new();
+    let digest = match image.platforms.as_slice() {
+        [] => digest_for(None)?,
+        [one] => digest_for(Some(one))?,
+        several => {
+            for platform in several {
+                let digest = digest_for(Some(platform))?;
+                variants.push(Variant {
+                    platform: platform.clone(),
+                    digest,
+                });
+            }
+            let all: Vec<&str> = variants.iter().map(|v| v.digest.as_str()).collect();
+            format!("{:x}", Sha256::digest(all.join("\n")))
+        }
+    };
     tracing::debug!(
         image = name,
         "context {}: {} files, {} bytes, digest {digest}",
@@ -452,6 +480,7 @@ fn prepare_one(
         plan: image,
         files,
         digest,
+        variants,
     })
 }
 

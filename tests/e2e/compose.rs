@@ -272,15 +272,10 @@ fn what_ecr_build_reads_equals_what_docker_compose_reads() {
                 build.get("network").unwrap_or(&null),
                 "{case} {service}: network"
             );
-            let platforms = build
-                .get("platforms")
-                .and_then(|p| p.as_array())
-                .cloned()
-                .unwrap_or_default();
             assert_eq!(
-                ours["platform"].as_str(),
-                platforms.first().and_then(|p| p.as_str()),
-                "{case} {service}"
+                ours["platforms"],
+                list(build.get("platforms")),
+                "{case} {service}: platforms"
             );
             let secret_ids: Vec<String> = (build
                 .get("secrets")

@@ -9,6 +9,7 @@ mod errors;
 mod exec;
 mod faults;
 mod harness;
+mod platforms;
 mod remote;
 mod reuse;
 mod secrets;

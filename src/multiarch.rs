@@ -1,0 +1,134 @@
+//! One image for several platforms: each platform is built (BuildKit's `platform`, so TARGETARCH
+//! and friends are set) or found unchanged under its own `ctx-` tag (the platform is part of its
+//! context digest), then an image index that lists them, with each one's platform and the run's
+//! commit, is put under the run's tags.
+
+use anyhow::Context as _;
+
+use crate::context::PreparedImage;
+use crate::decide::{self, Action, context_tag};
+use crate::error::Result;
+use crate::image;
+use crate::pipeline::{BuildSpec, RunContext, build_image, push_tags};
+use crate::registry::Manifest;
+use crate::reuse::{ImageRegistry, ReuseTarget};
+use crate::secrets::SecretValues;
+
+/// Builds or finds every platform of `image`, then puts their index under the run's tags. Returns
+/// the index's digest (in a dry run, the last image ID) and what happened.
+pub(crate) async fn build_platforms(
+    run: &RunContext<'_>,
+    image: &PreparedImage,
+    secrets: &SecretValues,
+) -> Result<(String, &'static str)> {
+    let name = image.plan.name.as_str();
+    let repository = image.plan.repository.as_str();
+    let repository_uri = format!("{}/{repository}", run.registry);
+    let Some(access) = &run.access else {
+        let mut last = String::new();
+        for variant in &image.variants {
+            let _slot = run
+                .build_slots
+                .acquire()
+                .await
+                .map_err(anyhow::Error::from)?;
+            let tags = [context_tag(&variant.digest)];
+            let spec = BuildSpec {
+                platform: Some(&variant.platform),
+                context_digest: &variant.digest,
+                tags: &tags,
+            };
+            last = build_image(run, image, secrets.clone(), None, spec).await?;
+        }
+        return Ok((last, "built (dry run, not pushed)"));
+    };
+    let registry = ImageRegistry {
+        access,
+        image: name,
+        repository,
+        retry_budget: run.retry_budget,
+    };
+    let mut children = Vec::with_capacity(image.variants.len());
+    let mut built = false;
+    for variant in &image.variants {
+        let ctx_tag = context_tag(&variant.digest);
+        let found = match run.rebuild {
+            true => None,
+            false => registry.manifest(&ctx_tag).await?,
+        };
+        let manifest = match found {
+            Some(manifest) => {
+                tracing::info!(
+                    image = name,
+                    "{}: unchanged, {repository_uri}:{ctx_tag} is {}",
+                    variant.platform,
+                    manifest.digest
+                );
+                manifest
+            }
+            None => {
+                let _slot = run
+                    .build_slots
+                    .acquire()
+                    .await
+                    .map_err(anyhow::Error::from)?;
+                let login = access.current().await?;
+                let tags = [ctx_tag.clone()];
+                let spec = BuildSpec {
+                    platform: Some(&variant.platform),
+                    context_digest: &variant.digest,
+                    tags: &tags,
+                };
+                let image_id = build_image(run, image, secrets.clone(), Some(&login), spec)
+                    .await
+                    .with_context(|| format!("platform {}", variant.platform))?;
+                push_tags(run, access, name, &repository_uri, &image_id, &tags).await?;
+                built = true;
+                (registry.manifest(&ctx_tag).await?).with_context(|| {
+                    format!("{repository_uri}:{ctx_tag} was pushed, yet is not there")
+                })?
+            }
+        };
+        children.push((variant.platform.clone(), manifest));
+    }
+    let index = image::index(&children, run.revision()).map_err(anyhow::Error::msg)?;
+    let digest = index.digest.clone();
+    put_index(run, &registry, &repository_uri, index, image).await?;
+    Ok((digest, if built { "pushed" } else { "reused" }))
+}
+
+/// The index under the run's tags, with the repository's rules: an immutable tag that names
+/// another index is a conflict.
+async fn put_index(
+    run: &RunContext<'_>,
+    registry: &ImageRegistry<'_>,
+    repository_uri: &str,
+    index: Manifest,
+    image: &PreparedImage,
+) -> Result<()> {
+    let rules = (run.rules.get(&image.plan.repository))
+        .cloned()
+        .unwrap_or_default();
+    let state = registry.tags_state(&index.digest, run.tags, &rules).await?;
+    let action = decide::decide(run.tags, "", &state, &rules, false).map_err(|conflict| {
+        anyhow::anyhow!(
+            "{repository_uri}:{conflict} (context digest {})",
+            image.digest
+        )
+    })?;
+    let Action::Reuse { digest, put } = action else {
+        unreachable!("an index that is found is put, never built");
+    };
+    let target = ReuseTarget {
+        manifest: index,
+        new_config: None,
+    };
+    registry.put(&target, &put).await?;
+    for tag in &put {
+        tracing::info!(
+            image = image.plan.name.as_str(),
+            "tagged {repository_uri}:{tag} (index {digest})"
+        );
+    }
+    Ok(())
+}

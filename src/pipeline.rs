@@ -19,7 +19,7 @@ use crate::decide::{self, Action, TagRules};
 use crate::docker::{BuildRequest, DockerError, Engine};
 use crate::error::{Error, Result};
 use crate::reference;
-use crate::reuse::ImageRegistry;
+use crate::reuse::{ImageRegistry, ReuseTarget};
 
 use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
@@ -123,6 +123,30 @@ impl RunContext<'_> {
     }
 }
 
+/// An unchanged image (re-stamped for this commit if it named another) under the tags `put`.
+async fn put_reused(
+    registry: &ImageRegistry<'_>,
+    target: &ReuseTarget,
+    put: &[String],
+    repository_uri: &str,
+    ctx_tag: &str,
+) -> Result<()> {
+    let (name, digest) = (registry.image, &target.manifest.digest);
+    let stamp = match target.new_config {
+        Some(_) => "re-stamped for this commit as",
+        None => "",
+    };
+    tracing::info!(
+        image = name,
+        "unchanged: {repository_uri}:{ctx_tag} {stamp} {digest}; tagging it instead of building"
+    );
+    registry.put(target, put).await?;
+    for tag in put {
+        tracing::info!(image = name, "tagged {repository_uri}:{tag} ({digest})");
+    }
+    Ok(())
+}
+
 /// The build of an image for one platform (or none): under the run's tags.
 fn single_spec<'a>(run: &'a RunContext<'_>, image: &'a PreparedImage) -> BuildSpec<'a> {
     BuildSpec {
@@ -184,22 +208,7 @@ async fn build_one(
     match action {
         Action::Reuse { digest, put } => {
             let target = target.expect("reuse is decided on an image that was found");
-            let stamp = if target.new_config.is_some() {
-                "re-stamped for this commit as"
-            } else {
-                ""
-            };
-            tracing::info!(
-                image = name.as_str(),
-                "unchanged: {repository_uri}:{ctx_tag} {stamp} {digest}; tagging it instead of building"
-            );
-            registry.put(&target, &put).await?;
-            for tag in &put {
-                tracing::info!(
-                    image = name.as_str(),
-                    "tagged {repository_uri}:{tag} ({digest})"
-                );
-            }
+            put_reused(&registry, &target, &put, &repository_uri, &ctx_tag).await?;
             Ok(outcome(digest, "reused"))
         }
         Action::Build { push } => {

@@ -104,6 +104,25 @@ pub struct PlanArgs {
     #[arg(long, value_name = "HOST", env = "ECR_BUILD_REGISTRY")]
     pub registry: Option<String>,
 
+    /// Only these of the configured platforms (fan-out: one CodeBuild job per platform). A run
+    /// restricted by --platform or --only pushes its part under its ctx- tags and writes no artifact
+    #[arg(
+        long = "platform",
+        value_name = "PLATFORM",
+        env = "ECR_BUILD_PLATFORM",
+        value_delimiter = ','
+    )]
+    pub platforms: Vec<String>,
+
+    /// Only these images (by name), as a partial run (see --platform)
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "ECR_BUILD_ONLY",
+        value_delimiter = ','
+    )]
+    pub only: Vec<String>,
+
     /// Commit SHA (40 hex) [default: CODEBUILD_RESOLVED_SOURCE_VERSION, CODEBUILD_SOURCE_VERSION, git rev-parse HEAD]
     #[arg(long, value_name = "SHA", env = "ECR_BUILD_SHA")]
     pub sha: Option<String>,

@@ -27,11 +27,7 @@ pub(crate) async fn build_platforms(
     let Some(access) = &run.access else {
         let mut last = String::new();
         for variant in &image.variants {
-            let _slot = run
-                .build_slots
-                .acquire()
-                .await
-                .map_err(anyhow::Error::from)?;
+            let _slot = run.build_slot().await?;
             let tags = [context_tag(&variant.digest)];
             let spec = BuildSpec {
                 platform: Some(&variant.platform),
@@ -67,11 +63,7 @@ pub(crate) async fn build_platforms(
                 manifest
             }
             None => {
-                let _slot = run
-                    .build_slots
-                    .acquire()
-                    .await
-                    .map_err(anyhow::Error::from)?;
+                let _slot = run.build_slot().await?;
                 let login = access.current().await?;
                 let tags = [ctx_tag.clone()];
                 let spec = BuildSpec {
@@ -93,7 +85,9 @@ pub(crate) async fn build_platforms(
     }
     let index = image::index(&children, run.revision()).map_err(anyhow::Error::msg)?;
     let digest = index.digest.clone();
-    put_index(run, &registry, &repository_uri, index, image).await?;
+    if !run.partial {
+        put_index(run, &registry, &repository_uri, index, image).await?;
+    }
     Ok((digest, if built { "pushed" } else { "reused" }))
 }
 

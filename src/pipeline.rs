@@ -19,7 +19,7 @@ use crate::decide::{self, Action, TagRules};
 use crate::docker::{BuildRequest, DockerError, Engine};
 use crate::error::{Error, Result};
 use crate::reference;
-use crate::reuse::{ImageRegistry, ReuseTarget};
+use crate::reuse::ImageRegistry;
 
 use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
@@ -109,42 +109,34 @@ pub(crate) struct RunContext<'a> {
     /// `--jobs`: how many images build and push at once. Registry look-ups and re-tags of
     /// unchanged images need no slot.
     pub(crate) build_slots: tokio::sync::Semaphore,
+    /// A fan-out job's part: only ctx- tags are pushed.
+    pub(crate) partial: bool,
 }
 
 /// Images whose registry look-ups (and re-tags) go out at once.
 const REGISTRY_FAN_OUT: usize = 32;
 
 impl RunContext<'_> {
+    /// One of the `--jobs` build slots, held while an image builds and pushes.
+    pub(crate) async fn build_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        Ok(self
+            .build_slots
+            .acquire()
+            .await
+            .map_err(anyhow::Error::from)?)
+    }
+
+    /// The tags this run puts: none in a part of a fan-out.
+    pub(crate) fn put_tags(&self) -> &[String] {
+        if self.partial { &[] } else { self.tags }
+    }
+
     /// The commit images are labelled with, if the run has one.
     pub(crate) fn revision(&self) -> Option<&str> {
         (self.labels.iter())
             .find(|(name, _)| name == REVISION_LABEL)
             .map(|(_, value)| value.as_str())
     }
-}
-
-/// An unchanged image (re-stamped for this commit if it named another) under the tags `put`.
-async fn put_reused(
-    registry: &ImageRegistry<'_>,
-    target: &ReuseTarget,
-    put: &[String],
-    repository_uri: &str,
-    ctx_tag: &str,
-) -> Result<()> {
-    let (name, digest) = (registry.image, &target.manifest.digest);
-    let stamp = match target.new_config {
-        Some(_) => "re-stamped for this commit as",
-        None => "",
-    };
-    tracing::info!(
-        image = name,
-        "unchanged: {repository_uri}:{ctx_tag} {stamp} {digest}; tagging it instead of building"
-    );
-    registry.put(target, put).await?;
-    for tag in put {
-        tracing::info!(image = name, "tagged {repository_uri}:{tag} ({digest})");
-    }
-    Ok(())
 }
 
 /// The build of an image for one platform (or none): under the run's tags.
@@ -180,11 +172,7 @@ async fn build_one(
         return Ok(outcome(digest, result));
     }
     let Some(access) = &run.access else {
-        let _slot = run
-            .build_slots
-            .acquire()
-            .await
-            .map_err(anyhow::Error::from)?;
+        let _slot = run.build_slot().await?;
         let spec = single_spec(run, &image);
         let image_id = build_image(run, &image, secrets, None, spec).await?;
         return Ok(outcome(image_id, "built (dry run, not pushed)"));
@@ -196,27 +184,32 @@ async fn build_one(
         repository,
         retry_budget: run.retry_budget,
     };
-    let (state, target) =
-        (registry.look_up(&image.digest, run.tags, &rules, run.rebuild, run.revision())).await?;
-    let action =
-        decide::decide(run.tags, &ctx_tag, &state, &rules, run.rebuild).map_err(|conflict| {
+    let (state, target) = (registry.look_up(
+        &image.digest,
+        run.put_tags(),
+        &rules,
+        run.rebuild,
+        run.revision(),
+    ))
+    .await?;
+    let action = decide::decide(run.put_tags(), &ctx_tag, &state, &rules, run.rebuild).map_err(
+        |conflict| {
             anyhow::anyhow!(
                 "{repository_uri}:{conflict} (context digest {})",
                 image.digest
             )
-        })?;
+        },
+    )?;
     match action {
         Action::Reuse { digest, put } => {
             let target = target.expect("reuse is decided on an image that was found");
-            put_reused(&registry, &target, &put, &repository_uri, &ctx_tag).await?;
+            registry
+                .put_reused(&target, &put, &repository_uri, &ctx_tag)
+                .await?;
             Ok(outcome(digest, "reused"))
         }
         Action::Build { push } => {
-            let _slot = run
-                .build_slots
-                .acquire()
-                .await
-                .map_err(anyhow::Error::from)?;
+            let _slot = run.build_slot().await?;
             let login = access.current().await?;
             let spec = single_spec(run, &image);
             let image_id = build_image(run, &image, secrets, Some(&login), spec).await?;
@@ -423,6 +416,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         rebuild: settings.rebuild,
         retry_budget: settings.retry_budget,
         build_slots: tokio::sync::Semaphore::new(settings.jobs),
+        partial: plan.partial,
     };
     let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
         futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())
@@ -441,6 +435,13 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         .into_iter()
         .map(|(_, name, outcome)| (name, outcome));
     let succeeded = report::summarize(outcomes.collect(), &run_tags.tags)?;
+    if plan.partial {
+        tracing::info!(
+            "a part (--only, --platform): pushed under ctx- tags only, no artifact written; a full run \
+             finds every part, puts the tags and indexes, and writes the artifacts"
+        );
+        return Ok(());
+    }
     Ok(artifacts::write_for(
         &plan.artifacts,
         plan.images.len() > 1,

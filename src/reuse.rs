@@ -194,6 +194,30 @@ impl ImageRegistry<'_> {
         Ok(image::label(&config, CONTEXT_DIGEST_LABEL))
     }
 
+    /// An unchanged image (re-stamped for this commit if it named another) under `tags`, logged.
+    pub async fn put_reused(
+        &self,
+        target: &ReuseTarget,
+        tags: &[String],
+        repository_uri: &str,
+        ctx_tag: &str,
+    ) -> Result<()> {
+        let (name, digest) = (self.image, &target.manifest.digest);
+        let stamp = match target.new_config {
+            Some(_) => "re-stamped for this commit as",
+            None => "",
+        };
+        tracing::info!(
+            image = name,
+            "unchanged: {repository_uri}:{ctx_tag} {stamp} {digest}; tagging it instead of building"
+        );
+        self.put(target, tags).await?;
+        for tag in tags {
+            tracing::info!(image = name, "tagged {repository_uri}:{tag} ({digest})");
+        }
+        Ok(())
+    }
+
     /// Puts the reused image under `tags`: its new config blob first (unless the repository has
     /// it), then the manifest.
     pub async fn put(&self, target: &ReuseTarget, tags: &[String]) -> Result<()> {

@@ -220,6 +220,9 @@ pub struct Plan {
     pub images: Vec<ImagePlan>,
     /// Where `git rev-parse HEAD` is asked for the commit.
     pub source_dir: PathBuf,
+    /// Restricted by --only or --platform: push the part under its ctx- tags, no run tags, no index,
+    /// no artifact; a full run afterwards finds every part and assembles the rest.
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +290,44 @@ impl ArtifactsPlan {
 
 /// Reads the config file (if any) and merges it with the command line.
 pub fn load(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Plan, ConfigError> {
+    let plan = load_all(args, flags, cwd)?;
+    restrict(plan, &args.only, &args.platforms).map_err(ConfigError::Usage)
+}
+
+/// A fan-out job's part of the plan: `only` these images, `platforms` of theirs. Images with no
+/// configured platform are no part of a platform's job.
+fn restrict(mut plan: Plan, only: &[String], platforms: &[String]) -> Result<Plan, String> {
+    if only.is_empty() && platforms.is_empty() {
+        return Ok(plan);
+    }
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !plan.images.iter().any(|i| &i.name == *name))
+    {
+        return Err(format!("--only {unknown}: no image of that name"));
+    }
+    for platform in platforms {
+        crate::reference::check_platform(platform).map_err(|m| format!("--platform: {m}"))?;
+        if !plan.images.iter().any(|i| i.platforms.contains(platform)) {
+            return Err(format!(
+                "--platform {platform}: no image is configured for it"
+            ));
+        }
+    }
+    plan.images
+        .retain(|image| only.is_empty() || only.contains(&image.name));
+    if !platforms.is_empty() {
+        plan.images
+            .retain(|image| image.platforms.iter().any(|p| platforms.contains(p)));
+        for image in &mut plan.images {
+            image.platforms.retain(|p| platforms.contains(p));
+        }
+    }
+    plan.partial = true;
+    Ok(plan)
+}
+
+fn load_all(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Plan, ConfigError> {
     let compose: Vec<PathBuf> = args
         .compose
         .iter()
@@ -617,6 +658,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         artifacts,
         images: parts.images,
         source_dir: parts.source_dir,
+        partial: false,
     })
 }
 
@@ -956,6 +998,42 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
             .unwrap_err()
             .to_string();
         assert!(err.contains("--build-arg `NOVALUE`"), "{err}");
+    }
+
+    #[test]
+    fn a_fan_out_job_takes_its_images_and_platforms_and_is_a_part() {
+        let text = "platforms = [\"linux/amd64\", \"linux/arm64\"]\n[images.web]\nrepository = \"web\"\n\
+                    [images.worker]\nrepository = \"worker\"\nplatforms = [\"linux/amd64\"]\n";
+        let plan = parse(text).unwrap();
+        assert!(!plan.partial);
+        let arm = restrict(plan.clone(), &[], &["linux/arm64".into()]).unwrap();
+        assert!(arm.partial);
+        assert_eq!(arm.images.len(), 1, "worker has no arm64");
+        assert_eq!(arm.images[0].platforms, ["linux/arm64"]);
+        let worker = restrict(plan.clone(), &["worker".into()], &[]).unwrap();
+        assert_eq!(worker.images[0].name, "worker");
+        assert!(
+            restrict(plan.clone(), &["nope".into()], &[])
+                .unwrap_err()
+                .contains("nope")
+        );
+        assert!(
+            restrict(plan.clone(), &[], &["linux/s390x".into()])
+                .unwrap_err()
+                .contains("linux/s390x")
+        );
+        assert!(
+            restrict(plan, &[], &["linux/arm65".into()])
+                .unwrap_err()
+                .contains("linux/arm65")
+        );
+        let unknown = "platforms = [\"linux/arm65\"]\n[images.web]\nrepository = \"web\"\n";
+        assert!(
+            parse(unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("linux/arm65")
+        );
     }
 
     #[test]

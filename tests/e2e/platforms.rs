@@ -144,3 +144,82 @@ fn a_platform_the_engine_cannot_run_fails_its_image_naming_the_platform() {
         .failure(2)
         .stderr_has("linux/arm65");
 }
+
+#[test]
+fn a_fan_out_over_two_engines_then_a_full_run_that_builds_nothing() {
+    let repository = unique("e2e-platforms/fanout");
+    create_repository(&repository);
+    let ws = app(&repository, "\"linux/amd64\", \"linux/arm64\"");
+    // Two hosts, one platform each, at the same time: CodeBuild batch jobs.
+    let mut hosts = [
+        PrivateDockerd::start_after(std::time::Duration::ZERO),
+        PrivateDockerd::start_after(std::time::Duration::ZERO),
+    ];
+    for host in &mut hosts {
+        host.wait_started();
+    }
+    let sha = new_sha();
+    let jobs = std::thread::scope(|scope| {
+        let handles: Vec<_> = (hosts.iter())
+            .zip(["linux/amd64", "linux/arm64"])
+            .map(|(host, platform)| {
+                let (ws, sha, docker_host) = (&ws, &sha, host.docker_host());
+                scope.spawn(move || {
+                    ws.ecr_build()
+                        .args(["build", "--registry", &services().registry])
+                        .env("ECR_BUILD_PLATFORM", platform)
+                        .env("ECR_BUILD_SHA", sha)
+                        .env("DOCKER_HOST", docker_host)
+                        .run()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for job in jobs {
+        let job = job.success().stderr_has("no artifact written");
+        assert_eq!(job.summary("app").tags, std::slice::from_ref(&sha));
+    }
+    assert!(
+        !ws.exists("imagedefinitions.json"),
+        "a part writes no artifact"
+    );
+    assert_eq!(
+        registry_digest(&repository, &sha),
+        None,
+        "a part puts no run tag"
+    );
+
+    // The full run finds every part: it builds nothing, puts the index, writes the artifacts.
+    let full = build(&ws, &sha).success();
+    assert!(
+        !full.stderr.contains("=> "),
+        "a build ran:\n{}",
+        full.stderr
+    );
+    assert!(full.stdout.contains("app reused "), "{}", full.stdout);
+    let index = registry_manifest(&repository, &sha);
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        registry_digest(&repository, &sha),
+        Some(full.summary("app").digest)
+    );
+    assert!(
+        ws.read("imagedefinitions.json")
+            .contains(&format!("{repository}:{sha}\""))
+    );
+    assert!(
+        !image_exists(&format!("{}/{repository}:{sha}", services().registry)),
+        "the full run's engine built nothing"
+    );
+    // Nothing changed: every platform is reused again.
+    let again = build(&ws, &new_sha()).success();
+    assert!(
+        !again.stderr.contains("=> "),
+        "a build ran:\n{}",
+        again.stderr
+    );
+}

@@ -3,7 +3,7 @@
 # PyPI + Debian's docker CLI + printf), on the same Docker engine, registry and moto. Run by hand;
 # not part of CI.
 #
-#   scripts/bench.sh [--rounds N] [--quick] [--bin PATH] [--no-drop-caches] [--keep]
+#   scripts/bench.sh [--rounds N] [--quick] [--bin PATH] [--no-drop-caches] [--keep] [--platforms-only]
 #
 #   --rounds N         rounds per scenario (default 5); each round runs both tools
 #   --quick            2 rounds, a smaller large context (10,000 files, 60 MB) and a 256 MB hashing
@@ -12,6 +12,7 @@
 #                      (e.g. to compare two commits on the same fixtures)
 #   --no-drop-caches   do not drop the page cache for the cold hashing measurement
 #   --keep             keep the services' state dir and the fixtures (their paths are printed)
+#   --platforms-only   only the multi-platform measurement (below)
 #
 # Prints a table (median seconds per tool, ecr-build/shell ratio, the target) and writes it as
 # Markdown to target/bench/results.md; raw times go to target/bench/times.tsv and every run's
@@ -37,6 +38,11 @@
 # is why the engine is reset before each tool's first builds, and why a tool's re-run and
 # one-changed runs follow its own first build directly. Each tool pushes to repositories of its
 # own, so neither sees the other's tags or blobs in the registry.
+# Multi-platform (ecr-build alone: the shell has no equivalent): one image for linux/amd64 and
+# linux/arm64 (its RUN step under QEMU for arm64), built in one run; and fanned out over two more
+# engines, one platform each at the same time (`--platform`), followed by the final run on the
+# main engine, which finds both parts and only puts the index and writes the artifacts. Each round
+# uses new repositories and new content, so every platform is built.
 # Then `ecr-build plan` over a context of ~1 GB of sent data gives the context hashing throughput
 # (sent bytes / wall time; page cache dropped when permitted, and warm) and its peak RSS, and
 # `ecr-build build --dry-run` of that context the peak RSS while it streams the tar to the engine.
@@ -78,6 +84,7 @@ load_at_end=
 # Filled in as the run goes: fixture summaries (JSON) and the hashing measurements.
 large_summary=
 hash_summary=
+platforms_only=0
 hash_warm_mbs=
 hash_cold_mbs=
 plan_rss=
@@ -117,6 +124,7 @@ parse_args() {
             ;;
         --no-drop-caches) drop_caches=0 ;;
         --keep) keep=1 ;;
+        --platforms-only) platforms_only=1 ;;
         -h | --help) usage 0 ;;
         *)
             echo "unknown argument: $1" >&2
@@ -357,6 +365,96 @@ run_round_for() {
     rm -rf "$app"
 }
 
+# One multi-platform app: FROM scratch, the target's busybox, a RUN step that works a little and
+# writes the machine it ran on.
+platforms_app() {
+    local app=$1 prefix=$2 arm64=$3 nonce=$4
+    mkdir -p "$app/bin"
+    cp /bin/busybox "$app/bin/busybox-amd64"
+    cp "$arm64" "$app/bin/busybox-arm64"
+    printf '%s\n' 'FROM scratch' 'ARG TARGETARCH' 'COPY bin/busybox-${TARGETARCH} /bin/busybox' \
+        "RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox dd if=/dev/zero bs=1M count=64 2>/dev/null | /bin/busybox sha256sum > /work && /bin/busybox uname -m > /arch && echo $nonce > /nonce\"]" \
+        >"$app/Dockerfile"
+    printf 'tags = ["{short_sha}"]\nnetwork = "none"\nplatforms = ["linux/amd64", "linux/arm64"]\n[images.app]\nrepository = "%s/app"\n' \
+        "$prefix" >"$app/ecr-build.toml"
+    create_repositories "$prefix" app
+}
+
+# platform_run LOG SHA DOCKER_HOST [ARGS...]: one ecr-build run of the multi-platform app.
+platform_run() {
+    local logf=$1 sha=$2 host=$3 app=$4
+    shift 4
+    DOCKER_HOST=$host CODEBUILD_RESOLVED_SOURCE_VERSION=$sha "$bin" build --config "$app/ecr-build.toml" \
+        --registry "$registry" --output-dir "$app" "$@" >"${logf%.log}.summary" 2>"$logf" || {
+        tail -n 30 "$logf" >&2
+        die "multi-platform run failed (log: $logf)"
+    }
+}
+
+elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
+
+measure_platforms() {
+    local arm64
+    arm64=$(ecr_build_enable_arm64) || die "cannot set up arm64 emulation"
+    local -a hosts=()
+    local dir
+    for _ in 1 2; do
+        dir=$(mktemp -d /tmp/ecrp.XXXXXX)
+        ecr_build_start_dockerd "$dir" || die "cannot start a second engine"
+        hosts+=("$dir")
+    done
+    local round app sha t0 secs parallel
+    for ((round = 1; round <= rounds; round++)); do
+        app=$work/platforms-one-r$round
+        sha=$(new_sha)
+        platforms_app "$app" "bench-platforms-one-r$round" "$arm64" "$sha"
+        t0=$EPOCHREALTIME
+        platform_run "$out_dir/logs/r$round-platforms-one-run.log" "$sha" "$DOCKER_HOST" "$app"
+        secs=$(elapsed_since "$t0")
+        printf 'platforms-one-run\tecr-build\t%s\t%s\t\n' "$round" "$secs" >>"$times"
+        log "round $round  two platforms in one run          $secs s"
+
+        app=$work/platforms-fan-r$round
+        sha=$(new_sha)
+        platforms_app "$app" "bench-platforms-fan-r$round" "$arm64" "$sha"
+        t0=$EPOCHREALTIME
+        platform_run "$out_dir/logs/r$round-platforms-amd64.log" "$sha" "unix://${hosts[0]}/docker.sock" \
+            "$app" --platform linux/amd64 &
+        local amd64_job=$!
+        platform_run "$out_dir/logs/r$round-platforms-arm64.log" "$sha" "unix://${hosts[1]}/docker.sock" \
+            "$app" --platform linux/arm64
+        wait "$amd64_job" || die "the amd64 part failed"
+        parallel=$(elapsed_since "$t0")
+        t0=$EPOCHREALTIME
+        platform_run "$out_dir/logs/r$round-platforms-final.log" "$sha" "$DOCKER_HOST" "$app"
+        secs=$(elapsed_since "$t0")
+        grep -q '^app reused ' "$out_dir/logs/r$round-platforms-final.summary" ||
+            die "the final run built something (log: $out_dir/logs/r$round-platforms-final.log)"
+        printf 'platforms-fan-out\tecr-build\t%s\t%s\t\n' "$round" "$(awk -v a="$parallel" -v b="$secs" 'BEGIN { printf "%.3f", a + b }')" >>"$times"
+        printf 'platforms-final\tecr-build\t%s\t%s\t\n' "$round" "$secs" >>"$times"
+        log "round $round  fanned out: parts $parallel s, final run $secs s"
+    done
+    for dir in "${hosts[@]}"; do
+        ecr_build_stop_services "$dir" || true
+    done
+}
+
+# The multi-platform table, as Markdown lines.
+platforms_table() {
+    echo "| multi-platform (linux/amd64 + linux/arm64 under QEMU) | ecr-build s (min–max) | target | met |"
+    echo "| --- | --- | --- | --- |"
+    local row scenario label target m
+    for row in "platforms-one-run|two platforms in one run|" \
+        "platforms-fan-out|fanned out over two engines: both parts at once, then the final run|" \
+        "platforms-final|the final run alone (finds both parts, puts the index)|1.00"; do
+        IFS='|' read -r scenario label target <<<"$row"
+        m=$(stat_of "$scenario" ecr-build median)
+        printf '| %s | %.2f (%.2f–%.2f) | %s | %s |\n' "$label" "$m" "$(stat_of "$scenario" ecr-build min)" \
+            "$(stat_of "$scenario" ecr-build max)" "${target:+< $target s}" \
+            "$([[ -n $target ]] && awk -v m="$m" -v t="$target" 'BEGIN { print (m < t) ? "yes" : "no" }' || echo -)"
+    done
+}
+
 make_fixtures() {
     log "generating the large context ($large_files files, ~$large_mb MB) and the hashing context (~$hash_mb MB sent)"
     large_summary=$("$(_ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big" \
@@ -594,6 +692,8 @@ report() {
         echo "| peak RSS, \`ecr-build build --dry-run\` of that context ($dry_secs s) | $dry_rss MB | < 100 MB | $(awk -v a="$dry_rss" 'BEGIN { print (a < 100) ? "yes" : "no" }') |"
         echo
         printf -- '- %s\n' "${notes[@]}"
+        echo
+        platforms_table
     } >"$out_dir/results.md"
     log "wrote $out_dir/results.md, $times and $out_dir/logs/"
 }
@@ -617,6 +717,18 @@ main() {
     printf 'scenario\ttool\tround\tseconds\tecr-build summary\n' >"$times"
     work=$(mktemp -d "${TMPDIR:-/tmp}/ecrb-bench.XXXXXX")
     start_services
+    if ((platforms_only)); then
+        measure_platforms
+        {
+            echo "## Benchmark: multi-platform images"
+            echo
+            echo "\`$invocation\` on $(date -u +%Y-%m-%d). Machine: $(machine_line)."
+            echo
+            platforms_table
+        } >"$out_dir/results.md"
+        cat "$out_dir/results.md"
+        return
+    fi
     make_fixtures
 
     local round sha1 sha2
@@ -635,6 +747,8 @@ main() {
     log "rounds took $((SECONDS - started)) s; measuring the shell's login alone, then context hashing"
     measure_shell_login
     measure_hashing
+    log "multi-platform: one run, and fanned out over two engines"
+    measure_platforms
     load_at_end=$(cpu_busy_percent)
     report
 }

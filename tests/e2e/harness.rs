@@ -855,14 +855,8 @@ fn services_sh(script: &str, dir: &Path) -> Command {
 /// Runs a function of scripts/services.sh against the shared engine; panics with its output if it fails.
 #[track_caller]
 pub fn services_function(script: &str) {
-    let output = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "source {}/scripts/services.sh && {script}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+    let output = services_sh(script, Path::new(env!("CARGO_MANIFEST_DIR")))
         .env("DOCKER_HOST", &services().docker_host)
-        .stdin(std::process::Stdio::null())
         .output()
         .expect("bash runs");
     assert!(

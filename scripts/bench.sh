@@ -719,6 +719,7 @@ main() {
     start_services
     if ((platforms_only)); then
         measure_platforms
+        load_at_end=$(cpu_busy_percent)
         {
             echo "## Benchmark: multi-platform images"
             echo

@@ -68,6 +68,27 @@ impl ContextFiles {
         Ok(format!("{:x}", hasher.finalize()))
     }
 
+    /// Hashes every file not hashed yet and keeps the hashes: each file is read once, however many
+    /// digests (platforms, images of one context) are made of it.
+    pub(super) fn hash_contents(&mut self) -> Result<(), ContextError> {
+        let unhashed = (self.entries.iter())
+            .any(|entry| matches!(entry.kind, EntryKind::DiskFile { hash: None, .. }));
+        if !unhashed {
+            return Ok(());
+        }
+        let mut content_hashes = self.hash_disk_files()?.into_iter();
+        for entry in &mut self.entries {
+            if let EntryKind::DiskFile { hash, .. } = &mut entry.kind {
+                *hash = Some(
+                    content_hashes
+                        .next()
+                        .expect("hash_disk_files yields one hash per DiskFile, in entry order"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The sha256 of every DiskFile's content, in entry order, computed by two threads that take
     /// files in turn.
     fn hash_disk_files(&self) -> Result<Vec<[u8; 32]>, ContextError> {

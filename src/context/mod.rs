@@ -124,6 +124,7 @@ pub fn collect(context_dir: &Path, dockerfile: &Path) -> Result<ContextFiles, Co
 
 /// Where the Dockerfile comes from: a file, or its text (Compose's `dockerfile_inline`), which
 /// travels like a Dockerfile from outside the context.
+#[derive(Clone, Copy)]
 pub enum DockerfileSource<'a> {
     Path(&'a Path),
     Inline(&'a str),
@@ -187,11 +188,8 @@ fn locate_dockerfile(
 }
 
 /// The walk with `.dockerignore`, and a Dockerfile from outside the context (`outside`) added.
-fn walk_context(
-    root: PathBuf,
-    dockerfile_rel: Option<String>,
-    outside: Option<Vec<u8>>,
-) -> Result<ContextFiles, ContextError> {
+/// The context's `.dockerignore`, as its bytes and as rules with docker CLI's exception for itself.
+fn read_ignore(root: &Path) -> Result<(DockerIgnore, Option<Vec<u8>>), ContextError> {
     let ignore_path = root.join(DOCKERIGNORE);
     let ignore_bytes = match fs::read(&ignore_path) {
         Ok(bytes) => Some(bytes),
@@ -206,6 +204,15 @@ fn walk_context(
     if ignore.cli_excludes(DOCKERIGNORE) {
         ignore.add_exception(DOCKERIGNORE)?;
     }
+    Ok((ignore, ignore_bytes))
+}
+
+fn walk_context(
+    root: PathBuf,
+    dockerfile_rel: Option<String>,
+    outside: Option<Vec<u8>>,
+) -> Result<ContextFiles, ContextError> {
+    let (mut ignore, ignore_bytes) = read_ignore(&root)?;
     if let Some(rel) = &dockerfile_rel
         && ignore.cli_excludes(rel)
     {
@@ -228,6 +235,69 @@ fn walk_context(
         dockerfile,
         entries,
     })
+}
+
+/// A context walked once for every image built from it: what `.dockerignore` lets through, with no
+/// image's Dockerfile added yet, and each file's content hashed once.
+pub struct SharedWalk {
+    ignore: DockerIgnore,
+    ignore_bytes: Option<Vec<u8>>,
+    files: ContextFiles,
+}
+
+impl SharedWalk {
+    /// Walks `context_dir`, leaves out `withheld` files, and hashes every file (blocking).
+    pub fn new(context_dir: &Path, withheld: &[PathBuf]) -> Result<SharedWalk, ContextError> {
+        let root = fs::canonicalize(context_dir).map_err(|cause| ContextError::ContextDir {
+            path: context_dir.to_owned(),
+            cause,
+        })?;
+        let (ignore, ignore_bytes) = read_ignore(&root)?;
+        let mut entries = walk(&root, &ignore, &[DOCKERIGNORE])?;
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let mut files = ContextFiles {
+            root,
+            dockerfile: String::new(),
+            entries,
+        };
+        files.withhold(withheld);
+        files.hash_contents()?;
+        Ok(SharedWalk {
+            ignore,
+            ignore_bytes,
+            files,
+        })
+    }
+
+    /// One image's context out of the shared walk, or `None` where its Dockerfile needs a walk of
+    /// its own (one that `.dockerignore` excludes, for which docker CLI adds an exception).
+    pub fn image_context(
+        &self,
+        dockerfile: DockerfileSource<'_>,
+    ) -> Result<Option<ContextFiles>, ContextError> {
+        let mut files = self.files.clone();
+        let outside = match dockerfile {
+            DockerfileSource::Path(path) => match locate_dockerfile(&files.root, path)? {
+                Ok(rel) => {
+                    let sent = files.entries.iter().any(|e| e.path == rel);
+                    if !sent || self.ignore.cli_excludes(&rel) {
+                        return Ok(None);
+                    }
+                    files.dockerfile = rel;
+                    return Ok(Some(files));
+                }
+                Err(outside) => fs::read(&outside).map_err(|cause| ContextError::Dockerfile {
+                    path: outside.clone(),
+                    cause,
+                })?,
+            },
+            DockerfileSource::Inline(text) => text.as_bytes().to_vec(),
+        };
+        files.dockerfile =
+            add_outside_dockerfile(&mut files.entries, outside, self.ignore_bytes.clone());
+        files.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        Ok(Some(files))
+    }
 }
 
 /// Docker's TarWithOptions walk. `build_files` are sent even where the patterns would still
@@ -413,33 +483,64 @@ pub struct Variant {
 pub async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
     let mut withheld = plan.artifacts.paths();
     withheld.extend(own_output_files());
-    let walks = plan.images.iter().cloned().map(|image| {
+    // Images that share a context (a monorepo's `context = "."`) share one walk and one hash per
+    // file; contexts are walked in parallel, off the async threads.
+    let mut groups: Vec<(PathBuf, Vec<(usize, ImagePlan)>)> = Vec::new();
+    for (index, image) in plan.images.iter().cloned().enumerate() {
+        let key = fs::canonicalize(&image.context).unwrap_or_else(|_| image.context.clone());
+        match groups.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, images)) => images.push((index, image)),
+            None => groups.push((key, vec![(index, image)])),
+        }
+    }
+    let walks = groups.into_iter().map(|(context, images)| {
         let builder = plan.builder;
         let withheld = withheld.clone();
-        tokio::task::spawn_blocking(move || prepare_one(image, builder, &withheld))
+        tokio::task::spawn_blocking(move || {
+            let shared = (images.len() > 1)
+                .then(|| SharedWalk::new(&context, &withheld).ok())
+                .flatten();
+            (images.into_iter())
+                .map(|(index, image)| {
+                    Ok((
+                        index,
+                        prepare_one(image, builder, &withheld, shared.as_ref())?,
+                    ))
+                })
+                .collect::<crate::error::Result<Vec<_>>>()
+        })
     });
     let mut prepared = Vec::with_capacity(plan.images.len());
     for walk in futures_util::future::join_all(walks).await {
-        prepared.push(walk.context("context walk panicked")??);
+        prepared.extend(walk.context("context walk panicked")??);
     }
-    Ok(prepared)
+    prepared.sort_by_key(|(index, _)| *index);
+    Ok(prepared.into_iter().map(|(_, image)| image).collect())
 }
 
 fn prepare_one(
     image: ImagePlan,
     builder: Builder,
     withheld: &[PathBuf],
+    shared: Option<&SharedWalk>,
 ) -> crate::error::Result<PreparedImage> {
     let name = image.name.as_str();
     let dockerfile = match &image.dockerfile_inline {
         Some(text) => DockerfileSource::Inline(text),
         None => DockerfileSource::Path(&image.dockerfile),
     };
-    let mut files =
-        collect_with(&image.context, dockerfile).map_err(|err| ConfigError::Invalid {
-            origin: format!("image {name}"),
-            message: err.to_string(),
-        })?;
+    let invalid = |err: ContextError| ConfigError::Invalid {
+        origin: format!("image {name}"),
+        message: err.to_string(),
+    };
+    let from_shared = match shared {
+        Some(shared) => shared.image_context(dockerfile).map_err(invalid)?,
+        None => None,
+    };
+    let mut files = match from_shared {
+        Some(files) => files,
+        None => collect_with(&image.context, dockerfile).map_err(invalid)?,
+    };
     for path in files.withhold(withheld) {
         tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
     }
@@ -800,6 +901,57 @@ mod tests {
     }
 
     /// Builds the same tree in a fresh directory, creating files in the given order.
+    #[test]
+    fn images_of_one_context_share_its_walk_and_get_what_their_own_walk_gives() {
+        let dir = TempDir::new();
+        dir.write(".dockerignore", "*.log\ndocker/ignored/\n");
+        dir.write("src/app.sh", "echo app");
+        dir.write("debug.log", "noise");
+        dir.write("docker/web/Dockerfile", "FROM scratch\nCOPY . /web\n");
+        dir.write("docker/ignored/Dockerfile", "FROM scratch\n");
+        let outside = TempDir::new();
+        outside.write("Dockerfile", "FROM scratch\nCOPY . /outside\n");
+        let shared = SharedWalk::new(dir.path(), &[]).unwrap();
+        let digest = |mut files: ContextFiles| files.digest(b"inputs").unwrap();
+        let sources = [
+            DockerfileSource::Path(Path::new("docker/web/Dockerfile")),
+            DockerfileSource::Path(&outside.path().join("Dockerfile")),
+            DockerfileSource::Inline("FROM scratch\nCOPY . /inline\n"),
+        ];
+        for source in sources {
+            let own = collect_with(dir.path(), source).unwrap();
+            let from_shared = shared.image_context(source).unwrap().unwrap();
+            assert_eq!(paths(&from_shared), paths(&own));
+            assert_eq!(
+                from_shared.dockerfile_in_context(),
+                own.dockerfile_in_context()
+            );
+            assert_eq!(digest(from_shared), digest(own));
+        }
+        // A Dockerfile that .dockerignore excludes needs a walk of its own.
+        let ignored = DockerfileSource::Path(Path::new("docker/ignored/Dockerfile"));
+        assert!(shared.image_context(ignored).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_shared_walk_reads_each_file_once() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write("data", "12345");
+        let expected = collect(dir.path(), Path::new("Dockerfile"))
+            .unwrap()
+            .digest(b"")
+            .unwrap();
+        let shared = SharedWalk::new(dir.path(), &[]).unwrap();
+        // Gone after the shared walk hashed it: no image reads it again.
+        fs::remove_file(dir.path().join("data")).unwrap();
+        let mut files = shared
+            .image_context(DockerfileSource::Path(Path::new("Dockerfile")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(files.digest(b"").unwrap(), expected);
+    }
+
     #[test]
     fn the_run_s_own_output_files_are_found() {
         // Under cargo test, stdout and stderr are pipes or a terminal, never a regular file.

@@ -66,15 +66,7 @@ impl ImageRegistry<'_> {
                 target = Some(reuse);
             }
         }
-        for tag in decide::tags_to_look_up(tags, rules, state.unchanged.is_some()) {
-            let digest = (self.call(&format!("looking up {repository}:{tag}"), || {
-                client.manifest_digest(repository, tag)
-            }))
-            .await?;
-            if let Some(digest) = digest {
-                state.existing.insert(tag.to_owned(), digest);
-            }
-        }
+        self.look_up_tags(&mut state, tags, rules).await?;
         if state.unchanged.is_some() {
             self.find_same_content(&mut state, context_digest, rules)
                 .await?;
@@ -99,12 +91,24 @@ impl ImageRegistry<'_> {
         tags: &[String],
         rules: &TagRules,
     ) -> Result<RegistryState> {
-        let (client, repository) = (&self.access.client, self.repository);
         let mut state = RegistryState {
             unchanged: Some(target.to_owned()),
             ..RegistryState::default()
         };
-        for tag in decide::tags_to_look_up(tags, rules, true) {
+        self.look_up_tags(&mut state, tags, rules).await?;
+        Ok(state)
+    }
+
+    /// The digests of the tags the decision needs (every tag when `state` has an image to reuse,
+    /// else the immutable ones), into `state.existing`.
+    async fn look_up_tags(
+        &self,
+        state: &mut RegistryState,
+        tags: &[String],
+        rules: &TagRules,
+    ) -> Result<()> {
+        let (client, repository) = (&self.access.client, self.repository);
+        for tag in decide::tags_to_look_up(tags, rules, state.unchanged.is_some()) {
             let digest = (self.call(&format!("looking up {repository}:{tag}"), || {
                 client.manifest_digest(repository, tag)
             }))
@@ -113,7 +117,7 @@ impl ImageRegistry<'_> {
                 state.existing.insert(tag.to_owned(), digest);
             }
         }
-        Ok(state)
+        Ok(())
     }
 
     /// `built` labelled for `revision`: a new config and manifest, or `built` itself when it already

@@ -649,7 +649,7 @@ report() {
     local machine outcomes
     machine=$(machine_line)
     # What ecr-build reported per image in the last round, per scenario.
-    outcomes=$(awk -F'\t' -v r="$rounds" '$2 == "ecr-build" && $3 == r { printf "%s%s: %s", sep, $1, $5; sep = "; " }' "$times")
+    outcomes=$(awk -F'\t' -v r="$rounds" '$2 == "ecr-build" && $3 == r && $5 != "" { printf "%s%s: %s", sep, $1, $5; sep = "; " }' "$times")
 
     local -a notes=(
         "$rounds rounds; median seconds of the whole build stage (login, builds, pushes, imagedefinitions.json), min–max in brackets."

@@ -381,3 +381,38 @@ fn digest_uris_name_exactly_what_the_registry_holds() {
             .contains(&format!("{web}:{}\"", &sha[..7]))
     );
 }
+
+#[test]
+fn only_some_images_make_a_part_that_a_full_run_completes() {
+    let (ws, web, worker) = app(&unique("e2e-only"), false);
+    let sha = new_sha();
+    let part = ws
+        .ecr_build()
+        .args([
+            "build",
+            "--only",
+            "worker",
+            "--registry",
+            &services().registry,
+        ])
+        .env("ECR_BUILD_SHA", &sha)
+        .run()
+        .success()
+        .stderr_has("no artifact written");
+    assert!(!part.stdout.contains("web "), "{}", part.stdout);
+    assert_eq!(result_of(&part, "worker"), "pushed");
+    assert!(!ws.exists("imagedefinitions.json"));
+    assert!(registry_tags(&web).is_empty(), "web is no part of it");
+    let worker_tags = registry_tags(&worker);
+    assert!(
+        worker_tags.len() == 1 && worker_tags.iter().all(|t| t.starts_with("ctx-")),
+        "a part pushes under its ctx- tag only: {worker_tags:?}"
+    );
+    let full = build(&ws, &sha).success();
+    assert_eq!(result_of(&full, "worker"), "reused");
+    assert_eq!(result_of(&full, "web"), "pushed");
+    assert!(
+        ws.read("imagedefinitions.json")
+            .contains(&format!("{worker}:{}\"", &sha[..7]))
+    );
+}

@@ -34,13 +34,19 @@ pub(super) fn plan_from_compose(
         origin: project.origin.clone(),
         message,
     };
-    let images = (project.services.iter())
-        .map(|service| image_plan(service, &project).map_err(&invalid))
-        .collect::<Result<Vec<_>, _>>()?;
     let (toml_path, file) = match toml {
         Some((path, file)) => (Some(path), Some(file)),
         None => (None, None),
     };
+    // What ecr-build.toml says for every image comes before the Compose files' x-ecr-build.
+    let defaults = ImageDefaults {
+        ssm_path: (file.as_ref().and_then(|f| f.ssm_path.clone()))
+            .or_else(|| project.settings.ssm_path.clone()),
+        platforms: file.as_ref().and_then(|f| f.platforms.clone()),
+    };
+    let images = (project.services.iter())
+        .map(|service| image_plan(service, &project, &defaults).map_err(&invalid))
+        .collect::<Result<Vec<_>, _>>()?;
     let settings = &project.settings;
     let tags = run_tags(args, file.as_ref(), &project).map_err(&invalid)?;
     let registry = (args.registry.clone())
@@ -48,18 +54,13 @@ pub(super) fn plan_from_compose(
         .or_else(|| settings.registry.clone())
         .or(one_registry(&project).map_err(&invalid)?);
     let artifacts = artifacts_settings(flags, file.as_ref(), toml_path.as_deref(), &project, cwd);
-    let pick = |flag: Option<String>, toml: Option<String>, compose: &Option<String>| {
-        flag.or(toml).or_else(|| compose.clone())
-    };
     let builder = (args.builder.map(Builder::from))
         .or(file.as_ref().and_then(|f| f.builder))
         .or(settings.builder)
         .unwrap_or(Builder::Buildkit);
-    let network = pick(
-        args.network.clone(),
-        file.as_ref().and_then(|f| f.network.clone()),
-        &settings.network,
-    );
+    let network = (args.network.clone())
+        .or_else(|| file.as_ref().and_then(|f| f.network.clone()))
+        .or_else(|| settings.network.clone());
     finish(
         PlanParts {
             registry,
@@ -99,8 +100,18 @@ fn artifacts_settings(
     }
 }
 
+/// An image's settings where neither its service nor its x-ecr-build gives them.
+struct ImageDefaults {
+    ssm_path: Option<String>,
+    platforms: Option<Vec<String>>,
+}
+
 /// One service as an image.
-fn image_plan(service: &Service, project: &Project) -> Result<ImagePlan, String> {
+fn image_plan(
+    service: &Service,
+    project: &Project,
+    defaults: &ImageDefaults,
+) -> Result<ImagePlan, String> {
     let name = service
         .settings
         .name
@@ -123,12 +134,15 @@ fn image_plan(service: &Service, project: &Project) -> Result<ImagePlan, String>
         target: service.target.clone(),
         build_args: service.args.clone(),
         secrets,
-        ssm_path: (service.settings.ssm_path.clone()).or_else(|| project.settings.ssm_path.clone()),
+        ssm_path: (service.settings.ssm_path.clone()).or_else(|| defaults.ssm_path.clone()),
         allow_secret_build_args: service.settings.allow_secret_build_args,
         cache_from: service.cache_from.clone(),
         dockerfile_inline: service.dockerfile_inline.clone(),
         network: service.network.clone(),
-        platforms: service.platforms.clone(),
+        platforms: match (&service.platforms[..], &defaults.platforms) {
+            ([], Some(platforms)) => platforms.clone(),
+            _ => service.platforms.clone(),
+        },
         labels: service.labels.clone(),
     })
 }

@@ -1000,6 +1000,29 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         assert!(err.contains("--build-arg `NOVALUE`"), "{err}");
     }
 
+    /// ecr-build.toml's settings for every image reach the images of the Compose files it names,
+    /// under what a service or its `x-ecr-build` says itself.
+    #[test]
+    fn a_toml_that_names_compose_files_gives_their_images_its_ssm_path_and_platforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = "compose = [\"compose.yaml\"]\nssm_path = \"/team\"\n\
+                    platforms = [\"linux/amd64\", \"linux/arm64\"]\n";
+        let compose = "services:\n  web:\n    image: r.example/web\n    build: .\n  \
+                       worker:\n    image: r.example/worker\n    build:\n      context: .\n      \
+                       platforms: [linux/arm64]\n    x-ecr-build:\n      ssm_path: /worker\n\
+                       x-ecr-build:\n  ssm_path: /compose\n";
+        std::fs::write(dir.path().join("ecr-build.toml"), toml).unwrap();
+        std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
+        let plan = load(&args(&[]), ArtifactFlags::default(), dir.path()).unwrap();
+        let [web, worker] = &plan.images[..] else {
+            panic!("two images: {:?}", plan.images)
+        };
+        assert_eq!(web.ssm_path.as_deref(), Some("/team"));
+        assert_eq!(web.platforms, ["linux/amd64", "linux/arm64"]);
+        assert_eq!(worker.ssm_path.as_deref(), Some("/worker"));
+        assert_eq!(worker.platforms, ["linux/arm64"]);
+    }
+
     #[test]
     fn a_fan_out_job_takes_its_images_and_platforms_and_is_a_part() {
         let text = "platforms = [\"linux/amd64\", \"linux/arm64\"]\n[images.web]\nrepository = \"web\"\n\

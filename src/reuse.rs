@@ -10,8 +10,7 @@ use bytes::Bytes;
 use crate::aws::ecr::RegistryAccess;
 use crate::decide::{self, RegistryState, TagRules};
 use crate::error::Result;
-use crate::image;
-use crate::pipeline::{CONTEXT_DIGEST_LABEL, REVISION_LABEL};
+use crate::image::{self, CONTEXT_DIGEST_LABEL, REVISION_LABEL};
 use crate::registry::{Manifest, RegistryError};
 use crate::retry;
 
@@ -49,22 +48,14 @@ impl ImageRegistry<'_> {
         rebuild: bool,
         revision: Option<&str>,
     ) -> Result<(RegistryState, Option<ReuseTarget>)> {
-        let (client, repository) = (&self.access.client, self.repository);
-        self.access.current().await?;
         let mut state = RegistryState::default();
         let mut target = None;
         let ctx_tag = decide::context_tag(context_digest);
-        if !rebuild {
-            let built = (self.call(&format!("looking up {repository}:{ctx_tag}"), || {
-                client.get_manifest(repository, &ctx_tag)
-            }))
-            .await?;
-            if let Some(built) = built {
-                state.same_content.insert(built.digest.clone());
-                let reuse = self.restamped(built, revision).await?;
-                state.unchanged = Some(reuse.manifest.digest.clone());
-                target = Some(reuse);
-            }
+        if !rebuild && let Some(built) = self.manifest(&ctx_tag).await? {
+            state.same_content.insert(built.digest.clone());
+            let reuse = self.restamped(built, revision).await?;
+            state.unchanged = Some(reuse.manifest.digest.clone());
+            target = Some(reuse);
         }
         self.look_up_tags(&mut state, tags, rules).await?;
         if state.unchanged.is_some() {
@@ -108,6 +99,7 @@ impl ImageRegistry<'_> {
         rules: &TagRules,
     ) -> Result<()> {
         let (client, repository) = (&self.access.client, self.repository);
+        self.access.current().await?;
         for tag in decide::tags_to_look_up(tags, rules, state.unchanged.is_some()) {
             let digest = (self.call(&format!("looking up {repository}:{tag}"), || {
                 client.manifest_digest(repository, tag)

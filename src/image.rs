@@ -7,6 +7,11 @@ use serde_json::Value;
 
 use crate::registry::{DOCKER_MANIFEST_LIST, Manifest, OCI_INDEX, sha256_digest};
 
+/// The OCI label (and, on an index, annotation) that names the commit an image was built from.
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+/// The label that names the context digest an image was built from, by which it is reused.
+pub const CONTEXT_DIGEST_LABEL: &str = "dev.ecr-build.context-digest";
+
 /// An image labelled for another commit: the config blob to push and the manifest to put.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restamped {
@@ -114,7 +119,7 @@ pub fn index(children: &[(String, Manifest)], revision: Option<&str>) -> Result<
         "manifests": manifests,
     });
     if let Some(revision) = revision {
-        index["annotations"] = serde_json::json!({ REVISION_ANNOTATION: revision });
+        index["annotations"] = serde_json::json!({ REVISION_LABEL: revision });
     }
     let bytes = Bytes::from(serde_json::to_vec(&index).map_err(|e| e.to_string())?);
     Ok(Manifest {
@@ -123,9 +128,6 @@ pub fn index(children: &[(String, Manifest)], revision: Option<&str>) -> Result<
         media_type: OCI_INDEX.to_owned(),
     })
 }
-
-/// The OCI annotation (and label) that names the commit an image was built from.
-const REVISION_ANNOTATION: &str = "org.opencontainers.image.revision";
 
 pub fn is_index(manifest: &Manifest) -> bool {
     let essence = manifest

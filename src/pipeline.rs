@@ -18,6 +18,7 @@ use crate::context::{self, PreparedImage};
 use crate::decide::{self, Action, TagRules};
 use crate::docker::{BuildRequest, DockerError, Engine};
 use crate::error::{Error, Result};
+use crate::image::{CONTEXT_DIGEST_LABEL, REVISION_LABEL};
 use crate::reference;
 use crate::reuse::ImageRegistry;
 
@@ -25,9 +26,6 @@ use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
 use crate::tags::{self, BuildEnv, RunTags};
 use crate::{git, multiarch, retry};
-
-pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
-pub const CONTEXT_DIGEST_LABEL: &str = "dev.ecr-build.context-digest";
 
 pub struct BuildSettings {
     pub dry_run: bool,

@@ -21,6 +21,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::config::Builder;
+use tunnel::{ProbeError, Tunnel};
 
 /// Builds upload the whole context before the engine answers; bollard's timeout covers that wait.
 const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
@@ -141,51 +142,30 @@ impl Engine {
         let configured = EngineAddr::from_env()?;
         let (address, tunnel) = match &configured {
             EngineAddr::Remote(remote) => {
-                let tunnel = open_tunnel(remote, wait).await?;
+                let tunnel = until_up(&remote.to_string(), wait, || Tunnel::open(remote)).await?;
                 (EngineAddr::Unix(tunnel.socket()), Some(tunnel))
             }
             _ => (configured.clone(), None),
         };
-        let started = Instant::now();
-        let mut announced = false;
-        loop {
+        let host = describe(&configured);
+        let docker = until_up(&host, wait, || async {
             let attempt = async {
                 let docker = address.client(PING_TIMEOUT.as_secs())?;
                 docker.ping().await?;
                 // bollard 0.21.1 sends unversioned paths; negotiating keeps a later upgrade working on old engines.
                 docker.negotiate_version().await
             };
-            match attempt.await {
-                Ok(docker) => {
-                    tracing::debug!("connected to Docker at {}", describe(&configured));
-                    let api_prefix = format!("/v{}", docker.client_version());
-                    return Ok(Engine {
-                        docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
-                        address,
-                        api_prefix,
-                        _tunnel: tunnel,
-                    });
-                }
-                Err(err) if started.elapsed() >= wait => {
-                    return Err(DockerError::Unreachable {
-                        host: describe(&configured),
-                        waited: wait.as_secs(),
-                        cause: err.to_string(),
-                    });
-                }
-                Err(err) => {
-                    if !announced {
-                        tracing::info!(
-                            "waiting up to {} s for the Docker daemon at {} ({err})",
-                            wait.as_secs(),
-                            describe(&configured)
-                        );
-                        announced = true;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+            (attempt.await).map_err(|err| ProbeError::Starting(err.to_string()))
+        })
+        .await?;
+        tracing::debug!("connected to Docker at {host}");
+        let api_prefix = format!("/v{}", docker.client_version());
+        Ok(Engine {
+            docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
+            address,
+            api_prefix,
+            _tunnel: tunnel,
+        })
     }
 
     /// Builds one image, streaming its output to the log with the image's name, and returns the image ID.
@@ -347,41 +327,37 @@ fn build_options(request: &BuildRequest<'_>) -> BuildImageOptionsBuilder {
     options
 }
 
-/// Reaches a remote engine: a certificate, key or ssh refusal fails at once; a daemon that does not
-/// answer yet is waited for, up to `wait`.
-async fn open_tunnel(
-    remote: &tunnel::Remote,
-    wait: Duration,
-) -> Result<tunnel::Tunnel, DockerError> {
+/// Tries `attempt` until the engine at `host` answers: a refusal (a certificate, a key, ssh) fails
+/// at once; a daemon that does not answer yet is tried again every half second, for up to `wait`.
+async fn until_up<T, F, Fut>(host: &str, wait: Duration, mut attempt: F) -> Result<T, DockerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProbeError>>,
+{
     let started = Instant::now();
     let mut announced = false;
     loop {
-        match tunnel::Tunnel::open(remote).await {
-            Ok(tunnel) => return Ok(tunnel),
-            Err(tunnel::ProbeError::Refused(cause)) => {
-                return Err(DockerError::RemoteRefused {
-                    host: remote.to_string(),
-                    cause,
-                });
+        let cause = match attempt().await {
+            Ok(up) => return Ok(up),
+            Err(ProbeError::Refused(cause)) => {
+                let host = host.to_owned();
+                return Err(DockerError::RemoteRefused { host, cause });
             }
-            Err(tunnel::ProbeError::Starting(cause)) if started.elapsed() >= wait => {
-                return Err(DockerError::Unreachable {
-                    host: remote.to_string(),
-                    waited: wait.as_secs(),
-                    cause,
-                });
-            }
-            Err(tunnel::ProbeError::Starting(cause)) => {
-                if !announced {
-                    tracing::info!(
-                        "waiting up to {} s for the Docker daemon at {remote} ({cause})",
-                        wait.as_secs()
-                    );
-                    announced = true;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            Err(ProbeError::Starting(cause)) => cause,
+        };
+        if started.elapsed() >= wait {
+            return Err(DockerError::Unreachable {
+                host: host.to_owned(),
+                waited: wait.as_secs(),
+                cause,
+            });
         }
+        if !announced {
+            let seconds = wait.as_secs();
+            tracing::info!("waiting up to {seconds} s for the Docker daemon at {host} ({cause})");
+            announced = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

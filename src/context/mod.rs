@@ -134,7 +134,13 @@ pub fn collect_with(
     context_dir: &Path,
     dockerfile: DockerfileSource<'_>,
 ) -> Result<ContextFiles, ContextError> {
-    // Docker resolves symlinks in both paths before relating them.
+    let root = context_root(context_dir)?;
+    let placed = place_dockerfile(&root, dockerfile)?;
+    walk_context(root, placed)
+}
+
+/// The context directory with symlinks resolved: Docker resolves both paths before relating them.
+fn context_root(context_dir: &Path) -> Result<PathBuf, ContextError> {
     let root = fs::canonicalize(context_dir).map_err(|cause| ContextError::ContextDir {
         path: context_dir.to_owned(),
         cause,
@@ -144,20 +150,34 @@ pub fn collect_with(
             path: context_dir.to_owned(),
         });
     }
-    let (dockerfile_rel, outside) = match dockerfile {
-        DockerfileSource::Path(path) => match locate_dockerfile(&root, path)? {
-            Ok(rel) => (Some(rel), None),
-            Err(outside) => {
-                let content = fs::read(&outside).map_err(|cause| ContextError::Dockerfile {
-                    path: outside.clone(),
+    Ok(root)
+}
+
+/// Where an image's Dockerfile goes in its context.
+enum PlacedDockerfile {
+    /// A file inside the context, by its path there.
+    Inside(String),
+    /// The text of a file outside the context, or an inline one, to add under a generated name.
+    Added(Vec<u8>),
+}
+
+fn place_dockerfile(
+    root: &Path,
+    dockerfile: DockerfileSource<'_>,
+) -> Result<PlacedDockerfile, ContextError> {
+    match dockerfile {
+        DockerfileSource::Path(path) => match locate_dockerfile(root, path)? {
+            Ok(rel) => Ok(PlacedDockerfile::Inside(rel)),
+            Err(outside) => match fs::read(&outside) {
+                Ok(content) => Ok(PlacedDockerfile::Added(content)),
+                Err(cause) => Err(ContextError::Dockerfile {
+                    path: outside,
                     cause,
-                })?;
-                (None, Some(content))
-            }
+                }),
+            },
         },
-        DockerfileSource::Inline(text) => (None, Some(text.as_bytes().to_vec())),
-    };
-    walk_context(root, dockerfile_rel, outside)
+        DockerfileSource::Inline(text) => Ok(PlacedDockerfile::Added(text.as_bytes().to_vec())),
+    }
 }
 
 /// The Dockerfile's path inside the context (`Ok`), or its resolved path outside it (`Err`).
@@ -187,7 +207,6 @@ fn locate_dockerfile(
     }
 }
 
-/// The walk with `.dockerignore`, and a Dockerfile from outside the context (`outside`) added.
 /// The context's `.dockerignore`, as its bytes and as rules with docker CLI's exception for itself.
 fn read_ignore(root: &Path) -> Result<(DockerIgnore, Option<Vec<u8>>), ContextError> {
     let ignore_path = root.join(DOCKERIGNORE);
@@ -207,26 +226,21 @@ fn read_ignore(root: &Path) -> Result<(DockerIgnore, Option<Vec<u8>>), ContextEr
     Ok((ignore, ignore_bytes))
 }
 
-fn walk_context(
-    root: PathBuf,
-    dockerfile_rel: Option<String>,
-    outside: Option<Vec<u8>>,
-) -> Result<ContextFiles, ContextError> {
+/// The walk with `.dockerignore`, and the Dockerfile sent or added.
+fn walk_context(root: PathBuf, placed: PlacedDockerfile) -> Result<ContextFiles, ContextError> {
     let (mut ignore, ignore_bytes) = read_ignore(&root)?;
-    if let Some(rel) = &dockerfile_rel
-        && ignore.cli_excludes(rel)
-    {
-        ignore.add_exception(rel)?;
+    let mut build_files = vec![DOCKERIGNORE];
+    if let PlacedDockerfile::Inside(rel) = &placed {
+        if ignore.cli_excludes(rel) {
+            ignore.add_exception(rel)?;
+        }
+        build_files.push(rel);
     }
-    let build_files: Vec<&str> = [Some(DOCKERIGNORE), dockerfile_rel.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
     let mut entries = walk(&root, &ignore, &build_files)?;
-    let dockerfile = match (dockerfile_rel, outside) {
-        (Some(rel), _) => rel,
-        (None, content) => {
-            add_outside_dockerfile(&mut entries, content.unwrap_or_default(), ignore_bytes)
+    let dockerfile = match placed {
+        PlacedDockerfile::Inside(rel) => rel,
+        PlacedDockerfile::Added(content) => {
+            add_outside_dockerfile(&mut entries, content, ignore_bytes)
         }
     };
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -248,10 +262,7 @@ pub struct SharedWalk {
 impl SharedWalk {
     /// Walks `context_dir`, leaves out `withheld` files, and hashes every file (blocking).
     pub fn new(context_dir: &Path, withheld: &[PathBuf]) -> Result<SharedWalk, ContextError> {
-        let root = fs::canonicalize(context_dir).map_err(|cause| ContextError::ContextDir {
-            path: context_dir.to_owned(),
-            cause,
-        })?;
+        let root = context_root(context_dir)?;
         let (ignore, ignore_bytes) = read_ignore(&root)?;
         let mut entries = walk(&root, &ignore, &[DOCKERIGNORE])?;
         entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -275,27 +286,23 @@ impl SharedWalk {
         &self,
         dockerfile: DockerfileSource<'_>,
     ) -> Result<Option<ContextFiles>, ContextError> {
+        let placed = place_dockerfile(&self.files.root, dockerfile)?;
+        if let PlacedDockerfile::Inside(rel) = &placed {
+            let sent = self.files.entries.iter().any(|e| &e.path == rel);
+            if !sent || self.ignore.cli_excludes(rel) {
+                return Ok(None);
+            }
+        }
         let mut files = self.files.clone();
-        let outside = match dockerfile {
-            DockerfileSource::Path(path) => match locate_dockerfile(&files.root, path)? {
-                Ok(rel) => {
-                    let sent = files.entries.iter().any(|e| e.path == rel);
-                    if !sent || self.ignore.cli_excludes(&rel) {
-                        return Ok(None);
-                    }
-                    files.dockerfile = rel;
-                    return Ok(Some(files));
-                }
-                Err(outside) => fs::read(&outside).map_err(|cause| ContextError::Dockerfile {
-                    path: outside.clone(),
-                    cause,
-                })?,
-            },
-            DockerfileSource::Inline(text) => text.as_bytes().to_vec(),
+        files.dockerfile = match placed {
+            PlacedDockerfile::Inside(rel) => rel,
+            PlacedDockerfile::Added(content) => {
+                let ignore_bytes = self.ignore_bytes.clone();
+                let name = add_outside_dockerfile(&mut files.entries, content, ignore_bytes);
+                files.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+                name
+            }
         };
-        files.dockerfile =
-            add_outside_dockerfile(&mut files.entries, outside, self.ignore_bytes.clone());
-        files.entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         Ok(Some(files))
     }
 }

@@ -114,15 +114,24 @@ pub fn host_name(host: &str) -> Result<&str, &'static str> {
     Ok(name)
 }
 
+/// The registry host a reference names, and the rest: the first component is a host when it has
+/// a `.` or a `:` in it, or is `localhost`, as Docker reads references.
+pub fn split_registry(reference: &str) -> (Option<&str>, &str) {
+    match reference.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, reference),
+    }
+}
+
 /// `myapp/web:latest` is in the run's registry; `host.example:5000/x:y` or `localhost/x` names its own.
 pub fn qualify_reference(registry: &str, reference: &str) -> String {
-    let first = reference.split('/').next().unwrap_or_default();
-    let has_host = reference.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost");
-    if has_host {
-        reference.to_owned()
-    } else {
-        format!("{registry}/{reference}")
+    match split_registry(reference) {
+        (Some(_), _) => reference.to_owned(),
+        (None, _) => format!("{registry}/{reference}"),
     }
 }
 

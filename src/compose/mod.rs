@@ -426,8 +426,8 @@ fn take_service(
     })
 }
 
-/// `REGISTRY/REPOSITORY[:TAG]` → its parts; the registry is the first component when it looks like
-/// a host (a `.` or `:` in it, or `localhost`), as Docker reads references.
+/// `REGISTRY/REPOSITORY[:TAG]` → its parts, the registry as [`crate::reference::split_registry`]
+/// finds it.
 pub fn split_image(image: &str) -> Result<(Option<String>, String, Option<String>), String> {
     if image.contains('@') {
         return Err(format!(
@@ -438,18 +438,11 @@ pub fn split_image(image: &str) -> Result<(Option<String>, String, Option<String
         Some((name, tag)) if !tag.contains('/') => (name, Some(tag.to_owned())),
         _ => (image, None),
     };
-    let (registry, repository) = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            (Some(first.to_owned()), rest.to_owned())
-        }
-        _ => (None, name.to_owned()),
-    };
+    let (registry, repository) = crate::reference::split_registry(name);
     if repository.is_empty() || tag.as_deref() == Some("") {
         return Err(format!("image `{image}` has an empty repository or tag"));
     }
-    Ok((registry, repository, tag))
+    Ok((registry.map(str::to_owned), repository.to_owned(), tag))
 }
 
 #[cfg(test)]

@@ -325,7 +325,7 @@ timed() {
     fi
     verify_run "$tool" "$app" "$prefix" "$sha" "$logf" "$@"
     local secs note=
-    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    secs=$(seconds_between "$t0" "$t1")
     if [[ $tool == ecr-build ]]; then
         note=$(ecr_outcome "${logf%.log}.summary")
     fi
@@ -391,8 +391,6 @@ platform_run() {
     }
 }
 
-elapsed_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
-
 measure_platforms() {
     local arm64
     arm64=$(ecr_build_enable_arm64) || die "cannot set up arm64 emulation"
@@ -410,7 +408,7 @@ measure_platforms() {
         platforms_app "$app" "bench-platforms-one-r$round" "$arm64" "$sha"
         t0=$EPOCHREALTIME
         platform_run "$out_dir/logs/r$round-platforms-one-run.log" "$sha" "$DOCKER_HOST" "$app"
-        secs=$(elapsed_since "$t0")
+        secs=$(seconds_between "$t0" "$EPOCHREALTIME")
         printf 'platforms-one-run\tecr-build\t%s\t%s\t\n' "$round" "$secs" >>"$times"
         log "round $round  two platforms in one run          $secs s"
 
@@ -424,10 +422,10 @@ measure_platforms() {
         platform_run "$out_dir/logs/r$round-platforms-arm64.log" "$sha" "unix://${hosts[1]}/docker.sock" \
             "$app" --platform linux/arm64
         wait "$amd64_job" || die "the amd64 part failed"
-        parallel=$(elapsed_since "$t0")
+        parallel=$(seconds_between "$t0" "$EPOCHREALTIME")
         t0=$EPOCHREALTIME
         platform_run "$out_dir/logs/r$round-platforms-final.log" "$sha" "$DOCKER_HOST" "$app"
-        secs=$(elapsed_since "$t0")
+        secs=$(seconds_between "$t0" "$EPOCHREALTIME")
         grep -q '^app reused ' "$out_dir/logs/r$round-platforms-final.summary" ||
             die "the final run built something (log: $out_dir/logs/r$round-platforms-final.log)"
         printf 'platforms-fan-out\tecr-build\t%s\t%s\t\n' "$round" "$(awk -v a="$parallel" -v b="$secs" 'BEGIN { printf "%.3f", a + b }')" >>"$times"
@@ -471,6 +469,9 @@ repository = "bench/hash"
 context = "data"
 EOF
 }
+
+# seconds_between T0 T1: seconds from one $EPOCHREALTIME to another, to the millisecond.
+seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 json_field() { "$(_ecr_build_python)" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
@@ -553,7 +554,7 @@ measure_shell_login() {
         } >"$out_dir/logs/shell-login-$i.log" 2>&1 || die "the shell's docker login failed (log: $out_dir/logs/shell-login-$i.log)"
         t1=$EPOCHREALTIME
         rm -rf "$dc"
-        secs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
+        secs+=("$(seconds_between "$t0" "$t1")")
     done
     shell_login_secs=$(printf '%s\n' "${secs[@]}" | median)
     log "shell login alone: median $shell_login_secs s"

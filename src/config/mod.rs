@@ -30,21 +30,21 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}:{line}:{column}: {}", path.display(), one_line(message))]
+    #[error("{}:{line}:{column}: {}", path.display(), escape_controls(message))]
     Syntax {
         path: PathBuf,
         line: usize,
         column: usize,
         message: String,
     },
-    #[error("{}: {}", one_line(origin), one_line(message))]
+    #[error("{}: {}", escape_controls(origin), escape_controls(message))]
     Invalid { origin: String, message: String },
-    #[error("{}", one_line(.0))]
+    #[error("{}", escape_controls(.0))]
     Usage(String),
 }
 
 /// Errors are one line: control characters that came from the file or the flags are shown escaped.
-fn one_line(text: &str) -> String {
+fn escape_controls(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_control() {

@@ -68,13 +68,10 @@ fn the_custom_codebuild_image_starts_docker_and_builds_the_example_app() {
         base_tar.to_str().unwrap(),
         &services().base_image,
     ]);
-    let cgroup_parent = format!(
-        "/{}/codebuild",
-        std::env::var("ECR_BUILD_TEST_CGROUP_PARENT").expect("run scripts/test.sh")
-    );
+    let cgroup_parent = format!("/{}/codebuild", required("ECR_BUILD_TEST_CGROUP_PARENT"));
     let sha = new_sha();
     let mount = |from: &Path, to: &str| format!("{}:{to}", from.display());
-    let env = |name: &str| format!("{name}={}", std::env::var(name).unwrap());
+    let env = |name: &str| format!("{name}={}", required(name));
     let mut args: Vec<String> = ["run", "--rm", "--network", "host", "-w", "/src"]
         .map(str::to_owned)
         .into();

@@ -158,9 +158,7 @@ const ENV: &[(&str, &str)] = &[("PLAIN", "plain-value"), ("EMPTY", ""), ("VERSIO
 
 /// What Docker Compose reads for every service that builds.
 fn compose_config(dir: &Path, files: &[&str]) -> BTreeMap<String, Value> {
-    let mut command = std::process::Command::new(
-        std::env::var("ECR_BUILD_TEST_COMPOSE").expect("run scripts/test.sh"),
-    );
+    let mut command = std::process::Command::new(required("ECR_BUILD_TEST_COMPOSE"));
     command.current_dir(dir).env_remove("COMPOSE_FILE");
     for file in files {
         command.args(["-f", file]);

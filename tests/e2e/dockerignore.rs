@@ -274,12 +274,7 @@ fn write_tree(dir: &Path, dockerignore: &str) {
 /// engine 20.10; Docker 28's own client, with buildx, for engine 28): an older client sends what a
 /// newer engine's BuildKit would leave out.
 fn docker_cli() -> PathBuf {
-    PathBuf::from(required_env("ECR_BUILD_TEST_DOCKER_CLI"))
-}
-
-fn required_env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test.sh"))
+    PathBuf::from(required("ECR_BUILD_TEST_DOCKER_CLI"))
 }
 
 /// The docker CLI with the test engine and a config directory of its own: the harness's
@@ -522,7 +517,7 @@ fn build_context_equals_the_docker_clis() {
     let config = scratch.path().join("docker-config");
     std::fs::create_dir_all(config.join("cli-plugins")).unwrap();
     // A current docker client builds with BuildKit only through the buildx plugin.
-    let buildx = required_env("ECR_BUILD_TEST_BUILDX");
+    let buildx = required("ECR_BUILD_TEST_BUILDX");
     if !buildx.is_empty() {
         symlink(&buildx, config.join("cli-plugins/docker-buildx")).unwrap();
     }

@@ -19,7 +19,8 @@ pub struct Services {
     pub docker_config: PathBuf,
 }
 
-fn required(name: &str) -> String {
+/// A variable scripts/test.sh sets for the tests.
+pub fn required(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: the end-to-end tests run against the services that scripts/test.sh starts; run scripts/test.sh")
     })

@@ -21,7 +21,7 @@ fn app(repository: &str, platforms: &str) -> Workspace {
     );
     let bin = ws.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let arm64 = std::env::var("ECR_BUILD_TEST_BUSYBOX_ARM64").expect("run scripts/test.sh");
+    let arm64 = required("ECR_BUILD_TEST_BUSYBOX_ARM64");
     std::fs::copy("/bin/busybox", bin.join("busybox-amd64")).unwrap();
     std::fs::copy(Path::new(&arm64), bin.join("busybox-arm64")).unwrap();
     // busybox-static:s390x, beside the arm64 one: no binfmt handler runs it here.

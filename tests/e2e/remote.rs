@@ -6,10 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh"))
-}
-
 /// PATH with the harness's `ssh` (its own key and known_hosts) first.
 fn path_with(dir: &str) -> String {
     format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
@@ -84,9 +80,9 @@ fn a_build_with_a_secret_goes_through_a_tls_engine() {
     let (ws, repository, value) = secret_app();
     let sha = new_sha();
     let run = build(&ws, &repository, &value, &sha)
-        .env("DOCKER_HOST", env("ECR_BUILD_TEST_TLS_HOST"))
+        .env("DOCKER_HOST", required("ECR_BUILD_TEST_TLS_HOST"))
         .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", env("ECR_BUILD_TEST_TLS_CERTS"))
+        .env("DOCKER_CERT_PATH", required("ECR_BUILD_TEST_TLS_CERTS"))
         .run()
         .success()
         .no_ecr_secret();
@@ -96,12 +92,12 @@ fn a_build_with_a_secret_goes_through_a_tls_engine() {
 #[test]
 fn a_tls_engine_with_another_ca_fails_at_once_naming_the_host() {
     let (ws, repository, value) = secret_app();
-    let host = env("ECR_BUILD_TEST_TLS_HOST");
+    let host = required("ECR_BUILD_TEST_TLS_HOST");
     let started = Instant::now();
     let run = build(&ws, &repository, &value, &new_sha())
         .env("DOCKER_HOST", &host)
         .env("DOCKER_TLS_VERIFY", "1")
-        .env("DOCKER_CERT_PATH", env("ECR_BUILD_TEST_TLS_WRONG_CA"))
+        .env("DOCKER_CERT_PATH", required("ECR_BUILD_TEST_TLS_WRONG_CA"))
         .run()
         .failure(1);
     assert_refused_at_once(
@@ -118,8 +114,8 @@ fn a_build_with_a_secret_goes_through_an_ssh_engine() {
     let (ws, repository, value) = secret_app();
     let sha = new_sha();
     let run = build(&ws, &repository, &value, &sha)
-        .env("DOCKER_HOST", env("ECR_BUILD_TEST_SSH_HOST"))
-        .env("PATH", path_with(&env("ECR_BUILD_TEST_SSH_BIN")))
+        .env("DOCKER_HOST", required("ECR_BUILD_TEST_SSH_HOST"))
+        .env("PATH", path_with(&required("ECR_BUILD_TEST_SSH_BIN")))
         .run()
         .success()
         .no_ecr_secret();
@@ -129,11 +125,14 @@ fn a_build_with_a_secret_goes_through_an_ssh_engine() {
 #[test]
 fn an_ssh_engine_that_refuses_the_key_fails_at_once_naming_the_host() {
     let (ws, repository, value) = secret_app();
-    let host = env("ECR_BUILD_TEST_SSH_HOST");
+    let host = required("ECR_BUILD_TEST_SSH_HOST");
     let started = Instant::now();
     let run = build(&ws, &repository, &value, &new_sha())
         .env("DOCKER_HOST", &host)
-        .env("PATH", path_with(&env("ECR_BUILD_TEST_SSH_WRONG_KEY_BIN")))
+        .env(
+            "PATH",
+            path_with(&required("ECR_BUILD_TEST_SSH_WRONG_KEY_BIN")),
+        )
         .run()
         .failure(1);
     assert_refused_at_once(&run, started, &host, "Permission denied");

@@ -9,7 +9,7 @@ use crate::context::PreparedImage;
 use crate::decide::{self, Action, context_tag};
 use crate::error::Result;
 use crate::image;
-use crate::pipeline::{BuildSpec, RunContext, build_image, push_tags};
+use crate::pipeline::{BuildSpec, RunContext, build_image, push_tags, tag_conflict};
 use crate::registry::Manifest;
 use crate::reuse::{ImageRegistry, ReuseTarget};
 use crate::secrets::SecretValues;
@@ -38,12 +38,7 @@ pub(crate) async fn build_platforms(
         }
         return Ok((last, "built (dry run, not pushed)"));
     };
-    let registry = ImageRegistry {
-        access,
-        image: name,
-        repository,
-        retry_budget: run.retry_budget,
-    };
+    let registry = run.image_registry(access, image);
     let mut children = Vec::with_capacity(image.variants.len());
     let mut built = false;
     for variant in &image.variants {
@@ -100,16 +95,10 @@ async fn put_index(
     index: Manifest,
     image: &PreparedImage,
 ) -> Result<()> {
-    let rules = (run.rules.get(&image.plan.repository))
-        .cloned()
-        .unwrap_or_default();
+    let rules = run.rules_of(&image.plan.repository);
     let state = registry.tags_state(&index.digest, run.tags, &rules).await?;
-    let action = decide::decide(run.tags, "", &state, &rules, false).map_err(|conflict| {
-        anyhow::anyhow!(
-            "{repository_uri}:{conflict} (context digest {})",
-            image.digest
-        )
-    })?;
+    let action = decide::decide(run.tags, "", &state, &rules, false)
+        .map_err(|conflict| tag_conflict(repository_uri, image, conflict))?;
     let Action::Reuse { digest, put } = action else {
         unreachable!("an index that is found is put, never built");
     };

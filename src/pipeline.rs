@@ -91,7 +91,7 @@ pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
 
 /// The parts of a run every image shares.
 pub(crate) struct RunContext<'a> {
-    pub(crate) engine: &'a Engine,
+    engine: &'a Engine,
     pub(crate) registry: &'a str,
     pub(crate) tags: &'a [String],
     labels: Vec<(String, String)>,
@@ -100,13 +100,13 @@ pub(crate) struct RunContext<'a> {
     /// `None` in a dry run.
     pub(crate) access: Option<RegistryAccess>,
     /// Each repository's tag rules, from ECR.
-    pub(crate) rules: HashMap<String, TagRules>,
+    rules: HashMap<String, TagRules>,
     pub(crate) rebuild: bool,
     /// How long transient registry faults are retried, per call.
-    pub(crate) retry_budget: Duration,
+    retry_budget: Duration,
     /// `--jobs`: how many images build and push at once. Registry look-ups and re-tags of
     /// unchanged images need no slot.
-    pub(crate) build_slots: tokio::sync::Semaphore,
+    build_slots: tokio::sync::Semaphore,
     /// A fan-out job's part: only ctx- tags are pushed.
     pub(crate) partial: bool,
 }
@@ -127,6 +127,25 @@ impl RunContext<'_> {
     /// The tags this run puts: none in a part of a fan-out.
     pub(crate) fn put_tags(&self) -> &[String] {
         if self.partial { &[] } else { self.tags }
+    }
+
+    /// `image`'s registry calls, retried within the run's budget.
+    pub(crate) fn image_registry<'a>(
+        &self,
+        access: &'a RegistryAccess,
+        image: &'a PreparedImage,
+    ) -> ImageRegistry<'a> {
+        ImageRegistry {
+            access,
+            image: &image.plan.name,
+            repository: &image.plan.repository,
+            retry_budget: self.retry_budget,
+        }
+    }
+
+    /// `repository`'s tag rules, as ECR gave them; mutable where it gave none.
+    pub(crate) fn rules_of(&self, repository: &str) -> TagRules {
+        self.rules.get(repository).cloned().unwrap_or_default()
     }
 
     /// The commit images are labelled with, if the run has one.
@@ -175,13 +194,8 @@ async fn build_one(
         let image_id = build_image(run, &image, secrets, None, spec).await?;
         return Ok(outcome(image_id, "built (dry run, not pushed)"));
     };
-    let rules = run.rules.get(repository).cloned().unwrap_or_default();
-    let registry = ImageRegistry {
-        access,
-        image: &name,
-        repository,
-        retry_budget: run.retry_budget,
-    };
+    let rules = run.rules_of(repository);
+    let registry = run.image_registry(access, &image);
     let (state, target) = (registry.look_up(
         &image.digest,
         run.put_tags(),
@@ -190,14 +204,8 @@ async fn build_one(
         run.revision(),
     ))
     .await?;
-    let action = decide::decide(run.put_tags(), &ctx_tag, &state, &rules, run.rebuild).map_err(
-        |conflict| {
-            anyhow::anyhow!(
-                "{repository_uri}:{conflict} (context digest {})",
-                image.digest
-            )
-        },
-    )?;
+    let action = decide::decide(run.put_tags(), &ctx_tag, &state, &rules, run.rebuild)
+        .map_err(|conflict| tag_conflict(&repository_uri, &image, conflict))?;
     match action {
         Action::Reuse { digest, put } => {
             let target = target.expect("reuse is decided on an image that was found");
@@ -215,6 +223,18 @@ async fn build_one(
             Ok(outcome(digest, "pushed"))
         }
     }
+}
+
+/// A tag this run cannot put, naming the repository and the image's context digest.
+pub(crate) fn tag_conflict(
+    repository_uri: &str,
+    image: &PreparedImage,
+    conflict: decide::Conflict,
+) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{repository_uri}:{conflict} (context digest {})",
+        image.digest
+    )
 }
 
 /// What one build makes: an image for `platform` (or the engine's own), labelled with its context

@@ -74,6 +74,7 @@ pub fn write_for(
     }
     Ok(())
 }
+
 /// The URI each image is deployed by: its primary tag's, or with `digest` its registry digest's
 /// (a dry run has none, and keeps the tag).
 pub fn image_uris(kind: ImageUriKind, primary_tag: &str, images: &[ImageOutcome]) -> Vec<ImageUri> {

@@ -88,16 +88,7 @@ fn artifacts_settings(
     let base = toml_path.and_then(Path::parent).unwrap_or(&project.dir);
     let mut section = file.map(|f| f.artifacts.clone()).unwrap_or_default();
     section.fill_from(&project.settings.artifacts);
-    ArtifactsSettings {
-        image_uri: (flags.image_uri).or(section.image_uri).unwrap_or_default(),
-        dir: (flags.output_dir)
-            .map(|d| clean(&cwd.join(d)))
-            .or_else(|| section.dir.as_ref().map(|d| clean(&base.join(d))))
-            .unwrap_or_else(|| cwd.to_path_buf()),
-        imagedefinitions: section.imagedefinitions,
-        image_detail: section.image_detail,
-        build_json: section.build_json,
-    }
+    section.settings(flags, base, cwd)
 }
 
 /// An image's settings where neither its service nor its x-ecr-build gives them.

@@ -140,6 +140,21 @@ impl ArtifactsSection {
             .or_else(|| other.image_detail.clone());
         self.build_json = self.build_json.take().or_else(|| other.build_json.clone());
     }
+
+    /// The settings, the flags first: `--output-dir` is relative to `cwd`, the section's `dir` to
+    /// `base` (its file's folder); neither: `cwd`.
+    fn settings(self, flags: ArtifactFlags<'_>, base: &Path, cwd: &Path) -> ArtifactsSettings {
+        ArtifactsSettings {
+            image_uri: (flags.image_uri).or(self.image_uri).unwrap_or_default(),
+            dir: (flags.output_dir)
+                .map(|d| clean(&cwd.join(d)))
+                .or_else(|| self.dir.map(|d| clean(&base.join(d))))
+                .unwrap_or_else(|| cwd.to_path_buf()),
+            imagedefinitions: self.imagedefinitions,
+            image_detail: self.image_detail,
+            build_json: self.build_json,
+        }
+    }
 }
 
 /// `"name"` or `false` (don't write) or `true` (the default).
@@ -411,18 +426,7 @@ fn plan_from_file(
         .map(|(name, section)| image_from_section(name, section, &base, &file).map_err(&invalid))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let artifacts = ArtifactsSettings {
-        image_uri: (flags.image_uri)
-            .or(file.artifacts.image_uri)
-            .unwrap_or_default(),
-        dir: (flags.output_dir)
-            .map(|d| clean(&cwd.join(d)))
-            .or_else(|| file.artifacts.dir.map(|d| clean(&base.join(d))))
-            .unwrap_or_else(|| cwd.to_path_buf()),
-        imagedefinitions: file.artifacts.imagedefinitions,
-        image_detail: file.artifacts.image_detail,
-        build_json: file.artifacts.build_json,
-    };
+    let artifacts = file.artifacts.settings(flags, &base, cwd);
     let tags = if args.tags.is_empty() {
         file.tags.unwrap_or_else(|| vec![DEFAULT_TAG.into()])
     } else {
@@ -552,11 +556,7 @@ fn plan_from_flags(
             tags,
             network: args.network.clone(),
             builder: args.builder.map(Builder::from).unwrap_or(Builder::Buildkit),
-            artifacts: ArtifactsSettings {
-                dir: (flags.output_dir).map_or_else(|| cwd.to_path_buf(), |d| clean(&cwd.join(d))),
-                image_uri: flags.image_uri.unwrap_or_default(),
-                ..ArtifactsSettings::default()
-            },
+            artifacts: ArtifactsSection::default().settings(flags, cwd, cwd),
             images: vec![ImagePlan {
                 name,
                 repository,
@@ -579,7 +579,6 @@ fn plan_from_flags(
     )
 }
 
-#[derive(Default)]
 struct ArtifactsSettings {
     dir: PathBuf,
     image_uri: ImageUriKind,

@@ -85,10 +85,13 @@ fn artifacts_settings(
     project: &Project,
     cwd: &Path,
 ) -> ArtifactsSettings {
-    let base = toml_path.and_then(Path::parent).unwrap_or(&project.dir);
     let mut section = file.map(|f| f.artifacts.clone()).unwrap_or_default();
+    // The toml's dir is made whole against its own folder before the Compose files' fills a gap.
+    if let (Some(dir), Some(toml_dir)) = (&mut section.dir, toml_path.and_then(Path::parent)) {
+        *dir = toml_dir.join(&*dir);
+    }
     section.fill_from(&project.settings.artifacts);
-    section.settings(flags, base, cwd)
+    section.settings(flags, &project.dir, cwd)
 }
 
 /// An image's settings where neither its service nor its x-ecr-build gives them.

@@ -1022,6 +1022,32 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         assert_eq!(worker.platforms, ["linux/arm64"]);
     }
 
+    /// Each file's `artifacts.dir` is relative to that file's folder, as the README says.
+    #[test]
+    fn an_artifacts_dir_in_x_ecr_build_is_relative_to_the_compose_file_under_a_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("deploy")).unwrap();
+        std::fs::write(
+            root.join("ecr-build.toml"),
+            "compose = [\"deploy/compose.yaml\"]\n",
+        )
+        .unwrap();
+        let compose = "services:\n  web:\n    image: r.example/web\n    build: .\n\
+                       x-ecr-build:\n  artifacts:\n    dir: out\n";
+        std::fs::write(root.join("deploy/compose.yaml"), compose).unwrap();
+        let plan = load(&args(&[]), ArtifactFlags::default(), &root).unwrap();
+        assert_eq!(plan.artifacts.dir, root.join("deploy/out"));
+        let toml = "compose = [\"deploy/compose.yaml\"]\n[artifacts]\ndir = \"mine\"\n";
+        std::fs::write(root.join("ecr-build.toml"), toml).unwrap();
+        let plan = load(&args(&[]), ArtifactFlags::default(), &root).unwrap();
+        assert_eq!(
+            plan.artifacts.dir,
+            root.join("mine"),
+            "the toml's own, beside it"
+        );
+    }
+
     #[test]
     fn a_fan_out_job_takes_its_images_and_platforms_and_is_a_part() {
         let text = "platforms = [\"linux/amd64\", \"linux/arm64\"]\n[images.web]\nrepository = \"web\"\n\

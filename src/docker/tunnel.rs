@@ -148,11 +148,8 @@ fn tls_connector(cert_path: &Path) -> Result<TlsConnector, String> {
 }
 
 fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
-    let host = match addr.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => addr,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = crate::reference::host_name(addr)
+        .map_err(|reason| format!("{addr} is not a host[:port] ({reason})"))?;
     ServerName::try_from(host.to_owned()).map_err(|_| format!("{host} is not a host name"))
 }
 

@@ -24,6 +24,11 @@ pub fn digest_inputs(
         "secret_ids": image.secrets.iter().map(|(id, _)| id).collect::<Vec<_>>(),
         "ssm_path": image.ssm_path,
     });
+    // BuildKit reads the context through the build session, which leaves out the build files
+    // that .dockerignore excludes and gives files content-derived times: not what a tar gave.
+    if builder == Builder::Buildkit {
+        inputs["context_transfer"] = "filesync".into();
+    }
     // Only where set, so that images which have neither keep the digests they had.
     if let Some(platform) = platform {
         inputs["platform"] = platform.into();

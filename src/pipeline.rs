@@ -305,9 +305,7 @@ pub(crate) async fn build_image(
         }),
         secrets,
     };
-    let built = (run.engine)
-        .build(request, image.files.clone().into_tar_stream())
-        .await;
+    let built = (run.engine).build(request, image.files.clone()).await;
     let image_id = match (built, spec.platform) {
         (Err(err), Some(platform)) if err.to_string().contains("exec format error") => {
             return Err(anyhow::Error::new(err)

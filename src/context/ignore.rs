@@ -13,6 +13,8 @@ use super::{ContextError, goregex};
 #[derive(Debug, Clone, Default)]
 pub struct DockerIgnore {
     patterns: Vec<Pattern>,
+    /// How many of `patterns` the file wrote; those after it are exceptions added for build files.
+    written: usize,
 }
 
 impl DockerIgnore {
@@ -38,7 +40,8 @@ impl DockerIgnore {
             })?;
             patterns.push(pattern);
         }
-        Ok(DockerIgnore { patterns })
+        let written = patterns.len();
+        Ok(DockerIgnore { patterns, written })
     }
 
     /// Whether a build leaves `rel_path` out of the context. This is Docker's tar walk applied to
@@ -123,6 +126,15 @@ impl DockerIgnore {
         excluded
     }
 
+    /// The patterns as the file wrote them, without the exceptions added for build files; `None`
+    /// where none were added.
+    pub(super) fn as_written(&self) -> Option<DockerIgnore> {
+        (self.written < self.patterns.len()).then(|| DockerIgnore {
+            patterns: self.patterns[..self.written].to_vec(),
+            written: self.written,
+        })
+    }
+
     pub(super) fn add_exception(&mut self, path: &str) -> Result<(), ContextError> {
         let pattern = format!("!{path}");
         let exception = Pattern::new(&pattern)
@@ -154,7 +166,7 @@ fn normalize_line(line: &str) -> String {
 }
 
 /// Go's `filepath.Clean` on Unix: the shortest equivalent path, "." for nothing.
-fn clean(path: &str) -> String {
+pub(super) fn clean(path: &str) -> String {
     let rooted = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {

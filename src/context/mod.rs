@@ -14,8 +14,10 @@ mod digest;
 mod goregex;
 mod ignore;
 mod stream;
+mod sync;
 
 pub use ignore::DockerIgnore;
+pub use sync::{SYNCED_DOCKERFILE, SyncDir, SyncDirs, SyncItem};
 
 use std::fs::{self, File};
 use std::io;
@@ -80,6 +82,19 @@ struct Entry {
     /// Permission bits, with setuid/setgid/sticky as Docker keeps them.
     mode: u32,
     kind: EntryKind,
+    sent: Sent,
+}
+
+/// Which way of sending the context carries an entry. The tar (legacy builder) follows docker
+/// CLI's tar: it must carry the Dockerfile and .dockerignore even where .dockerignore excludes
+/// them, and a Dockerfile from outside the context under a generated name. The build session's
+/// file sync (BuildKit) follows docker CLI's sync: .dockerignore alone decides, and the Dockerfile
+/// travels in a directory of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Always,
+    TarOnly,
+    SyncOnly,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +330,7 @@ fn walk(
     build_files: &[&str],
 ) -> Result<Vec<Entry>, ContextError> {
     let mut entries = Vec::new();
+    let as_written = ignore.as_written();
     // Directories still to list: the path relative to the root ("" for the root itself) and
     // the pattern matches its children inherit.
     let mut pending = vec![(String::new(), Vec::new())];
@@ -341,12 +357,19 @@ fn walk(
             let mode = metadata.permissions().mode() & 0o7777;
             let file_type = metadata.file_type();
             let (excluded, matches) = ignore.evaluate(&rel, &parent_matches);
+            // What only the exceptions for build files let through goes into the tar alone.
+            let sent = if excluded || as_written.as_ref().is_some_and(|w| w.is_excluded(&rel)) {
+                Sent::TarOnly
+            } else {
+                Sent::Always
+            };
             if file_type.is_dir() {
                 if !excluded {
                     entries.push(Entry {
                         path: rel.clone(),
                         mode,
                         kind: EntryKind::Dir,
+                        sent,
                     });
                 }
                 let holds_build_file = build_files.iter().any(|file| {
@@ -378,6 +401,7 @@ fn walk(
                 path: rel,
                 mode,
                 kind,
+                sent,
             });
         }
     }
@@ -404,16 +428,27 @@ fn add_outside_dockerfile(
             entry.path == DOCKERIGNORE && matches!(entry.kind, EntryKind::DiskFile { .. })
         })
         .map_or(ADDED_FILE_MODE, |entry| entry.mode);
-    entries.retain(|entry| entry.path != DOCKERIGNORE && entry.path != name);
+    entries.retain(|entry| {
+        !(entry.path == name || entry.path == DOCKERIGNORE && entry.sent == Sent::TarOnly)
+    });
+    // The file sync sends the .dockerignore as it is, and the Dockerfile in a directory of its own.
+    for entry in entries
+        .iter_mut()
+        .filter(|entry| entry.path == DOCKERIGNORE)
+    {
+        entry.sent = Sent::SyncOnly;
+    }
     entries.push(Entry {
         path: DOCKERIGNORE.to_owned(),
         mode: ignore_mode,
         kind: EntryKind::MemoryFile(ignore_content),
+        sent: Sent::TarOnly,
     });
     entries.push(Entry {
         path: name.clone(),
         mode: ADDED_FILE_MODE,
         kind: EntryKind::MemoryFile(content),
+        sent: Sent::TarOnly,
     });
     name
 }
@@ -424,21 +459,28 @@ impl ContextFiles {
         &self.dockerfile
     }
 
+    /// The entries of the context as the tar sends it.
+    fn tar_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.sent != Sent::SyncOnly)
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.tar_entries().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// The bytes of file content sent.
+    /// The bytes of file content the tar sends.
     pub fn total_bytes(&self) -> u64 {
-        self.entries.iter().map(Entry::content_len).sum()
+        self.tar_entries().map(Entry::content_len).sum()
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|entry| entry.path.as_str())
+        self.tar_entries().map(|entry| entry.path.as_str())
     }
 
     /// Stops sending `files` (absolute paths) where they lie inside the context: ecr-build's own
@@ -799,8 +841,7 @@ mod tests {
         set_mode(&dir.path().join(".dockerignore"), 0o640);
         let files = collect(dir.path(), &dockerfile).unwrap();
         let ignore_entry = files
-            .entries
-            .iter()
+            .tar_entries()
             .find(|entry| entry.path == DOCKERIGNORE)
             .unwrap();
         assert_eq!(ignore_entry.mode, 0o640);

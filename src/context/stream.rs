@@ -50,7 +50,7 @@ impl ContextFiles {
 
     fn write_tar(&self, sink: &mut ChunkSender) -> io::Result<()> {
         let mut builder = tar::Builder::new(&mut *sink);
-        for entry in &self.entries {
+        for entry in self.tar_entries() {
             self.append_entry(&mut builder, entry)?;
         }
         builder.into_inner()?;
@@ -83,12 +83,8 @@ impl ContextFiles {
                 let path = self.root.join(&entry.path);
                 let file = File::open(&path)
                     .map_err(|err| io::Error::new(err.kind(), read_error(&path)(err)))?;
-                let content = Verified {
-                    inner: SizedPrefix::new(file, *size, path.clone()),
-                    hasher: Sha256::new(),
-                    expected: *hash,
-                    path,
-                };
+                let content =
+                    Verified::new(SizedPrefix::new(file, *size, path.clone()), *hash, path);
                 builder.append_data(&mut header, &entry.path, content)
             }
             EntryKind::MemoryFile(bytes) => {
@@ -147,11 +143,22 @@ fn changed(path: &std::path::Path, change: &'static str) -> io::Error {
 
 /// Passes a file's bytes on and, at its end, checks that they hash to what the digest read: the
 /// context digest always describes what the engine received.
-struct Verified<R> {
+pub(super) struct Verified<R> {
     inner: R,
     hasher: Sha256,
     expected: Option<[u8; 32]>,
     path: PathBuf,
+}
+
+impl<R: Read> Verified<R> {
+    pub(super) fn new(inner: R, expected: Option<[u8; 32]>, path: PathBuf) -> Self {
+        Verified {
+            inner,
+            hasher: Sha256::new(),
+            expected,
+            path,
+        }
+    }
 }
 
 impl<R: Read> Read for Verified<R> {

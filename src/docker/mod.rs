@@ -1,6 +1,7 @@
 //! The Docker Engine API: connect (waiting for a daemon that is starting), build, tag, push.
 //! BuildKit builds go through [`session`], which serves secrets on the build's own session.
 
+mod filesync;
 mod host;
 mod session;
 mod tunnel;
@@ -21,6 +22,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::config::Builder;
+use crate::context::{ContextFiles, SYNCED_DOCKERFILE};
 use tunnel::{ProbeError, Tunnel};
 
 /// Builds upload the whole context before the engine answers; bollard's timeout covers that wait.
@@ -168,20 +170,32 @@ impl Engine {
         })
     }
 
-    /// Builds one image, streaming its output to the log with the image's name, and returns the image ID.
+    /// Builds one image, streaming its output to the log with the image's name, and returns the
+    /// image ID. BuildKit reads the context through the build session (as the docker CLI sends
+    /// it); the legacy builder gets it as a tar.
     pub async fn build(
         &self,
         request: BuildRequest<'_>,
-        context_tar: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+        context: ContextFiles,
     ) -> Result<String, DockerError> {
         let options = build_options(&request);
         let mut progress = BuildProgress::new(request.image);
         let registry_auth = request.registry_auth.unwrap_or_default();
-        // The session lives until the build's stream ends: BuildKit asks it for secrets and pull
-        // credentials while steps run.
+        // The session lives until the build's stream ends: BuildKit asks it for the context,
+        // secrets and pull credentials while steps run.
         let (session, mut stream) = match request.builder {
             Builder::Buildkit => {
                 let id = session_id(request.image);
+                let dirs = tokio::task::spawn_blocking(move || context.into_sync_dirs())
+                    .await
+                    .map_err(|err| DockerError::BuildFailed {
+                        step: None,
+                        message: format!("reading the context failed: {err}"),
+                    })?
+                    .map_err(|err| DockerError::BuildFailed {
+                        step: None,
+                        message: err.to_string(),
+                    })?;
                 let store = std::sync::Arc::new(session::SecretStore::new(request.secrets));
                 let session = session::open_session(
                     &self.address,
@@ -190,15 +204,16 @@ impl Engine {
                     "ecr-build",
                     store,
                     registry_auth,
+                    filesync::ContextSync::new(request.image, dirs),
                 )
                 .await?;
                 let options = options
                     .version(BuilderVersion::BuilderBuildKit)
                     .session(&id)
+                    .remote("client-session")
+                    .dockerfile(SYNCED_DOCKERFILE)
                     .build();
-                let stream =
-                    session::post_build(&self.address, &self.api_prefix, &options, context_tar)
-                        .await?;
+                let stream = session::post_build(&self.address, &self.api_prefix, &options).await?;
                 (Some(session), stream.boxed())
             }
             Builder::Legacy => {
@@ -206,7 +221,7 @@ impl Engine {
                 let stream = self.docker.build_image(
                     options,
                     Some(registry_auth),
-                    Some(bollard::body_try_stream(context_tar)),
+                    Some(bollard::body_try_stream(context.into_tar_stream())),
                 );
                 (None, stream.boxed())
             }
@@ -220,7 +235,9 @@ impl Engine {
                     }
                 }
                 Err(BollardError::DockerStreamError { error }) => {
-                    return Err(progress.failure(error));
+                    // A file that changed after it was hashed: say so, not BuildKit's wrapping.
+                    let changed = session.as_ref().and_then(|s| s.context().failure());
+                    return Err(progress.failure(changed.unwrap_or(error)));
                 }
                 Err(err) => return Err(err.into()),
             }

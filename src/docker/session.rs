@@ -1,20 +1,21 @@
-//! BuildKit builds through the Docker Engine API with a build session that serves BuildKit secrets.
+//! BuildKit builds through the Docker Engine API with a build session that serves the context,
+//! the Dockerfile and BuildKit secrets.
 //!
 //! bollard 0.21.1's `Docker::build_image` opens the session itself and serves only Auth (plus
 //! FileSend for `outputs`); its session types (`GrpcServer`, `AuthProvider`, `SecretProvider`,
 //! `Driver`) are `pub(crate)`. The generated gRPC servers and messages are public, though
 //! (`bollard::moby`, `bollard::health`), so this module:
 //!
-//! 1. opens `POST /session` itself (HTTP/1.1 `Upgrade: h2c` over the engine socket) and serves
-//!    Health + Auth + Secrets on the upgraded connection with hyper's HTTP/2 server and tonic's
-//!    `Routes`;
-//! 2. sends `POST /build?version=2&session=<id>&…` itself, streaming the context tar as the body,
-//!    and decodes the JSON-lines answer into `bollard::models::BuildInfo` with the same error
-//!    mapping as `build_image` (an `errorDetail` becomes `Error::DockerStreamError`), so the caller's
-//!    loop over the stream stays what it is for `build_image`.
+//! 1. opens `POST /session` itself (HTTP/1.1 `Upgrade: h2c` over the engine connection) and
+//!    serves Health + Auth + Secrets + FileSync ([`super::filesync`]) on the upgraded connection
+//!    with hyper's HTTP/2 server and tonic's `Routes`;
+//! 2. sends `POST /build?version=2&session=<id>&remote=client-session&…` itself, with an empty
+//!    body (BuildKit reads the context through the session), and decodes the JSON-lines answer
+//!    into `bollard::models::BuildInfo` with the same error mapping as `build_image` (an
+//!    `errorDetail` becomes `Error::DockerStreamError`), so the caller's loop over the stream
+//!    stays what it is for `build_image`.
 //!
-//! Only `unix://` and `tcp://`/`http://` engines are supported (no TLS, no ssh). Secret values are
-//! held in memory and never logged; only their ids are.
+//! Secret values are held in memory and never logged; only their ids are.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -30,6 +31,7 @@ use bollard::health::{
 use bollard::moby::buildkit::secrets::v1::secrets_server::{Secrets, SecretsServer};
 use bollard::moby::buildkit::secrets::v1::{GetSecretRequest, GetSecretResponse};
 use bollard::moby::filesync::v1::auth_server::{Auth, AuthServer};
+use bollard::moby::filesync::v1::file_sync_server::FileSyncServer;
 use bollard::moby::filesync::v1::{
     CredentialsRequest, CredentialsResponse, FetchTokenRequest, FetchTokenResponse,
     GetTokenAuthorityRequest, GetTokenAuthorityResponse, VerifyTokenAuthorityRequest,
@@ -39,16 +41,17 @@ use bollard::models::{BuildInfo, ErrorDetail};
 use bollard::query_parameters::BuildImageOptions;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use http::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 use tonic::Status;
 use tonic::server::NamedService;
 
+use super::filesync::ContextSync;
 use super::host::EngineAddr;
 
 /// An error answer (not 2xx/101) as bollard reports it: the JSON `message` or the raw body.
@@ -240,12 +243,17 @@ impl Secrets for SecretStore {
 /// An open build session. Dropping it closes the connection, and the engine forgets the session.
 pub struct BuildSession {
     secrets: Arc<SecretStore>,
+    context: Arc<ContextSync>,
     conn: tokio::task::JoinHandle<()>,
 }
 
 impl BuildSession {
     pub fn secrets(&self) -> &SecretStore {
         &self.secrets
+    }
+
+    pub fn context(&self) -> &ContextSync {
+        &self.context
     }
 }
 
@@ -255,7 +263,7 @@ impl Drop for BuildSession {
     }
 }
 
-/// Opens session `id` on the engine, serving Health, Auth and Secrets on it. When this returns,
+/// Opens session `id` on the engine, serving Health, Auth, Secrets and the build's context on it. When this returns,
 /// the engine has registered the session (BuildKit's `Manager.HandleHTTPRequest` adds it to its
 /// table before it releases the lock it holds across the 101 answer), so `/build` can follow.
 ///
@@ -267,11 +275,13 @@ pub async fn open_session(
     name: &str,
     secrets: Arc<SecretStore>,
     credentials: HashMap<String, DockerCredentials>,
+    context: ContextSync,
 ) -> Result<BuildSession, Error> {
     let methods = [
         format!("/{}/Credentials", AuthServer::<SessionAuth>::NAME),
         format!("/{}/FetchToken", AuthServer::<SessionAuth>::NAME),
         format!("/{}/GetSecret", SecretsServer::<SecretStore>::NAME),
+        format!("/{}/DiffCopy", FileSyncServer::<ContextSync>::NAME),
     ];
     let mut request = Request::post(format!("{api_prefix}/session"))
         .header(HOST, "docker")
@@ -279,8 +289,8 @@ pub async fn open_session(
         .header(UPGRADE, "h2c")
         .header("X-Docker-Expose-Session-Uuid", id)
         .header("X-Docker-Expose-Session-Name", name)
-        // Only used by BuildKit to key local-directory sync caches; a tar context never uses it.
-        .header("X-Docker-Expose-Session-Sharedkey", id);
+        // Keys the engine's kept copy of a synced directory: the same context folder finds it.
+        .header("X-Docker-Expose-Session-Sharedkey", context.shared_key());
     for method in &methods {
         request = request.header("X-Docker-Expose-Session-Grpc-Method", method);
     }
@@ -289,10 +299,12 @@ pub async fn open_session(
         return Err(server_error(response).await);
     }
     let upgraded = hyper::upgrade::on(response).await?;
+    let context = Arc::new(context);
 
     let routes = tonic::service::Routes::new(HealthServer::new(SessionHealth))
         .add_service(AuthServer::new(SessionAuth { credentials }))
-        .add_service(SecretsServer::from_arc(Arc::clone(&secrets)));
+        .add_service(SecretsServer::from_arc(Arc::clone(&secrets)))
+        .add_service(FileSyncServer::from_arc(Arc::clone(&context)));
     let conn = tokio::spawn(async move {
         let service = hyper_util::service::TowerToHyperService::new(routes);
         let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -303,28 +315,29 @@ pub async fn open_session(
             tracing::debug!("build session ended: {err}");
         }
     });
-    Ok(BuildSession { secrets, conn })
+    Ok(BuildSession {
+        secrets,
+        context,
+        conn,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
 // POST /build
 // ---------------------------------------------------------------------------------------------
 
-/// Sends `/build` with `options` (which must carry `version=2` and the session id) and the
-/// context tar as a streamed body; yields the engine's JSON messages as `BuildInfo`, an
+/// Sends `/build` with `options` (which must carry `version=2`, the session id and
+/// `remote=client-session`) and no body; yields the engine's JSON messages as `BuildInfo`, an
 /// `errorDetail` as `Err(Error::DockerStreamError)`, exactly like bollard's `build_image`.
 pub async fn post_build(
     engine: &EngineAddr,
     api_prefix: &str,
     options: &BuildImageOptions,
-    context_tar: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
 ) -> Result<impl Stream<Item = Result<BuildInfo, Error>> + Send + Unpin + 'static, Error> {
     let query = serde_urlencoded::to_string(options)?;
-    let body = StreamBody::new(context_tar.map_ok(Frame::data));
     let request = Request::post(format!("{api_prefix}/build?{query}"))
         .header(HOST, "docker")
-        .header(CONTENT_TYPE, "application/x-tar")
-        .body(body)?;
+        .body(Empty::<Bytes>::new())?;
     let response = engine.send(request).await?;
     if !response.status().is_success() {
         return Err(server_error(response).await);

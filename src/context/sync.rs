@@ -1,0 +1,330 @@
+//! The context as the build session's file sync serves it to BuildKit (docker CLI's way, fsutil's
+//! DiffCopy): a "context" directory, which `.dockerignore` alone decides, and a "dockerfile"
+//! directory holding only the Dockerfile. Each is a list of entries in fsutil's walk order, every
+//! parent directory present, as fsutil's receiver checks.
+//!
+//! A file's modification time is derived from its content: the engine keeps the context between
+//! builds and asks again only for files whose size, mode or time changed, so a content-derived
+//! time makes it ask exactly for the files whose content changed, whatever a checkout did to the
+//! times on disk; and the same content always gives the same image.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+use super::ignore::{DockerIgnore, clean};
+use super::stream::{SizedPrefix, Verified};
+use super::{ContextError, ContextFiles, Entry, EntryKind, Sent};
+
+/// The name the Dockerfile has in the "dockerfile" directory: the build's `dockerfile` option.
+pub const SYNCED_DOCKERFILE: &str = "Dockerfile";
+/// File content goes out in pieces of this size, as fsutil's sender sends them.
+const CHUNK_SIZE: usize = 32 * 1024;
+/// Go's `os.FileMode` bits, which fsutil puts in a stat's mode.
+const GO_MODE_DIR: u32 = 1 << 31;
+const GO_MODE_SYMLINK: u32 = 1 << 27;
+const GO_MODE_SETUID: u32 = 1 << 23;
+const GO_MODE_SETGID: u32 = 1 << 22;
+const GO_MODE_STICKY: u32 = 1 << 20;
+/// Symlinks followed before a path is given up as a loop.
+const MAX_LINK_HOPS: usize = 40;
+
+/// What one build's session serves.
+pub struct SyncDirs {
+    pub context: SyncDir,
+    pub dockerfile: SyncDir,
+    /// Keys the engine's kept copy of the context: the same context folder finds it again.
+    pub shared_key: String,
+}
+
+/// One directory, in fsutil's walk order.
+pub struct SyncDir {
+    items: Vec<SyncItem>,
+}
+
+/// One entry as fsutil's stat describes it.
+pub struct SyncItem {
+    /// '/'-separated, relative to the directory.
+    pub path: String,
+    /// Go's `os.FileMode`.
+    pub mode: u32,
+    pub size: i64,
+    pub mod_time_nanos: i64,
+    pub linkname: String,
+    content: Option<Content>,
+}
+
+enum Content {
+    /// The first `size` bytes of the file, which must hash to `hash`.
+    Disk {
+        path: PathBuf,
+        size: u64,
+        hash: [u8; 32],
+    },
+    Memory(Vec<u8>),
+}
+
+impl SyncItem {
+    /// Whether the receiver may ask for this entry's content (a regular file).
+    pub fn has_content(&self) -> bool {
+        self.content.is_some()
+    }
+
+    fn from_entry(entry: &Entry, root: &std::path::Path, path: String) -> SyncItem {
+        let mut item = SyncItem {
+            path,
+            mode: go_file_mode(entry.mode),
+            size: 0,
+            mod_time_nanos: 0,
+            linkname: String::new(),
+            content: None,
+        };
+        match &entry.kind {
+            EntryKind::Dir => item.mode |= GO_MODE_DIR,
+            EntryKind::Symlink(target) => {
+                item.mode |= GO_MODE_SYMLINK;
+                item.linkname = String::from_utf8_lossy(target.as_os_str().as_bytes()).into();
+            }
+            EntryKind::DiskFile { size, hash } => {
+                let hash = hash.expect("the context is hashed before it is served");
+                item.size = *size as i64;
+                item.mod_time_nanos = content_time(&hash);
+                item.content = Some(Content::Disk {
+                    path: root.join(&entry.path),
+                    size: *size,
+                    hash,
+                });
+            }
+            EntryKind::MemoryFile(bytes) => {
+                item.size = bytes.len() as i64;
+                item.mod_time_nanos = content_time(&Sha256::digest(bytes).into());
+                item.content = Some(Content::Memory(bytes.clone()));
+            }
+        }
+        item
+    }
+}
+
+impl ContextFiles {
+    /// The two directories a BuildKit build reads through the session. Blocking (hashes any file
+    /// not hashed yet).
+    pub fn into_sync_dirs(mut self) -> Result<SyncDirs, ContextError> {
+        self.hash_contents()?;
+        let root = self.root.clone();
+        let dockerfile = (self.entries.iter())
+            .find(|entry| entry.path == self.dockerfile)
+            .map(|entry| SyncItem::from_entry(entry, &root, SYNCED_DOCKERFILE.to_owned()))
+            .into_iter()
+            .collect();
+        let mut items: Vec<SyncItem> = (self.entries.iter())
+            .filter(|entry| entry.sent != Sent::TarOnly)
+            .map(|entry| SyncItem::from_entry(entry, &root, entry.path.clone()))
+            .collect();
+        // An excluded directory that holds a re-included file is not an entry of the walk, but
+        // the receiver needs every parent: it gets the directory's own mode, as fsutil sends it.
+        let known: HashSet<String> = items.iter().map(|item| item.path.clone()).collect();
+        let mut parents = HashSet::new();
+        for item in &items {
+            let mut path = item.path.as_str();
+            while let Some(slash) = path.rfind('/') {
+                path = &path[..slash];
+                if !known.contains(path) {
+                    parents.insert(path.to_owned());
+                }
+            }
+        }
+        for parent in parents {
+            let mode = fs::symlink_metadata(root.join(&parent))
+                .map_or(0o755, |metadata| metadata.permissions().mode() & 0o7777);
+            items.push(SyncItem {
+                path: parent,
+                mode: go_file_mode(mode) | GO_MODE_DIR,
+                size: 0,
+                mod_time_nanos: 0,
+                linkname: String::new(),
+                content: None,
+            });
+        }
+        // fsutil's order: component by component, so "a/x" comes before "a-b".
+        items.sort_by(|a, b| a.path.split('/').cmp(b.path.split('/')));
+        let shared_key = format!(
+            "{:x}",
+            Sha256::digest([b"ecr-build context ", root.as_os_str().as_bytes()].concat())
+        );
+        Ok(SyncDirs {
+            context: SyncDir { items },
+            dockerfile: SyncDir { items: dockerfile },
+            shared_key,
+        })
+    }
+}
+
+impl SyncDir {
+    pub fn item(&self, index: usize) -> &SyncItem {
+        &self.items[index]
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The entries a request for `include_patterns` and `follow_paths` gets, by index, in order:
+    /// those the patterns (Docker's syntax; a match of a directory takes all below it) or paths
+    /// (with the symlinks on their way followed) name, and the directories above them. Neither
+    /// given: all. Where a path cannot be resolved here (a wildcard through a symlink), all.
+    pub fn select(
+        &self,
+        include_patterns: &[String],
+        follow_paths: &[String],
+    ) -> Result<Vec<usize>, ContextError> {
+        let everything = (0..self.items.len()).collect();
+        if include_patterns.is_empty() && follow_paths.is_empty() {
+            return Ok(everything);
+        }
+        let Some(followed) = self.resolve_follow_paths(follow_paths) else {
+            return Ok(everything);
+        };
+        let patterns: Vec<&str> = (include_patterns.iter().map(String::as_str))
+            .chain(followed.iter().map(String::as_str))
+            .collect();
+        if patterns.iter().any(|pattern| clean(pattern) == ".") {
+            return Ok(everything);
+        }
+        let matcher = DockerIgnore::parse(&patterns.join("\n"))?;
+        let index_of: HashMap<&str, usize> = (self.items.iter().enumerate())
+            .map(|(index, item)| (item.path.as_str(), index))
+            .collect();
+        let mut wanted = vec![false; self.items.len()];
+        for (index, item) in self.items.iter().enumerate() {
+            if !matcher.is_excluded(&item.path) {
+                continue;
+            }
+            wanted[index] = true;
+            let mut path = item.path.as_str();
+            while let Some(slash) = path.rfind('/') {
+                path = &path[..slash];
+                if let Some(&parent) = index_of.get(path) {
+                    wanted[parent] = true;
+                }
+            }
+        }
+        Ok((0..self.items.len()).filter(|&i| wanted[i]).collect())
+    }
+
+    /// fsutil's FollowLinks: each path, and where a component of it is a symlink, the link and
+    /// the path through its target. `None` where that cannot be done without reading the disk.
+    fn resolve_follow_paths(&self, follow_paths: &[String]) -> Option<Vec<String>> {
+        let links: HashMap<&str, &str> = (self.items.iter())
+            .filter(|item| item.mode & GO_MODE_SYMLINK != 0)
+            .map(|item| (item.path.as_str(), item.linkname.as_str()))
+            .collect();
+        let mut resolved = Vec::new();
+        for path in follow_paths {
+            if links.is_empty() {
+                resolved.push(path.clone());
+            } else if path.contains(['*', '?', '[', '\\']) {
+                return None;
+            } else {
+                follow(path, &links, &mut resolved, 0)?;
+            }
+        }
+        Some(resolved)
+    }
+
+    /// Sends entry `index`'s content to `sink` in pieces, checking that it is what was hashed: a
+    /// file changed since is an error naming it. Blocking.
+    pub fn read(
+        &self,
+        index: usize,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        match &self.items[index].content {
+            None => Ok(()),
+            Some(Content::Memory(bytes)) => bytes.chunks(CHUNK_SIZE).try_for_each(sink),
+            Some(Content::Disk { path, size, hash }) => {
+                let file = File::open(path).map_err(|err| {
+                    io::Error::new(err.kind(), super::read_error(path)(err).to_string())
+                })?;
+                let mut reader = Verified::new(
+                    SizedPrefix::new(file, *size, path.clone()),
+                    Some(*hash),
+                    path.clone(),
+                );
+                let mut buffer = vec![0; CHUNK_SIZE];
+                loop {
+                    let read = reader.read(&mut buffer)?;
+                    if read == 0 {
+                        return Ok(());
+                    }
+                    sink(&buffer[..read])?;
+                }
+            }
+        }
+    }
+}
+
+/// One follow path through the symlinks of `links`, into `resolved`.
+fn follow(
+    path: &str,
+    links: &HashMap<&str, &str>,
+    resolved: &mut Vec<String>,
+    hops: usize,
+) -> Option<()> {
+    if hops > MAX_LINK_HOPS {
+        return None;
+    }
+    let path = clean(&format!("/{path}"));
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    for end in 1..=parts.len() {
+        let prefix = parts[..end].join("/");
+        let Some(target) = links.get(prefix.as_str()) else {
+            continue;
+        };
+        resolved.push(prefix.clone());
+        let base = match (target.starts_with('/'), prefix.rfind('/')) {
+            (false, Some(slash)) => &prefix[..slash],
+            _ => "",
+        };
+        let rest = parts[end..].join("/");
+        return follow(
+            &format!("{base}/{target}/{rest}"),
+            links,
+            resolved,
+            hops + 1,
+        );
+    }
+    resolved.push(parts.join("/"));
+    Some(())
+}
+
+/// Permission bits (with setuid, setgid, sticky) as Go's `os.FileMode` has them.
+fn go_file_mode(mode: u32) -> u32 {
+    let mut go_mode = mode & 0o777;
+    for (unix, go) in [
+        (0o4000, GO_MODE_SETUID),
+        (0o2000, GO_MODE_SETGID),
+        (0o1000, GO_MODE_STICKY),
+    ] {
+        if mode & unix != 0 {
+            go_mode |= go;
+        }
+    }
+    go_mode
+}
+
+/// A modification time (nanoseconds since 1970) that only the content decides: within the
+/// first 34 years, to the nanosecond, from the content's sha256.
+fn content_time(hash: &[u8; 32]) -> i64 {
+    let seconds = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) >> 2;
+    let nanos = u32::from_be_bytes([hash[4], hash[5], hash[6], hash[7]]) % 1_000_000_000;
+    i64::from(seconds) * 1_000_000_000 + i64::from(nanos)
+}

@@ -50,8 +50,8 @@ pub enum ContextError {
     #[error("{path}: the name is not valid UTF-8")]
     NonUtf8Path { path: PathBuf },
     #[error(
-        "{path} changed while the build context was read ({change}); the image would not match its \
-         context digest: leave the context alone during the build, or .dockerignore the file"
+        "{path} changed while the build context was read ({change}); leave the context alone \
+         during the build, or .dockerignore the file"
     )]
     Changed { path: PathBuf, change: &'static str },
 }

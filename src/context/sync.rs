@@ -328,3 +328,207 @@ fn content_time(hash: &[u8; 32]) -> i64 {
     let nanos = u32::from_be_bytes([hash[4], hash[5], hash[6], hash[7]]) % 1_000_000_000;
     i64::from(seconds) * 1_000_000_000 + i64::from(nanos)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::path::Path;
+
+    use super::super::collect;
+    use super::super::test_support::{TempDir, set_mode};
+    use super::*;
+
+    fn paths(dir: &SyncDir, selected: &[usize]) -> Vec<String> {
+        (selected.iter())
+            .map(|&index| dir.item(index).path.clone())
+            .collect()
+    }
+
+    fn all(dir: &SyncDir) -> Vec<String> {
+        paths(dir, &(0..dir.len()).collect::<Vec<_>>())
+    }
+
+    fn content(dir: &SyncDir, index: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        dir.read(index, &mut |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(bytes)
+    }
+
+    fn sync_dirs(dir: &TempDir, dockerfile: &str) -> SyncDirs {
+        let mut files = collect(dir.path(), Path::new(dockerfile)).unwrap();
+        files.digest(b"").unwrap();
+        files.into_sync_dirs().unwrap()
+    }
+
+    #[test]
+    fn entries_come_in_fsutil_order_with_every_parent() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write("a-b", "1");
+        dir.write("a/x", "2");
+        dir.write("src/deep/keep.txt", "3");
+        dir.write("src/deep/drop.txt", "4");
+        dir.write(".dockerignore", "src\n!src/deep/keep.txt\n");
+        set_mode(&dir.path().join("src/deep"), 0o700);
+        let dirs = sync_dirs(&dir, "Dockerfile");
+        assert_eq!(
+            all(&dirs.context),
+            [
+                ".dockerignore",
+                "Dockerfile",
+                "a",
+                "a/x",
+                "a-b",
+                "src",
+                "src/deep",
+                "src/deep/keep.txt"
+            ]
+        );
+        // The excluded directories above a re-included file go with their own modes.
+        let deep = dirs.context.item(6);
+        assert_eq!(deep.mode, GO_MODE_DIR | 0o700);
+        assert!(!deep.has_content());
+        assert_eq!(content(&dirs.context, 3).unwrap(), b"2");
+    }
+
+    #[test]
+    fn excluded_build_files_stay_out_and_the_dockerfile_has_its_own_directory() {
+        let dir = TempDir::new();
+        dir.write("docker/web.Dockerfile", "FROM scratch\nCOPY . /\n");
+        dir.write("app.txt", "app");
+        dir.write(".dockerignore", "docker\n.dockerignore\n");
+        let dirs = sync_dirs(&dir, "docker/web.Dockerfile");
+        assert_eq!(all(&dirs.context), ["app.txt"]);
+        assert_eq!(all(&dirs.dockerfile), [SYNCED_DOCKERFILE]);
+        assert_eq!(
+            content(&dirs.dockerfile, 0).unwrap(),
+            b"FROM scratch\nCOPY . /\n"
+        );
+        // The tar still carries both, as docker CLI's tar does.
+        let files = collect(dir.path(), Path::new("docker/web.Dockerfile")).unwrap();
+        assert_eq!(
+            files.paths().collect::<Vec<_>>(),
+            [".dockerignore", "app.txt", "docker/web.Dockerfile"]
+        );
+    }
+
+    #[test]
+    fn a_dockerfile_from_outside_is_not_in_the_context_and_dockerignore_is_as_written() {
+        let outside = TempDir::new();
+        outside.write("app.Dockerfile", "FROM scratch\n");
+        let dir = TempDir::new();
+        dir.write("app.txt", "app");
+        dir.write(".dockerignore", "*.tmp\n");
+        let dockerfile = outside.path().join("app.Dockerfile");
+        let dirs = sync_dirs(&dir, dockerfile.to_str().unwrap());
+        assert_eq!(all(&dirs.context), [".dockerignore", "app.txt"]);
+        assert_eq!(content(&dirs.context, 0).unwrap(), b"*.tmp\n");
+        assert_eq!(content(&dirs.dockerfile, 0).unwrap(), b"FROM scratch\n");
+    }
+
+    #[test]
+    fn times_follow_content_and_modes_are_go_file_modes() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write("a.txt", "same");
+        dir.write("b.txt", "same");
+        dir.write("c.txt", "other");
+        dir.write("tool", "#!/bin/sh\n");
+        set_mode(&dir.path().join("tool"), 0o4755);
+        symlink("a.txt", dir.path().join("link")).unwrap();
+        let dirs = sync_dirs(&dir, "Dockerfile");
+        let item = |path: &str| {
+            let index = all(&dirs.context).iter().position(|p| p == path).unwrap();
+            dirs.context.item(index)
+        };
+        assert_eq!(item("a.txt").mod_time_nanos, item("b.txt").mod_time_nanos);
+        assert_ne!(item("a.txt").mod_time_nanos, item("c.txt").mod_time_nanos);
+        assert!(item("a.txt").mod_time_nanos > 0);
+        assert_eq!(item("tool").mode, GO_MODE_SETUID | 0o755);
+        assert_eq!(item("link").mode & GO_MODE_SYMLINK, GO_MODE_SYMLINK);
+        assert_eq!(item("link").linkname, "a.txt");
+        assert!(!item("link").has_content());
+        assert_eq!(item("c.txt").size, 5);
+    }
+
+    #[test]
+    fn a_request_gets_what_its_patterns_and_paths_name_with_their_parents() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        dir.write("app/main.php", "php");
+        dir.write("app/lib/util.php", "php");
+        dir.write("public/index.html", "html");
+        dir.write("docker/nginx/nginx.conf", "conf");
+        dir.write("shared/real/x.txt", "x");
+        symlink("shared/real", dir.path().join("linked")).unwrap();
+        let dirs = sync_dirs(&dir, "Dockerfile");
+        let select = |includes: &[&str], follow: &[&str]| {
+            let owned = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+            let selected = dirs
+                .context
+                .select(&owned(includes), &owned(follow))
+                .unwrap();
+            paths(&dirs.context, &selected)
+        };
+        assert_eq!(select(&[], &[]), all(&dirs.context));
+        assert_eq!(
+            select(&["app"], &[]),
+            ["app", "app/lib", "app/lib/util.php", "app/main.php"]
+        );
+        assert_eq!(
+            select(&[], &["docker/nginx/nginx.conf", "public"]),
+            [
+                "docker",
+                "docker/nginx",
+                "docker/nginx/nginx.conf",
+                "public",
+                "public/index.html"
+            ]
+        );
+        assert_eq!(select(&["*.php"], &[]), Vec::<String>::new());
+        assert_eq!(
+            select(&["**/*.php"], &[]),
+            ["app", "app/lib", "app/lib/util.php", "app/main.php"]
+        );
+        // A path through a symlink takes the link and where it leads.
+        assert_eq!(
+            select(&[], &["linked/x.txt"]),
+            ["linked", "shared", "shared/real", "shared/real/x.txt"]
+        );
+        // What cannot be resolved without the disk, or names the whole context, takes everything.
+        assert_eq!(select(&[], &["linked/*.txt"]), all(&dirs.context));
+        assert_eq!(select(&[], &["."]), all(&dirs.context));
+    }
+
+    #[test]
+    fn symlink_loops_take_everything() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        symlink("b", dir.path().join("a")).unwrap();
+        symlink("a", dir.path().join("b")).unwrap();
+        let dirs = sync_dirs(&dir, "Dockerfile");
+        let selected = dirs.context.select(&[], &["a/x".to_owned()]).unwrap();
+        assert_eq!(paths(&dirs.context, &selected), all(&dirs.context));
+    }
+
+    #[test]
+    fn a_file_rewritten_after_hashing_is_an_error_naming_it() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM scratch\n");
+        let path = dir.write("data.txt", "before");
+        let dirs = sync_dirs(&dir, "Dockerfile");
+        std::fs::write(&path, "after!").unwrap();
+        let err = content(&dirs.context, 1).unwrap_err();
+        assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
+        assert!(
+            err.to_string().contains("differs from what was hashed"),
+            "{err}"
+        );
+        // One that grew is sent as it was hashed.
+        std::fs::write(&path, "before, and a log line").unwrap();
+        assert_eq!(content(&dirs.context, 1).unwrap(), b"before");
+    }
+}

@@ -8,6 +8,7 @@ mod dockerignore;
 mod errors;
 mod exec;
 mod faults;
+mod filesync;
 mod harness;
 mod platforms;
 mod remote;

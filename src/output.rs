@@ -202,7 +202,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// At most `max` characters, with `…` where text was cut.
-fn shorten(text: &str, max: usize) -> String {
+pub fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }

@@ -169,6 +169,9 @@ pub async fn check_repositories(
     region: &str,
     repositories: &[&str],
 ) -> Result<HashMap<String, TagRules>> {
+    if let Some(rules) = describe_together(client, repositories).await {
+        return Ok(rules);
+    }
     let lookups = repositories.iter().map(|name| async move {
         let result = client
             .describe_repositories()
@@ -215,6 +218,38 @@ pub async fn check_repositories(
         allow_create_on_push(client, region, missing, &mut rules).await?;
     }
     Ok(rules)
+}
+
+/// The usual case in one call (ECR takes up to 100 names): every repository there and readable.
+/// `None` where that call fails (one missing, one denied), for the lookups name by name to say which.
+async fn describe_together(
+    client: &Client,
+    repositories: &[&str],
+) -> Option<HashMap<String, TagRules>> {
+    let mut names: Vec<String> = repositories.iter().map(|name| (*name).to_owned()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() < 2 || names.len() > 100 {
+        return None;
+    }
+    let output = (client.describe_repositories())
+        .set_repository_names(Some(names.clone()))
+        .send()
+        .await
+        .ok()?;
+    let rules: HashMap<String, TagRules> = (output.repositories().iter())
+        .filter_map(|repository| {
+            let rule = tag_rules(
+                repository.image_tag_mutability(),
+                repository.image_tag_mutability_exclusion_filters(),
+            );
+            Some((repository.repository_name()?.to_owned(), rule))
+        })
+        .collect();
+    names
+        .iter()
+        .all(|name| rules.contains_key(name))
+        .then_some(rules)
 }
 
 /// The rules of one repository; an unknown mutability (a newer ECR) counts as immutable, so a tag

@@ -135,7 +135,9 @@ fn retry_config(max_attempts: Option<&str>) -> crate::error::Result<RetryConfig>
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
-/// Logs every failed attempt of an AWS call with its cause; the SDK then retries what is transient.
+/// Logs every failed attempt of an AWS call with its cause: a warning where the SDK retries it
+/// (no answer, throttling, a server error), else at debug level, as the caller reports the error
+/// (a missing repository is an expected answer, not a warning).
 #[derive(Debug)]
 pub struct LogFailedAttempts;
 
@@ -152,11 +154,19 @@ impl Intercept for LogFailedAttempts {
     ) -> Result<(), BoxError> {
         if let Some(Err(err)) = context.output_or_error() {
             let status = context.response().map(|r| r.status().as_u16());
-            tracing::warn!(
-                "AWS call attempt failed ({}{}); retrying if it is transient and attempts remain",
+            let cause = format!(
+                "{}{}",
                 status.map(|s| format!("HTTP {s}: ")).unwrap_or_default(),
                 crate::output::with_causes(err)
             );
+            if status.is_none_or(|s| s == 429 || s >= 500) || cause.contains("Throttl") {
+                tracing::warn!(
+                    "AWS call attempt failed ({}); retrying if attempts remain",
+                    crate::output::shorten(&cause, crate::output::MAX_LINE_CHARS - 80)
+                );
+            } else {
+                tracing::debug!("AWS call failed ({cause})");
+            }
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The Docker Engine API: connect (waiting for a daemon that is starting), build, tag, push.
-//! BuildKit builds go through [`session`], which serves secrets on the build's own session.
+//! BuildKit builds go through [`session`], which serves the context ([`filesync`]) and secrets on
+//! the build's own session.
 
 mod filesync;
 mod host;

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark: ecr-build against the shell of today's buildspecs (scripts/bench/buildspec.sh: aws CLI v1 from
-# PyPI + Debian's docker CLI + printf), on the same Docker engine, registry and moto. Run by hand;
-# not part of CI.
+# PyPI + Debian's docker CLI + printf) and against `docker buildx bake --push` (scripts/bench/bake.sh:
+# Debian sid's docker-buildx plugin, fetched with Docker 28, on the same engine through its docker
+# driver), on the same Docker engine, registry and moto. Run by hand; not part of CI.
 #
 #   scripts/bench.sh [--rounds N] [--quick] [--bin PATH] [--no-drop-caches] [--keep] [--platforms-only]
+#                    [--engine 20.10|28]
 #
 #   --rounds N         rounds per scenario (default 5); each round runs both tools
 #   --quick            2 rounds, a smaller large context (10,000 files, 60 MB) and a 256 MB hashing
@@ -13,6 +15,8 @@
 #   --no-drop-caches   do not drop the page cache for the cold hashing measurement
 #   --keep             keep the services' state dir and the fixtures (their paths are printed)
 #   --platforms-only   only the multi-platform measurement (below)
+#   --engine V         the engine (and its docker CLI) to measure on: 20.10 (Debian 12's, the default)
+#                      or 28 (Docker 28.5, as CodeBuild's current images ship it)
 #
 # Prints a table (median seconds per tool, ecr-build/shell ratio, the target) and writes it as
 # Markdown to target/bench/results.md; raw times go to target/bench/times.tsv and every run's
@@ -20,24 +24,28 @@
 # takes ~5 minutes and --quick ~2.5, plus the release build (~11 minutes from nothing). Run it on an
 # otherwise idle machine: it prints how busy the CPUs were before and after, and warns if they were.
 #
-# Scenarios, each timed for both tools, which alternate within a round (and which one goes first
-# alternates between rounds), so that drift on the machine hits both alike:
+# Scenarios, each timed for the three tools, which take turns within a round (and which one goes
+# first rotates between rounds), so that drift on the machine hits them alike:
 #   1. first build       a new commit, new repositories, and an engine with no build cache and no
 #                        image but the base (docker builder prune -af; docker rmi), for each tool
 #   2. re-run            the same commit and content again, right after that tool's first build
 #   3. one changed       a new commit in which one of the three images' sources changed
-#   4. large context     one image whose context has >= 30,000 files and >= 200 MB, most of it a
-#                        .dockerignored node_modules: a first build (clean engine, new repository)
-#                        and a re-run
+#   4. large context     two images whose contexts have >= 30,000 files and >= 200 MB (big) and a
+#                        quarter of that (big2), most of it a .dockerignored node_modules: a first
+#                        build (clean engine, new repositories), a re-run, and a new commit in which
+#                        one sent source file of big changed
+#   5. monorepo          20 services under one shared context (`context = "."`, each Dockerfile in
+#                        services/NAME/ copying its own folder; 940 sent files, 4,000 ignored): a
+#                        first build, a re-run, and a new commit in which one service's file changed
 # The app (scripts/bench/fixtures.py) has three images, web, api and worker, each FROM the local busybox
 # base with network none: a slow "dependencies" RUN (seconds of busybox sha256sum), then COPY src and
 # a short "compile" RUN. Scenario 3 edits api/src/main.sh, so only api's last steps must run again.
 # Each run is checked (imagedefinitions.json, and every manifest in the registry), and ecr-build's
 # per-image verdicts (pushed, reused, ...) are recorded next to its times.
-# Both tools use the same dockerd, so they would share BuildKit's cache (it is engine-wide): that
+# The tools use the same dockerd, so they would share BuildKit's cache (it is engine-wide): that
 # is why the engine is reset before each tool's first builds, and why a tool's re-run and
 # one-changed runs follow its own first build directly. Each tool pushes to repositories of its
-# own, so neither sees the other's tags or blobs in the registry.
+# own, so none sees another's tags or blobs in the registry.
 # Multi-platform (ecr-build alone: the shell has no equivalent): one image for linux/amd64 and
 # linux/arm64 (its RUN step under QEMU for arm64), built in one run; and fanned out over two more
 # engines, one platform each at the same time (`--platform`), followed by the final run on the
@@ -59,7 +67,13 @@ AWSCLI_VERSION=1.46.2
 AWSCLI_VENV=${ECR_BUILD_AWSCLI_VENV:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build/awscli-venv}
 # Debian's docker CLI (docker.io), as on CodeBuild's images; /usr/local/bin/docker may be another.
 DOCKER_CLI=/usr/bin/docker
+# bake's plugin: Debian sid's docker-buildx, fetched with Docker 28 by scripts/services.sh.
+BUILDX=
+TOOLS=(shell bake ecr-build)
 APP_IMAGES=(web api worker)
+LARGE_IMAGES=(big big2)
+MONOREPO_SIZE=20
+MONOREPO_IMAGES=()
 # The image whose source changes in scenario 3.
 CHANGED_IMAGE=api
 
@@ -125,6 +139,11 @@ parse_args() {
         --no-drop-caches) drop_caches=0 ;;
         --keep) keep=1 ;;
         --platforms-only) platforms_only=1 ;;
+        --engine)
+            (($# >= 2)) && [[ $2 == 20.10 || $2 == 28 ]] || usage
+            export ECR_BUILD_ENGINE=$2
+            shift
+            ;;
         -h | --help) usage 0 ;;
         *)
             echo "unknown argument: $1" >&2
@@ -177,6 +196,11 @@ install_deps() {
         _ecr_build_apt_install time
     fi
     [[ -x $DOCKER_CLI ]] || die "$DOCKER_CLI is missing (Debian's docker.io)"
+    BUILDX=$(_ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx
+    [[ -x $BUILDX ]] || die "$BUILDX is missing (scripts/services.sh fetches it with Docker 28)"
+    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
+        DOCKER_CLI=$(_ecr_build_engine_cli)
+    fi
     local have
     have=$("$AWSCLI_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("awscli"))' 2>/dev/null) || have=
     if [[ $have != "$AWSCLI_VERSION" || ! -x $AWSCLI_VENV/bin/aws ]]; then
@@ -236,7 +260,8 @@ reset_engine() {
     sync
 }
 
-# ecr-build's config for an app dir whose images are the subdirectories named in "$@".
+# ecr-build's config for an app dir whose images are the subdirectories named in "$@", or with
+# LAYOUT=monorepo, the services under one shared context.
 write_config() {
     local app=$1 prefix=$2 name
     shift 2
@@ -245,7 +270,12 @@ write_config() {
         echo 'tags = ["{short_sha}"]'
         echo 'network = "none"'
         for name in "$@"; do
-            printf '\n[images.%s]\nrepository = "%s/%s"\ncontext = "%s"\n' "$name" "$prefix" "$name" "$name"
+            if [[ ${LAYOUT:-} == monorepo ]]; then
+                printf '\n[images.%s]\nrepository = "%s/%s"\ncontext = "."\ndockerfile = "services/%s/Dockerfile"\n' \
+                    "$name" "$prefix" "$name" "$name"
+            else
+                printf '\n[images.%s]\nrepository = "%s/%s"\ncontext = "%s"\n' "$name" "$prefix" "$name" "$name"
+            fi
         done
     } >"$app/ecr-build.toml"
 }
@@ -255,15 +285,21 @@ run_tool() {
     local tool=$1 app=$2 prefix=$3 sha=$4 logf=$5
     shift 5
     case $tool in
-    shell)
+    shell | bake)
         local dc rc=0
         dc=$(mktemp -d "$work/docker-config.XXXXXX")
+        mkdir -p "$dc/cli-plugins"
+        ln -s "$BUILDX" "$dc/cli-plugins/docker-buildx"
         (
             cd "$app"
             export DOCKER_CONFIG=$dc DOCKER_BUILDKIT=1 CODEBUILD_RESOLVED_SOURCE_VERSION=$sha
-            export REGISTRY=$registry REPO_PREFIX=$prefix IMAGES="$*"
+            export REGISTRY=$registry REPO_PREFIX=$prefix IMAGES="$*" LAYOUT=${LAYOUT:-}
             export AWS=$AWSCLI_VENV/bin/aws DOCKER=$DOCKER_CLI
-            bash "$repo_root/scripts/bench/buildspec.sh"
+            if [[ $tool == shell ]]; then
+                bash "$repo_root/scripts/bench/buildspec.sh"
+            else
+                bash "$repo_root/scripts/bench/bake.sh"
+            fi
         ) >"$logf" 2>&1 || rc=$?
         rm -rf "$dc"
         return "$rc"
@@ -340,7 +376,7 @@ run_round_for() {
     local app=$work/r$round-$tool
     cp -a "$work/app-r$round" "$app"
     write_config "$app" "$prefix" "${APP_IMAGES[@]}"
-    create_repositories "$prefix" "${APP_IMAGES[@]}" big
+    create_repositories "$prefix" "${APP_IMAGES[@]}" "${LARGE_IMAGES[@]}" "${MONOREPO_IMAGES[@]}"
 
     reset_engine
     timed first "$tool" "$round" "$app" "$prefix" "$sha1" "${APP_IMAGES[@]}"
@@ -355,14 +391,28 @@ run_round_for() {
     reset_engine
     timed one-changed-fresh "$tool" "$round" "$app" "$prefix" "$sha3" "${APP_IMAGES[@]}"
 
-    # The large context is one tree for every run (copying 200 MB per run would dominate); its
-    # VERSION file carries the round, so each round's image is new.
-    printf '%s\n' "$round" >"$work/large/big/VERSION"
-    write_config "$work/large" "$prefix" big
+    # The large contexts are one tree for every run (copying 200 MB per run would dominate); their
+    # VERSION files carry the round and the tool, so each round's images are new.
+    local name
+    for name in "${LARGE_IMAGES[@]}"; do
+        printf '%s %s\n' "$round" "$tool" >"$work/large/$name/VERSION"
+    done
+    write_config "$work/large" "$prefix" "${LARGE_IMAGES[@]}"
     reset_engine
-    timed large-first "$tool" "$round" "$work/large" "$prefix" "$sha1" big
-    timed large-rerun "$tool" "$round" "$work/large" "$prefix" "$sha1" big
-    rm -rf "$app"
+    timed large-first "$tool" "$round" "$work/large" "$prefix" "$sha1" "${LARGE_IMAGES[@]}"
+    timed large-rerun "$tool" "$round" "$work/large" "$prefix" "$sha1" "${LARGE_IMAGES[@]}"
+    "$(_ecr_build_python)" scripts/bench/fixtures.py change-large "$work/large/big" --nonce "$sha2" >/dev/null
+    timed large-one-changed "$tool" "$round" "$work/large" "$prefix" "$sha2" "${LARGE_IMAGES[@]}"
+
+    local mono=$work/mono-r$round-$tool
+    cp -a "$work/mono-r$round" "$mono"
+    LAYOUT=monorepo write_config "$mono" "$prefix" "${MONOREPO_IMAGES[@]}"
+    reset_engine
+    LAYOUT=monorepo timed mono-first "$tool" "$round" "$mono" "$prefix" "$sha1" "${MONOREPO_IMAGES[@]}"
+    LAYOUT=monorepo timed mono-rerun "$tool" "$round" "$mono" "$prefix" "$sha1" "${MONOREPO_IMAGES[@]}"
+    "$(_ecr_build_python)" scripts/bench/fixtures.py change-service "$mono" "${MONOREPO_IMAGES[0]}" --nonce "$sha2" >/dev/null
+    LAYOUT=monorepo timed mono-one-changed "$tool" "$round" "$mono" "$prefix" "$sha2" "${MONOREPO_IMAGES[@]}"
+    rm -rf "$app" "$mono"
 }
 
 # One multi-platform app: FROM scratch, the target's busybox, a RUN step that works a little and
@@ -457,6 +507,12 @@ make_fixtures() {
     log "generating the large context ($large_files files, ~$large_mb MB) and the hashing context (~$hash_mb MB sent)"
     large_summary=$("$(_ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big" \
         --files "$large_files" --mb "$large_mb" --nonce 0)
+    "$(_ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big2" \
+        --files $((large_files / 4)) --mb $((large_mb / 4)) --nonce 0 >/dev/null
+    local n
+    for ((n = 1; n <= MONOREPO_SIZE; n++)); do
+        MONOREPO_IMAGES+=("$(printf 's%02d' "$n")")
+    done
     hash_summary=$("$(_ecr_build_python)" scripts/bench/fixtures.py hashing "$work/hash/data" --mb "$hash_mb")
     cat >"$work/hash/ecr-build.toml" <<'EOF'
 # Written by scripts/bench.sh: the context hashing / peak RSS fixture.
@@ -575,6 +631,9 @@ stat_of() {
     esac
 }
 
+# stat_range SCENARIO TOOL: "median (min–max)" seconds.
+stat_range() { printf '%.2f (%.2f–%.2f)' "$(stat_of "$1" "$2" median)" "$(stat_of "$1" "$2" min)" "$(stat_of "$1" "$2" max)"; }
+
 # How busy the CPUs are (all of them, in percent) over the next second, from /proc/stat.
 cpu_busy_percent() {
     local a b
@@ -608,38 +667,52 @@ report() {
     large_desc="$(json_field "$large_summary" files) files, $(($(json_field "$large_summary" bytes) / 1000000)) MB, $(($(json_field "$large_summary" sent_bytes) / 1000)) kB sent"
     hash_desc="$(json_field "$hash_summary" sent_files) files, $(($(json_field "$hash_summary" sent_bytes) / 1000000)) MB sent"
 
-    # scenario | label | target ratio (empty: none)
+    # scenario | label | target ecr-build/shell | target ecr-build/bake | target seconds (empty: none)
     local -a rows=(
-        "first|first build (3 images)|1.00"
-        "rerun|re-run, nothing changed|0.10"
-        "one-changed|one of three images changed, same host (warm build cache)|0.50"
-        "one-changed-fresh|one of three images changed, new host (CodeBuild's default)|0.50"
-        "large-first|large context, first build|"
-        "large-rerun|large context, re-run|"
+        "first|first build (3 images)|1.00||"
+        "rerun|re-run, nothing changed|0.05|0.05|"
+        "one-changed|one of three images changed, same host (warm build cache)|0.50||"
+        "one-changed-fresh|one of three images changed, new host (CodeBuild's default)|0.50||"
+        "large-first|large contexts, first build (2 images)||0.80|"
+        "large-rerun|large contexts, re-run|0.05|0.05|"
+        "large-one-changed|large contexts, one image changed||0.60|"
+        "mono-first|monorepo, first build ($MONOREPO_SIZE images, one context)|||"
+        "mono-rerun|monorepo, nothing changed|0.05|0.05|0.30"
+        "mono-one-changed|monorepo, one service changed|||"
     )
     local -a md=() txt=()
-    md+=("| scenario | ecr-build s (min–max) | shell s (min–max) | ecr-build / shell | target | met |")
-    md+=("| --- | --- | --- | --- | --- | --- |")
-    txt+=("$(printf '%-30s %20s %20s %6s %8s %4s' scenario 'ecr-build s' 'shell s' ratio target met)")
-    local row scenario label target e s emin emax smin smax ratio met
+    md+=("| scenario | ecr-build s (min–max) | shell s (min–max) | bake s (min–max) | ecr-build / shell | ecr-build / bake | target | met |")
+    md+=("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    txt+=("$(printf '%-60s %18s %18s %18s %6s %6s  %s' scenario 'ecr-build s' 'shell s' 'bake s' /shell /bake 'target (met)')")
+    local row scenario label shell_target bake_target secs_target e s b vs_shell vs_bake targets met
     for row in "${rows[@]}"; do
-        IFS='|' read -r scenario label target <<<"$row"
+        IFS='|' read -r scenario label shell_target bake_target secs_target <<<"$row"
         e=$(stat_of "$scenario" ecr-build median)
         s=$(stat_of "$scenario" shell median)
-        emin=$(stat_of "$scenario" ecr-build min)
-        emax=$(stat_of "$scenario" ecr-build max)
-        smin=$(stat_of "$scenario" shell min)
-        smax=$(stat_of "$scenario" shell max)
-        ratio=$(awk -v e="$e" -v s="$s" 'BEGIN { printf "%.2f", e / s }')
-        met=-
-        if [[ -n $target ]]; then
-            met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t) ? "yes" : "no" }')
+        b=$(stat_of "$scenario" bake median)
+        vs_shell=$(awk -v e="$e" -v s="$s" 'BEGIN { printf "%.2f", e / s }')
+        vs_bake=$(awk -v e="$e" -v s="$b" 'BEGIN { printf "%.2f", e / s }')
+        targets=()
+        met=()
+        if [[ -n $shell_target ]]; then
+            targets+=("shell ≤ $shell_target")
+            met+=("$(awk -v r="$vs_shell" -v t="$shell_target" 'BEGIN { print (r <= t) ? "yes" : "no" }')")
         fi
-        md+=("$(printf '| %s | %.2f (%.2f–%.2f) | %.2f (%.2f–%.2f) | %s | %s | %s |' \
-            "$label" "$e" "$emin" "$emax" "$s" "$smin" "$smax" "$ratio" "${target:+≤ $target}" "$met")")
-        txt+=("$(printf '%-30s %20s %20s %6s %8s %4s' "$label" \
-            "$(printf '%.2f (%.2f-%.2f)' "$e" "$emin" "$emax")" \
-            "$(printf '%.2f (%.2f-%.2f)' "$s" "$smin" "$smax")" "$ratio" "${target:+<= $target}" "$met")")
+        if [[ -n $bake_target ]]; then
+            targets+=("bake ≤ $bake_target")
+            met+=("$(awk -v r="$vs_bake" -v t="$bake_target" 'BEGIN { print (r <= t) ? "yes" : "no" }')")
+        fi
+        if [[ -n $secs_target ]]; then
+            targets+=("< $secs_target s")
+            met+=("$(awk -v v="$e" -v t="$secs_target" 'BEGIN { print (v < t) ? "yes" : "no" }')")
+        fi
+        local target_text met_text
+        target_text=$(IFS=,; echo "${targets[*]:-}" | sed 's/,/, /g')
+        met_text=$(IFS=,; echo "${met[*]:-}" | sed 's/,/, /g')
+        md+=("| $label | $(stat_range "$scenario" ecr-build) | $(stat_range "$scenario" shell) | $(stat_range "$scenario" bake) | $vs_shell | $vs_bake | ${target_text:--} | ${met_text:--} |")
+        txt+=("$(printf '%-60s %18s %18s %18s %6s %6s  %s' "$label" "$(stat_range "$scenario" ecr-build | sed 's/–/-/g')" \
+            "$(stat_range "$scenario" shell | sed 's/–/-/g')" "$(stat_range "$scenario" bake | sed 's/–/-/g')" "$vs_shell" "$vs_bake" \
+            "${target_text:+$target_text ($met_text)}")")
     done
 
     local hash_met rss_met
@@ -654,10 +727,11 @@ report() {
 
     local -a notes=(
         "$rounds rounds; median seconds of the whole build stage (login, builds, pushes, imagedefinitions.json), min–max in brackets."
-        "Same engine (dockerd $(docker_cli version --format '{{.Server.Version}}' 2>/dev/null), BuildKit), registry (docker-registry 2.8, basic auth) and moto for both; each tool pushes to its own repositories."
+        "Same engine (dockerd $(docker_cli version --format '{{.Server.Version}}' 2>/dev/null), BuildKit), registry (docker-registry 2.8, basic auth) and moto for all three; each tool pushes to its own repositories."
         "BuildKit's cache is engine-wide, so before each tool's first builds the engine is reset (docker builder prune -af, every image but the base removed); re-run and one-changed follow that tool's own first build; one-changed on a new host resets the engine first."
-        "shell: scripts/bench/buildspec.sh (aws ecr get-login-password | docker login, docker build --network none one image after another with DOCKER_BUILDKIT=1, docker push, printf). ecr-build: \`ecr-build build --registry\`, default --jobs ($(nproc))."
-        "Large context: $large_desc (node_modules, dist and .cache are .dockerignored)."
+        "shell: scripts/bench/buildspec.sh (aws ecr get-login-password | docker login, docker build --network none one image after another with DOCKER_BUILDKIT=1, docker push, printf). bake: scripts/bench/bake.sh (the same login, \`docker buildx bake --push\` of every image at once with buildx $("$BUILDX" version 2>/dev/null | awk '{ print $2 }') on the engine's own BuildKit, printf). ecr-build: \`ecr-build build --registry\`, default --jobs ($(nproc))."
+        "Large contexts: big has $large_desc, big2 a quarter of that (node_modules, dist and .cache are .dockerignored); the change edits one sent source file of big."
+        "Monorepo: $MONOREPO_SIZE services under one shared context, 940 sent files and 4,000 ignored; the change edits one file of one service, which changes every image's context digest (each image's digest covers the whole context)."
         "The shell's login alone (aws ecr get-login-password | docker login) takes $shell_login_secs s (median): a floor under every shell run."
         "ecr-build's own summary in the last round: $outcomes."
     )
@@ -679,7 +753,7 @@ report() {
 
     mkdir -p "$out_dir"
     {
-        echo "## Benchmark: ecr-build vs. the buildspec shell"
+        echo "## Benchmark: ecr-build vs. the buildspec shell and buildx bake"
         echo
         echo "\`$invocation\` on $(date -u +%Y-%m-%d). Machine: $machine."
         echo
@@ -734,17 +808,19 @@ main() {
     make_fixtures
 
     local round sha1 sha2
-    local -a order
     local started=$SECONDS
     for ((round = 1; round <= rounds; round++)); do
         sha1=$(new_sha)
         sha2=$(new_sha)
         "$(_ecr_build_python)" scripts/bench/fixtures.py app "$work/app-r$round" --nonce "$round" >/dev/null
-        order=(shell ecr-build)
-        ((round % 2 == 0)) && order=(ecr-build shell)
-        run_round_for "${order[0]}" "$round" "$sha1" "$sha2"
-        run_round_for "${order[1]}" "$round" "$sha1" "$sha2"
-        rm -rf "$work/app-r$round"
+        "$(_ecr_build_python)" scripts/bench/fixtures.py monorepo "$work/mono-r$round" \
+            --images "$MONOREPO_SIZE" --nonce "$round" >/dev/null
+        local i tool
+        for ((i = 0; i < ${#TOOLS[@]}; i++)); do
+            tool=${TOOLS[$(((i + round) % ${#TOOLS[@]}))]}
+            run_round_for "$tool" "$round" "$sha1" "$sha2"
+        done
+        rm -rf "$work/app-r$round" "$work/mono-r$round"
     done
     log "rounds took $((SECONDS - started)) s; measuring the shell's login alone, then context hashing"
     measure_shell_login

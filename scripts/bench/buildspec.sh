@@ -6,6 +6,8 @@
 #   REPO_PREFIX    repositories are $REPO_PREFIX/<image>
 #   IMAGES         space-separated image names; image NAME's context is ./NAME, its Dockerfile
 #                  ./NAME/Dockerfile (run from the app's root)
+#   LAYOUT         `monorepo`: one context (.) for all, image NAME's Dockerfile is
+#                  ./services/NAME/Dockerfile; anything else: a context per image, as above
 #   CODEBUILD_RESOLVED_SOURCE_VERSION   the commit, as CodeBuild sets it
 #   AWS            the aws CLI to use (the benchmark's pinned awscli v1 from PyPI)
 #   DOCKER         the docker CLI to use (Debian's /usr/bin/docker)
@@ -24,7 +26,11 @@ IMAGE_TAG=$(echo "$CODEBUILD_RESOLVED_SOURCE_VERSION" | cut -c 1-7)
 # build: one image after another
 for name in $IMAGES; do
     REPOSITORY_URI=$REGISTRY/$REPO_PREFIX/$name
-    docker build --network none -t "$REPOSITORY_URI:$IMAGE_TAG" -f "$name/Dockerfile" "$name"
+    if [[ ${LAYOUT:-} == monorepo ]]; then
+        docker build --network none -t "$REPOSITORY_URI:$IMAGE_TAG" -f "services/$name/Dockerfile" .
+    else
+        docker build --network none -t "$REPOSITORY_URI:$IMAGE_TAG" -f "$name/Dockerfile" "$name"
+    fi
 done
 
 # post_build: push, then hand-print imagedefinitions.json

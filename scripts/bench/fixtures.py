@@ -6,6 +6,11 @@
     fixtures.py large DIR --files N --mb M --nonce N
                                             one image whose context is mostly an ignored node_modules
     fixtures.py hashing DIR --mb M          one image with M MB of sent (not ignored) data
+    fixtures.py monorepo DIR --images N --nonce N
+                                            N services under one shared context (`context = "."`),
+                                            each Dockerfile in services/NAME/ copying its own folder
+    fixtures.py change-service DIR NAME --nonce N   edit one source file of a monorepo service
+    fixtures.py change-large DIR --nonce N  edit one sent source file of a large context
 
 Standard library only (Debian's python3), deterministic apart from the nonce: both tools get
 byte-identical trees. Prints a one-line JSON summary of what was written (files, bytes, sent bytes).
@@ -71,6 +76,21 @@ dist
 .cache
 coverage
 **/*.log
+"""
+
+# One service of the monorepo: its own folder, and a short "compile".
+MONOREPO_DOCKERFILE = """\
+FROM {base}
+WORKDIR /app
+COPY services/{name} ./
+RUN sha256sum src/* > manifest
+CMD ["/bin/sh", "/app/src/main.sh"]
+"""
+
+MONOREPO_DOCKERIGNORE = """\
+node_modules
+**/*.log
+.git
 """
 
 HASHING_DOCKERFILE = """\
@@ -207,6 +227,40 @@ def cmd_hashing(args):
     print(json.dumps(w.summary()))
 
 
+def cmd_monorepo(args):
+    """Services s01..sNN under services/, one context for all, and an ignored node_modules."""
+    rng = random.Random(4)
+    w = Writer(args.dir)
+    w.write(".dockerignore", MONOREPO_DOCKERIGNORE)
+    w.write("package.json", f'{{"name": "mono", "round": "{args.nonce}"}}\n')
+    for n in range(1, args.images + 1):
+        name = f"s{n:02d}"
+        w.write(f"services/{name}/Dockerfile", MONOREPO_DOCKERFILE.format(base=BASE_IMAGE, name=name))
+        w.write(f"services/{name}/src/main.sh",
+                f"#!/bin/sh\n# round {args.nonce}\necho {name} is running\nexec sleep 3600\n", mode=0o755)
+        for i in range(40):
+            w.write(f"services/{name}/src/mod{i:02d}.js", text_blob(rng, rng.randint(500, 6000)))
+    for i in range(100):
+        w.write(f"libs/shared/l{i:03d}.js", text_blob(rng, 3000))
+    for i in range(4000):
+        w.write(f"node_modules/pkg{i // 20:03d}/f{i % 20:02d}.js", text_blob(rng, 400), sent=False)
+    print(json.dumps(w.summary(images=[f"s{n:02d}" for n in range(1, args.images + 1)])))
+
+
+def cmd_change_service(args):
+    path = os.path.join(args.dir, "services", args.name, "src", "main.sh")
+    with open(path, "a") as f:
+        f.write(f"# changed in commit {args.nonce}\n")
+    print(json.dumps({"changed": path}))
+
+
+def cmd_change_large(args):
+    path = os.path.join(args.dir, "src", "f000.js")
+    with open(path, "a") as f:
+        f.write(f"// changed in commit {args.nonce}\n")
+    print(json.dumps({"changed": path}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -225,10 +279,23 @@ def main():
     h = sub.add_parser("hashing")
     h.add_argument("dir")
     h.add_argument("--mb", type=int, required=True)
+    m = sub.add_parser("monorepo")
+    m.add_argument("dir")
+    m.add_argument("--images", type=int, required=True)
+    m.add_argument("--nonce", required=True)
+    cs = sub.add_parser("change-service")
+    cs.add_argument("dir")
+    cs.add_argument("name")
+    cs.add_argument("--nonce", required=True)
+    cl = sub.add_parser("change-large")
+    cl.add_argument("dir")
+    cl.add_argument("--nonce", required=True)
     args = p.parse_args()
-    if args.cmd in ("app", "large", "hashing") and os.path.exists(args.dir) and os.listdir(args.dir):
+    if args.cmd in ("app", "large", "hashing", "monorepo") and os.path.exists(args.dir) and os.listdir(args.dir):
         sys.exit(f"fixtures.py: {args.dir} exists and is not empty")
-    {"app": cmd_app, "change": cmd_change, "large": cmd_large, "hashing": cmd_hashing}[args.cmd](args)
+    {"app": cmd_app, "change": cmd_change, "large": cmd_large, "hashing": cmd_hashing,
+     "monorepo": cmd_monorepo, "change-service": cmd_change_service,
+     "change-large": cmd_change_large}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -260,6 +260,7 @@ mod tests {
             result: "pushed",
             in_registry,
             seconds: 1.0,
+            note: String::new(),
         };
         let outcomes = [outcome("web", true), outcome("local", false)];
         let uris = image_uris(ImageUriKind::Digest, "abc1234", &outcomes);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod context;
 pub mod decide;
 pub mod docker;
+pub mod dockerfile;
 pub mod error;
 pub mod exec;
 pub mod git;

@@ -183,6 +183,7 @@ async fn build_one(
         result,
         in_registry: run.access.is_some(),
         seconds: started.elapsed().as_secs_f64(),
+        note: crate::report::inputs_note(&image.inputs, result),
     };
     if !image.variants.is_empty() {
         let (digest, result) = multiarch::build_platforms(run, &image, &secrets).await?;

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::context::PreparedImage;
+use crate::dockerfile::ContextInputs;
 use crate::error::Result;
 use crate::output;
 
@@ -21,6 +22,18 @@ pub struct ImageOutcome {
     /// Whether `digest` is the registry's (not a dry run's local image ID).
     pub in_registry: bool,
     pub seconds: f64,
+    /// Why, in a few words: what of the context the image reads.
+    pub note: String,
+}
+
+/// The summary's note on an image: a reused one's inputs did not change; a built one names what
+/// of the context it reads.
+pub fn inputs_note(inputs: &ContextInputs, result: &str) -> String {
+    match inputs {
+        _ if result == "reused" => "its inputs did not change".to_owned(),
+        ContextInputs::Paths(paths) => format!("it reads {}", paths.join(", ")),
+        ContextInputs::WholeContext(_) => "it reads the whole context".to_owned(),
+    }
 }
 
 /// Prints one line per image, failed or not, in plan order; the outcomes when every image
@@ -57,17 +70,18 @@ pub fn summarize(
     Ok(succeeded)
 }
 
-/// `web pushed REGISTRY/REPO tags=a,b digest=sha256:… seconds=1.2`, or `web failed`.
+/// `web pushed REGISTRY/REPO tags=a,b digest=sha256:… seconds=1.2 (it reads app)`, or `web failed`.
 fn print_summary_line(name: &str, outcome: Option<&ImageOutcome>, tags: &[String]) {
     match outcome {
         Some(outcome) => println!(
-            "{} {} {} tags={} digest={} seconds={:.1}",
+            "{} {} {} tags={} digest={} seconds={:.1} ({})",
             outcome.name,
             outcome.result,
             outcome.repository_uri,
             tags.join(","),
             outcome.digest,
-            outcome.seconds
+            outcome.seconds,
+            outcome.note
         ),
         None => println!("{name} failed"),
     }
@@ -98,6 +112,8 @@ pub struct PlannedImage<'a> {
     pub secrets: BTreeMap<&'a str, String>,
     pub platforms: &'a [String],
     pub network: Option<&'a str>,
+    /// What of the context the Dockerfile reads: the context digest covers only that.
+    pub inputs: &'a ContextInputs,
     pub context_digest: &'a str,
     /// With several platforms: each one's context digest, under which its image is found.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -129,6 +145,7 @@ impl<'a> PlannedImage<'a> {
                 .collect(),
             platforms: &image.platforms,
             network: image.network.as_deref(),
+            inputs: &prepared.inputs,
             context_digest: &prepared.digest,
             platform_digests: (prepared.variants.iter())
                 .map(|v| (v.platform.as_str(), v.digest.as_str()))
@@ -141,4 +158,22 @@ impl<'a> PlannedImage<'a> {
 pub fn print_plan(plan: &PlanOutput<'_>) -> serde_json::Result<()> {
     println!("{}", serde_json::to_string_pretty(plan)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_note_says_what_an_image_reads_or_that_it_did_not_change() {
+        let narrow = ContextInputs::Paths(vec!["app".into(), "composer.json".into()]);
+        let whole = ContextInputs::WholeContext("`COPY . /x` copies the whole context".into());
+        assert_eq!(inputs_note(&narrow, "reused"), "its inputs did not change");
+        assert_eq!(
+            inputs_note(&narrow, "pushed"),
+            "it reads app, composer.json"
+        );
+        assert_eq!(inputs_note(&whole, "pushed"), "it reads the whole context");
+        assert_eq!(inputs_note(&whole, "reused"), "its inputs did not change");
+    }
 }

@@ -1,5 +1,6 @@
 //! The context digest: sha256 over what the build sends, reading each file once on two threads.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -10,12 +11,14 @@ use std::thread;
 use sha2::{Digest, Sha256};
 
 use super::stream::SizedPrefix;
-use super::{ContextError, ContextFiles, EntryKind, read_error};
+use super::{ContextError, ContextFiles, DockerIgnore, Entry, EntryKind, read_error};
 
 /// Files are hashed in pieces of this size, so memory stays bounded whatever the context holds.
 const CHUNK_SIZE: usize = 64 * 1024;
 /// Names the digest's input encoding; change it whenever the encoding changes.
 const DIGEST_DOMAIN: &[u8] = b"ecr-build build-context digest v1\n";
+/// The same, for the digest over what a Dockerfile reads.
+const INPUTS_DIGEST_DOMAIN: &[u8] = b"ecr-build build-context inputs digest v1\n";
 
 impl ContextFiles {
     /// sha256 (lowercase hex, 64 chars) over every sent entry: path, type, mode (permission bits),
@@ -26,46 +29,66 @@ impl ContextFiles {
     /// each file's hash, so that the tar stream can prove it sends what was hashed. Blocking.
     pub fn digest(&mut self, extra: &[u8]) -> Result<String, ContextError> {
         // Each file is read once: a second digest (another platform) reuses the hashes.
-        let unhashed = (self.entries.iter())
-            .any(|entry| matches!(entry.kind, EntryKind::DiskFile { hash: None, .. }));
-        if unhashed {
-            let mut content_hashes = self.hash_disk_files()?.into_iter();
-            for entry in &mut self.entries {
-                if let EntryKind::DiskFile { hash, .. } = &mut entry.kind {
-                    *hash =
-                        Some(content_hashes.next().expect(
-                            "hash_disk_files yields one hash per DiskFile, in entry order",
-                        ));
-                }
-            }
-        }
+        self.hash_contents()?;
         let mut hasher = Sha256::new();
         hasher.update(DIGEST_DOMAIN);
         put_framed(&mut hasher, self.dockerfile.as_bytes());
-        hasher.update((self.entries.len() as u64).to_be_bytes());
-        for entry in &self.entries {
-            put_framed(&mut hasher, entry.path.as_bytes());
-            hasher.update(entry.mode.to_be_bytes());
-            match &entry.kind {
-                EntryKind::Dir => hasher.update(b"d"),
-                EntryKind::Symlink(target) => {
-                    hasher.update(b"l");
-                    put_framed(&mut hasher, target.as_os_str().as_bytes());
-                }
-                EntryKind::DiskFile { size, hash } => {
-                    hasher.update(b"f");
-                    hasher.update(size.to_be_bytes());
-                    hasher.update(hash.expect("hashed above"));
-                }
-                EntryKind::MemoryFile(bytes) => {
-                    hasher.update(b"f");
-                    hasher.update((bytes.len() as u64).to_be_bytes());
-                    hasher.update(Sha256::digest(bytes));
-                }
-            }
-        }
+        put_entries(&mut hasher, self.entries.iter());
         put_framed(&mut hasher, extra);
         Ok(format!("{:x}", hasher.finalize()))
+    }
+
+    /// The digest over what an image's Dockerfile can read: the entries `patterns` match (Docker
+    /// patterns; a matched directory takes everything below it), the directories above them, and
+    /// the Dockerfile; plus the patterns and `extra`. `Ok(Err(reason))` where that cannot stand for
+    /// the image: a symlink among the inputs or on the way to them (BuildKit follows it).
+    pub fn inputs_digest(
+        &mut self,
+        extra: &[u8],
+        patterns: &[String],
+    ) -> Result<Result<String, String>, ContextError> {
+        self.hash_contents()?;
+        let matcher = DockerIgnore::parse(&patterns.join("\n"))?;
+        let matched: Vec<bool> = (self.entries.iter())
+            .map(|entry| matcher.is_excluded(&entry.path))
+            .collect();
+        let mut wanted: HashSet<&str> = HashSet::new();
+        for (entry, _) in self.entries.iter().zip(&matched).filter(|(_, m)| **m) {
+            let mut path = entry.path.as_str();
+            wanted.insert(path);
+            while let Some(slash) = path.rfind('/') {
+                path = &path[..slash];
+                wanted.insert(path);
+            }
+        }
+        for entry in &self.entries {
+            let EntryKind::Symlink(_) = entry.kind else {
+                continue;
+            };
+            let on_the_way = patterns.iter().any(|pattern| {
+                pattern
+                    .strip_prefix(entry.path.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            });
+            if on_the_way || wanted.contains(entry.path.as_str()) {
+                return Ok(Err(format!(
+                    "the symlink {} is among the inputs",
+                    entry.path
+                )));
+            }
+        }
+        let selected = (self.entries.iter())
+            .filter(|entry| wanted.contains(entry.path.as_str()) || entry.path == self.dockerfile);
+        let mut hasher = Sha256::new();
+        hasher.update(INPUTS_DIGEST_DOMAIN);
+        put_framed(&mut hasher, self.dockerfile.as_bytes());
+        hasher.update((patterns.len() as u64).to_be_bytes());
+        for pattern in patterns {
+            put_framed(&mut hasher, pattern.as_bytes());
+        }
+        put_entries(&mut hasher, selected);
+        put_framed(&mut hasher, extra);
+        Ok(Ok(format!("{:x}", hasher.finalize())))
     }
 
     /// Hashes every file not hashed yet and keeps the hashes: each file is read once, however many
@@ -161,6 +184,33 @@ fn hash_file(path: &Path, size: u64, buffer: &mut [u8]) -> Result<[u8; 32], Cont
             return Ok(hasher.finalize().into());
         }
         hasher.update(&buffer[..read]);
+    }
+}
+
+/// Each entry: path, mode, type, and the symlink's target or the file's size and content hash.
+fn put_entries<'a>(hasher: &mut Sha256, entries: impl Iterator<Item = &'a Entry>) {
+    let entries: Vec<&Entry> = entries.collect();
+    hasher.update((entries.len() as u64).to_be_bytes());
+    for entry in entries {
+        put_framed(hasher, entry.path.as_bytes());
+        hasher.update(entry.mode.to_be_bytes());
+        match &entry.kind {
+            EntryKind::Dir => hasher.update(b"d"),
+            EntryKind::Symlink(target) => {
+                hasher.update(b"l");
+                put_framed(hasher, target.as_os_str().as_bytes());
+            }
+            EntryKind::DiskFile { size, hash } => {
+                hasher.update(b"f");
+                hasher.update(size.to_be_bytes());
+                hasher.update(hash.expect("files are hashed before a digest"));
+            }
+            EntryKind::MemoryFile(bytes) => {
+                hasher.update(b"f");
+                hasher.update((bytes.len() as u64).to_be_bytes());
+                hasher.update(Sha256::digest(bytes));
+            }
+        }
     }
 }
 
@@ -293,5 +343,88 @@ mod tests {
         std::fs::remove_file(dir.path().join("data")).unwrap();
         let arm64 = files.digest(b"linux/arm64").unwrap();
         assert_ne!(amd64, arm64);
+    }
+
+    fn inputs_digest_of(dir: &TempDir, patterns: &[&str]) -> Result<String, String> {
+        let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
+        collect(dir.path(), Path::new("Dockerfile"))
+            .unwrap()
+            .inputs_digest(b"args", &patterns)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_inputs_digest_covers_what_the_patterns_match_and_the_dockerfile() {
+        let dir = TempDir::new();
+        dir.write(
+            "Dockerfile",
+            "FROM x\nCOPY app /app\nCOPY conf/*.ini /etc/\n",
+        );
+        dir.write("app/main.php", "<?php");
+        dir.write("app/lib/util.php", "<?php");
+        dir.write("conf/a.ini", "a");
+        dir.write("conf/b.txt", "b");
+        dir.write("public/index.html", "html");
+        let patterns = ["app", "conf/*.ini"];
+        let before = inputs_digest_of(&dir, &patterns).unwrap();
+        assert_ne!(
+            before,
+            inputs_digest_of(&dir, &["app"]).unwrap(),
+            "the patterns are inputs"
+        );
+        // Outside the patterns: no change.
+        dir.write("public/index.html", "changed");
+        dir.write("conf/b.txt", "changed");
+        dir.write("public/new.html", "new");
+        assert_eq!(inputs_digest_of(&dir, &patterns).unwrap(), before);
+        // Inside, a new file, a mode, the directories above, the Dockerfile: a change each.
+        let changes: [fn(&TempDir); 5] = [
+            |d| {
+                d.write("app/lib/util.php", "<?php // changed");
+            },
+            |d| {
+                d.write("app/lib/new.php", "new");
+            },
+            |d| set_mode(&d.path().join("conf/a.ini"), 0o600),
+            |d| set_mode(&d.path().join("app/lib"), 0o700),
+            |d| {
+                d.write(
+                    "Dockerfile",
+                    "FROM x\nCOPY app /app\nCOPY conf/*.ini /etc/\n# more\n",
+                );
+            },
+        ];
+        for change in changes {
+            let dir = TempDir::new();
+            for (path, content) in [
+                (
+                    "Dockerfile",
+                    "FROM x\nCOPY app /app\nCOPY conf/*.ini /etc/\n",
+                ),
+                ("app/main.php", "<?php"),
+                ("app/lib/util.php", "<?php"),
+                ("conf/a.ini", "a"),
+            ] {
+                dir.write(path, content);
+            }
+            let unchanged = inputs_digest_of(&dir, &patterns).unwrap();
+            change(&dir);
+            assert_ne!(inputs_digest_of(&dir, &patterns).unwrap(), unchanged);
+        }
+    }
+
+    #[test]
+    fn a_symlink_among_the_inputs_or_on_the_way_is_no_narrow_digest() {
+        let dir = TempDir::new();
+        dir.write("Dockerfile", "FROM x\n");
+        dir.write("shared/x.txt", "x");
+        dir.write("app/a.txt", "a");
+        symlink("../shared", dir.path().join("app/shared")).unwrap();
+        symlink("shared", dir.path().join("linked")).unwrap();
+        let err = inputs_digest_of(&dir, &["app"]).unwrap_err();
+        assert!(err.contains("app/shared"), "{err}");
+        let err = inputs_digest_of(&dir, &["linked/x.txt"]).unwrap_err();
+        assert!(err.contains("linked"), "{err}");
+        assert!(inputs_digest_of(&dir, &["shared"]).is_ok());
     }
 }

@@ -28,6 +28,7 @@ use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Builder, ConfigError, ImagePlan, Plan};
+use crate::dockerfile::{BuildFacts, ContextInputs, context_inputs};
 
 const DOCKERIGNORE: &str = ".dockerignore";
 /// The mode docker CLI gives files it adds to the context itself.
@@ -454,6 +455,21 @@ fn add_outside_dockerfile(
 }
 
 impl ContextFiles {
+    /// The Dockerfile's text (lossy where it is not UTF-8), as the build reads it.
+    pub fn dockerfile_text(&self) -> Result<String, ContextError> {
+        let entry = (self.entries.iter())
+            .find(|entry| entry.path == self.dockerfile)
+            .expect("the Dockerfile is an entry of its context");
+        let bytes = match &entry.kind {
+            EntryKind::MemoryFile(bytes) => bytes.clone(),
+            _ => {
+                let path = self.root.join(&entry.path);
+                fs::read(&path).map_err(read_error(&path))?
+            }
+        };
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// What to pass as the engine's `dockerfile` build option.
     pub fn dockerfile_in_context(&self) -> &str {
         &self.dockerfile
@@ -517,6 +533,8 @@ pub struct PreparedImage {
     pub files: ContextFiles,
     /// The context digest; for several platforms, a digest of theirs.
     pub digest: String,
+    /// What of the context the Dockerfile reads (for several platforms, the first one's).
+    pub inputs: ContextInputs,
     /// With several platforms: each one's context digest (the platform is an input).
     pub variants: Vec<Variant>,
 }
@@ -594,31 +612,66 @@ fn prepare_one(
         tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
     }
     let dockerfile = files.dockerfile_in_context().to_owned();
-    let mut digest_for = |platform: Option<&str>| {
-        let inputs = crate::decide::digest_inputs(&image, builder, &dockerfile, platform);
-        files.digest(&inputs).with_context(|| {
-            format!(
-                "image {name}: cannot hash the context {}",
-                image.context.display()
-            )
-        })
+    let cannot_hash = || {
+        format!(
+            "image {name}: cannot hash the context {}",
+            image.context.display()
+        )
+    };
+    let dockerfile_text = files.dockerfile_text().with_context(cannot_hash)?;
+    // The digest covers what the Dockerfile can read, where that is proven narrow; else it all.
+    let mut digest_for = |platform: Option<&str>| -> crate::error::Result<(String, ContextInputs)> {
+        let extra = crate::decide::digest_inputs(&image, builder, &dockerfile, platform);
+        let facts = BuildFacts {
+            target: image.target.as_deref(),
+            build_args: &image.build_args,
+            platform,
+        };
+        let inputs = match context_inputs(&dockerfile_text, &facts) {
+            ContextInputs::Paths(patterns) => {
+                match files
+                    .inputs_digest(&extra, &patterns)
+                    .with_context(cannot_hash)?
+                {
+                    Ok(digest) => return Ok((digest, ContextInputs::Paths(patterns))),
+                    Err(reason) => ContextInputs::WholeContext(reason),
+                }
+            }
+            whole => whole,
+        };
+        Ok((files.digest(&extra).with_context(cannot_hash)?, inputs))
     };
     let mut variants = Vec::new();
-    let digest = match image.platforms.as_slice() {
+    let (digest, inputs) = match image.platforms.as_slice() {
         [] => digest_for(None)?,
         [one] => digest_for(Some(one))?,
         several => {
+            let mut first_inputs = None;
             for platform in several {
-                let digest = digest_for(Some(platform))?;
+                let (digest, inputs) = digest_for(Some(platform))?;
+                first_inputs.get_or_insert(inputs);
                 variants.push(Variant {
                     platform: platform.clone(),
                     digest,
                 });
             }
             let all: Vec<&str> = variants.iter().map(|v| v.digest.as_str()).collect();
-            format!("{:x}", Sha256::digest(all.join("\n")))
+            let inputs = first_inputs.expect("several platforms");
+            (format!("{:x}", Sha256::digest(all.join("\n"))), inputs)
         }
     };
+    match &inputs {
+        ContextInputs::Paths(paths) => {
+            tracing::debug!(
+                image = name,
+                "inputs from the context: {}",
+                paths.join(", ")
+            )
+        }
+        ContextInputs::WholeContext(reason) => {
+            tracing::debug!(image = name, "the whole context is an input: {reason}")
+        }
+    }
     tracing::debug!(
         image = name,
         "context {}: {} files, {} bytes, digest {digest}",
@@ -630,6 +683,7 @@ fn prepare_one(
         plan: image,
         files,
         digest,
+        inputs,
         variants,
     })
 }

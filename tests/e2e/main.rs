@@ -10,6 +10,7 @@ mod exec;
 mod faults;
 mod filesync;
 mod harness;
+mod inputs;
 mod platforms;
 mod remote;
 mod reuse;

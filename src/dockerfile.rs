@@ -1,0 +1,653 @@
+//! What a Dockerfile can read from its build context, for the target stage and the stages it
+//! depends on: BuildKit's Dockerfile syntax, read just far enough to name those paths (parser
+//! directives, the escape character, line continuations, heredocs, JSON and shell forms, stages,
+//! `COPY`/`ADD` and their flags, `RUN --mount`, ARG and ENV substitution). Pure: text in, paths out.
+//!
+//! Whatever cannot be proven narrow is the whole context, with the reason: a skip must never be
+//! wrong, a rebuild may be needless.
+
+use std::collections::HashMap;
+
+/// What a build of one target can read from the context. In `plan` JSON: `{"paths": [...]}` or
+/// `{"whole_context": "why"}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextInputs {
+    /// Only these paths: Docker patterns relative to the context (`*`, `?`, `[...]` within one
+    /// component; a directory stands for everything below it). Sorted, without duplicates.
+    Paths(Vec<String>),
+    /// The whole context, and why.
+    WholeContext(String),
+}
+
+/// What the analysis knows beyond the text.
+pub struct BuildFacts<'a> {
+    /// The stage to build; `None`: the last.
+    pub target: Option<&'a str>,
+    pub build_args: &'a [(String, String)],
+    /// `linux/arm64`; `None`: the engine's own, which the analysis does not know.
+    pub platform: Option<&'a str>,
+}
+
+/// The context paths that can reach the image `facts` describes.
+pub fn context_inputs(dockerfile: &str, facts: &BuildFacts<'_>) -> ContextInputs {
+    match analyse(dockerfile, facts) {
+        Ok(mut paths) => {
+            paths.sort();
+            paths.dedup();
+            ContextInputs::Paths(paths)
+        }
+        Err(Whole(reason)) => ContextInputs::WholeContext(reason),
+    }
+}
+
+/// The reason the whole context is an input.
+struct Whole(String);
+
+fn whole<T>(reason: impl Into<String>) -> Result<T, Whole> {
+    Err(Whole(reason.into()))
+}
+
+/// One instruction: its keyword (upper case), flags (`--name=value`, in order) and the rest.
+#[derive(Debug)]
+struct Instruction {
+    keyword: String,
+    flags: Vec<(String, String)>,
+    args: String,
+    /// A heredoc follows (`<<EOF`): the instruction's sources are inline, not in the context.
+    heredoc: bool,
+}
+
+/// The escape character and the instructions, after parser directives, continuations, comments
+/// and heredocs.
+fn parse(text: &str) -> Result<Vec<Instruction>, Whole> {
+    let mut lines = text.lines().peekable();
+    let mut escape = '\\';
+    // Parser directives: `# key=value` lines at the very top.
+    while let Some(line) = lines.peek() {
+        let Some(directive) = line.trim().strip_prefix('#') else {
+            break;
+        };
+        let Some((key, value)) = directive.split_once('=') else {
+            break;
+        };
+        let (key, value) = (key.trim().to_ascii_lowercase(), value.trim());
+        if key.contains(char::is_whitespace) {
+            break;
+        }
+        match key.as_str() {
+            "syntax" => return whole(format!("`# syntax={value}` names a frontend of its own")),
+            "escape" => match value {
+                "\\" => escape = '\\',
+                "`" => escape = '`',
+                other => return whole(format!("unknown escape character `{other}`")),
+            },
+            _ => {}
+        }
+        lines.next();
+    }
+    let mut instructions = Vec::new();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        // Continuations: a line ending in the escape character goes on; comment and empty lines
+        // inside are skipped.
+        let mut logical = String::new();
+        let mut current = trimmed.trim_end().to_owned();
+        while current.ends_with(escape) {
+            current.pop();
+            logical.push_str(&current);
+            current = loop {
+                match lines.next() {
+                    None => break String::new(),
+                    Some(next) if next.trim().is_empty() || next.trim_start().starts_with('#') => {}
+                    Some(next) => break next.trim_end().to_owned(),
+                }
+            };
+        }
+        logical.push_str(&current);
+        let instruction = instruction(&logical)?;
+        // A heredoc's body is not instructions: skip to each terminator.
+        for (word, strip_tabs) in heredoc_words(&instruction) {
+            loop {
+                let Some(body) = lines.next() else {
+                    return whole(format!("heredoc `{word}` has no end"));
+                };
+                let body = if strip_tabs {
+                    body.trim_start_matches('\t')
+                } else {
+                    body
+                };
+                if body == word {
+                    break;
+                }
+            }
+        }
+        instructions.push(instruction);
+    }
+    Ok(instructions)
+}
+
+/// Splits a logical line into keyword, leading `--flags` and the rest.
+fn instruction(line: &str) -> Result<Instruction, Whole> {
+    let (keyword, mut rest) = line
+        .split_once(char::is_whitespace)
+        .map_or((line, ""), |(k, r)| (k, r.trim_start()));
+    let keyword = keyword.to_ascii_uppercase();
+    let mut flags = Vec::new();
+    if matches!(keyword.as_str(), "FROM" | "COPY" | "ADD" | "RUN") {
+        while let Some(flag) = rest.strip_prefix("--") {
+            let (word, after) = flag
+                .split_once(char::is_whitespace)
+                .map_or((flag, ""), |(w, a)| (w, a.trim_start()));
+            let (name, value) = word.split_once('=').unwrap_or((word, ""));
+            flags.push((name.to_ascii_lowercase(), value.to_owned()));
+            rest = after;
+        }
+    }
+    let heredoc = matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") && rest.contains("<<");
+    Ok(Instruction {
+        keyword,
+        flags,
+        args: rest.to_owned(),
+        heredoc,
+    })
+}
+
+/// The terminators of the heredocs an instruction opens (`<<EOF`, `<<-EOF`, `<<"EOF"`), and
+/// whether leading tabs are stripped.
+fn heredoc_words(instruction: &Instruction) -> Vec<(String, bool)> {
+    if !instruction.heredoc {
+        return Vec::new();
+    }
+    let mut words = Vec::new();
+    let mut rest = instruction.args.as_str();
+    while let Some(at) = rest.find("<<") {
+        rest = &rest[at + 2..];
+        let strip_tabs = rest.starts_with('-');
+        let word_start = if strip_tabs { &rest[1..] } else { rest };
+        let word: String = word_start
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, '>' | '|' | '&' | ';' | '<'))
+            .filter(|c| !matches!(c, '"' | '\''))
+            .collect();
+        if !word.is_empty() && word.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            words.push((word, strip_tabs));
+        }
+    }
+    words
+}
+
+/// One stage: its name, what it is built on, and its instructions.
+struct Stage {
+    name: Option<String>,
+    base: Base,
+    instructions: Vec<Instruction>,
+}
+
+enum Base {
+    Scratch,
+    Stage(usize),
+    /// An image: its ENV is not known here.
+    Image,
+}
+
+fn analyse(text: &str, facts: &BuildFacts<'_>) -> Result<Vec<String>, Whole> {
+    let instructions = parse(text)?;
+    let build_args: HashMap<&str, &str> = (facts.build_args.iter())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // Global ARGs (before the first FROM) and the automatic platform ones.
+    let mut global: Vars = platform_args(facts.platform);
+    let mut stages: Vec<Stage> = Vec::new();
+    for instruction in instructions {
+        if instruction.keyword == "FROM" {
+            let words: Vec<&str> = instruction.args.split_whitespace().collect();
+            let Some(image) = words.first() else {
+                return whole("a FROM names no image");
+            };
+            let image = expand(image, &global, &Base::Scratch)?;
+            let name = match words.as_slice() {
+                [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => {
+                    Some(name.to_ascii_lowercase())
+                }
+                _ => None,
+            };
+            let base = if image.eq_ignore_ascii_case("scratch") {
+                Base::Scratch
+            } else if let Some(index) = stage_index(&stages, &image) {
+                Base::Stage(index)
+            } else {
+                Base::Image
+            };
+            stages.push(Stage {
+                name,
+                base,
+                instructions: Vec::new(),
+            });
+            continue;
+        }
+        match stages.last_mut() {
+            Some(stage) => stage.instructions.push(instruction),
+            None if instruction.keyword == "ARG" => {
+                for (name, default) in arg_declarations(&instruction.args) {
+                    let value = build_args.get(name.as_str()).map(|v| (*v).to_owned());
+                    global.insert(
+                        name,
+                        value.or(default).map(Value::Known).unwrap_or(Value::Empty),
+                    );
+                }
+            }
+            None => return whole(format!("{} before the first FROM", instruction.keyword)),
+        }
+    }
+    if stages.is_empty() {
+        return whole("no FROM");
+    }
+    let target = match facts.target {
+        Some(target) => stage_index(&stages, target)
+            .ok_or_else(|| Whole(format!("no stage named `{target}`")))?,
+        None => stages.len() - 1,
+    };
+    let mut paths = Vec::new();
+    let mut done = vec![false; stages.len()];
+    let mut pending = vec![target];
+    while let Some(index) = pending.pop() {
+        if std::mem::replace(&mut done[index], true) {
+            continue;
+        }
+        let reads = stage_reads(&stages, index, &global, &build_args)?;
+        paths.extend(reads.paths);
+        pending.extend(reads.stages);
+    }
+    Ok(paths)
+}
+
+/// A variable's value in a stage.
+#[derive(Debug, Clone)]
+enum Value {
+    Known(String),
+    /// Declared without a value: expands to nothing.
+    Empty,
+    /// Depends on what the analysis does not know (the engine's platform).
+    Unknown,
+}
+
+type Vars = HashMap<String, Value>;
+
+const PLATFORM_ARGS: [&str; 8] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+/// BuildKit's automatic platform ARGs: known for the target where a platform is given; the build
+/// platform is the engine's, which the analysis does not know.
+fn platform_args(platform: Option<&str>) -> Vars {
+    let mut vars: Vars = PLATFORM_ARGS
+        .iter()
+        .map(|name| ((*name).to_owned(), Value::Unknown))
+        .collect();
+    if let Some(platform) = platform {
+        let mut parts = platform.split('/');
+        let os = parts.next().unwrap_or_default();
+        let arch = parts.next().unwrap_or_default();
+        let variant = parts.next().unwrap_or_default();
+        for (name, value) in [
+            ("TARGETPLATFORM", platform),
+            ("TARGETOS", os),
+            ("TARGETARCH", arch),
+            ("TARGETVARIANT", variant),
+        ] {
+            vars.insert(name.to_owned(), Value::Known(value.to_owned()));
+        }
+    }
+    vars
+}
+
+fn stage_index(stages: &[Stage], name: &str) -> Option<usize> {
+    let name = name.to_ascii_lowercase();
+    stages
+        .iter()
+        .position(|stage| stage.name.as_deref() == Some(name.as_str()))
+        .or_else(|| name.parse::<usize>().ok().filter(|i| *i < stages.len()))
+}
+
+/// `ARG A=1 B` → `[("A", Some("1")), ("B", None)]`.
+fn arg_declarations(args: &str) -> Vec<(String, Option<String>)> {
+    args.split_whitespace()
+        .map(|word| match word.split_once('=') {
+            Some((name, value)) => (name.to_owned(), Some(unquote(value))),
+            None => (word.to_owned(), None),
+        })
+        .collect()
+}
+
+fn unquote(value: &str) -> String {
+    for quote in ['"', '\''] {
+        if let Some(inner) = value
+            .strip_prefix(quote)
+            .and_then(|v| v.strip_suffix(quote))
+        {
+            return inner.to_owned();
+        }
+    }
+    value.to_owned()
+}
+
+/// What one stage reads: context paths, and the stages it needs.
+struct StageReads {
+    paths: Vec<String>,
+    stages: Vec<usize>,
+}
+
+fn stage_reads(
+    stages: &[Stage],
+    index: usize,
+    global: &Vars,
+    build_args: &HashMap<&str, &str>,
+) -> Result<StageReads, Whole> {
+    let stage = &stages[index];
+    let mut reads = StageReads {
+        paths: Vec::new(),
+        stages: Vec::new(),
+    };
+    let mut vars = match stage.base {
+        Base::Stage(base) => {
+            reads.stages.push(base);
+            stage_env(stages, base, global, build_args)?
+        }
+        Base::Scratch | Base::Image => Vars::new(),
+    };
+    for instruction in &stage.instructions {
+        match instruction.keyword.as_str() {
+            "ONBUILD" => {
+                return whole("ONBUILD runs instructions in builds this analysis cannot see");
+            }
+            "ARG" => declare_args(&mut vars, &instruction.args, global, build_args),
+            "ENV" => {
+                declare_env(&mut vars, &instruction.args, &stage.base)?;
+            }
+            "COPY" | "ADD" => copy_reads(stages, instruction, &vars, &stage.base, &mut reads)?,
+            "RUN" => mount_reads(stages, instruction, &vars, &stage.base, &mut reads)?,
+            _ => {}
+        }
+    }
+    Ok(reads)
+}
+
+/// The variables a stage leaves to a stage built on it: its ENV (ARGs do not carry over).
+fn stage_env(
+    stages: &[Stage],
+    index: usize,
+    global: &Vars,
+    build_args: &HashMap<&str, &str>,
+) -> Result<Vars, Whole> {
+    let stage = &stages[index];
+    let mut vars = match stage.base {
+        Base::Stage(base) => stage_env(stages, base, global, build_args)?,
+        Base::Scratch | Base::Image => Vars::new(),
+    };
+    let mut env_names = Vec::new();
+    for instruction in &stage.instructions {
+        match instruction.keyword.as_str() {
+            "ARG" => declare_args(&mut vars, &instruction.args, global, build_args),
+            "ENV" => {
+                env_names.extend(declare_env(&mut vars, &instruction.args, &stage.base)?);
+            }
+            _ => {}
+        }
+    }
+    vars.retain(|name, _| env_names.contains(name));
+    Ok(vars)
+}
+
+fn declare_args(vars: &mut Vars, args: &str, global: &Vars, build_args: &HashMap<&str, &str>) {
+    for (name, default) in arg_declarations(args) {
+        let value = match build_args.get(name.as_str()) {
+            Some(given) => Value::Known((*given).to_owned()),
+            None => match (default, global.get(&name)) {
+                (Some(default), _) => Value::Known(default),
+                (None, Some(value)) => value.clone(),
+                (None, None) => Value::Empty,
+            },
+        };
+        vars.insert(name, value);
+    }
+}
+
+/// `ENV A=1 B="two words"` or `ENV A 1`; returns the names set.
+fn declare_env(vars: &mut Vars, args: &str, base: &Base) -> Result<Vec<String>, Whole> {
+    let pairs: Vec<(String, String)> = match args.split_once(char::is_whitespace) {
+        Some((name, value)) if !name.contains('=') => {
+            vec![(name.to_owned(), value.trim().to_owned())]
+        }
+        _ => {
+            if args.contains(['"', '\'']) && args.split_whitespace().any(|w| !w.contains('=')) {
+                return whole("an ENV with quoted spaces");
+            }
+            args.split_whitespace()
+                .filter_map(|word| word.split_once('='))
+                .map(|(name, value)| (name.to_owned(), unquote(value)))
+                .collect()
+        }
+    };
+    let mut names = Vec::new();
+    for (name, value) in pairs {
+        // `ENV PATH=$PATH:/x` on an image: unknown, which matters only if a path uses it.
+        let value = expand(&value, vars, base).map_or(Value::Unknown, Value::Known);
+        vars.insert(name.clone(), value);
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Expands `$NAME`, `${NAME}`, `${NAME:-word}`, `${NAME-word}`, `${NAME:+word}`, `${NAME+word}`.
+/// A name the stage does not declare comes from the base image's ENV where there is one: unknown.
+fn expand(word: &str, vars: &Vars, base: &Base) -> Result<String, Whole> {
+    let mut out = String::new();
+    let mut chars = word.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+            continue;
+        }
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let (name, modifier) = if chars.peek() == Some(&'{') {
+            chars.next();
+            let mut inside = String::new();
+            for c in chars.by_ref() {
+                if c == '}' {
+                    break;
+                }
+                inside.push(c);
+            }
+            let split = inside
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(inside.len());
+            let (name, modifier) = inside.split_at(split);
+            (name.to_owned(), Some(modifier.to_owned()))
+        } else {
+            let mut name = String::new();
+            while let Some(&c) = chars.peek() {
+                if !(c.is_ascii_alphanumeric() || c == '_') {
+                    break;
+                }
+                name.push(c);
+                chars.next();
+            }
+            (name, None)
+        };
+        if name.is_empty() {
+            out.push('$');
+            continue;
+        }
+        let value = match vars.get(&name) {
+            Some(Value::Known(value)) => Some(value.clone()),
+            Some(Value::Empty) => None,
+            Some(Value::Unknown) => {
+                return whole(format!(
+                    "a path uses ${name}, which is not known before the build"
+                ));
+            }
+            None => match base {
+                Base::Image => {
+                    return whole(format!(
+                        "a path uses ${name}, which the base image's ENV may set"
+                    ));
+                }
+                Base::Scratch | Base::Stage(_) => None,
+            },
+        };
+        let value = match modifier.as_deref() {
+            None | Some("") => value.unwrap_or_default(),
+            Some(modifier) => {
+                let (op, word) =
+                    modifier.split_at(modifier.len().min(if modifier.starts_with(':') {
+                        2
+                    } else {
+                        1
+                    }));
+                let set = value
+                    .as_deref()
+                    .is_some_and(|v| !op.starts_with(':') || !v.is_empty());
+                match op.trim_start_matches(':') {
+                    "-" if set => value.unwrap_or_default(),
+                    "-" => expand(word, vars, base)?,
+                    "+" if set => expand(word, vars, base)?,
+                    "+" => String::new(),
+                    _ => return whole(format!("a path uses `${{{name}{modifier}}}`")),
+                }
+            }
+        };
+        out.push_str(&value);
+    }
+    Ok(out)
+}
+
+/// The sources of a COPY or ADD: from a stage (a dependency), from an image (nothing of the
+/// context), or the context.
+fn copy_reads(
+    stages: &[Stage],
+    instruction: &Instruction,
+    vars: &Vars,
+    base: &Base,
+    reads: &mut StageReads,
+) -> Result<(), Whole> {
+    if let Some((_, from)) = instruction.flags.iter().find(|(name, _)| name == "from") {
+        let from = expand(from, vars, base)?;
+        if let Some(index) = stage_index(stages, &from) {
+            reads.stages.push(index);
+        }
+        return Ok(());
+    }
+    let words = match serde_json::from_str::<Vec<String>>(&instruction.args) {
+        Ok(words) if instruction.args.trim_start().starts_with('[') => words,
+        _ => {
+            if instruction.args.contains(['"', '\'', '\\']) && !instruction.heredoc {
+                return whole(format!(
+                    "{} with quoted or escaped paths",
+                    instruction.keyword
+                ));
+            }
+            instruction
+                .args
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        }
+    };
+    let Some((_, sources)) = words.split_last() else {
+        return whole(format!("{} names no source", instruction.keyword));
+    };
+    for source in sources {
+        // A heredoc is inline content; a URL is fetched, not read from the context.
+        if source.starts_with("<<") || instruction.keyword == "ADD" && is_remote(source) {
+            continue;
+        }
+        let path = expand(source, vars, base)?;
+        reads.paths.push(context_path(&path, &instruction.keyword)?);
+    }
+    Ok(())
+}
+
+fn is_remote(source: &str) -> bool {
+    ["http://", "https://", "git://", "git@", "ssh://"]
+        .iter()
+        .any(|scheme| source.starts_with(scheme))
+}
+
+/// A source as a pattern relative to the context root; the root itself is the whole context.
+fn context_path(path: &str, what: &str) -> Result<String, Whole> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    if parts.is_empty() || parts == ["*"] || parts.iter().any(|p| p.contains("**")) {
+        return whole(format!("`{what} {path}` copies the whole context"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// `RUN --mount=…`: a bind mount of the context reads its source; one from a stage needs it.
+fn mount_reads(
+    stages: &[Stage],
+    instruction: &Instruction,
+    vars: &Vars,
+    base: &Base,
+    reads: &mut StageReads,
+) -> Result<(), Whole> {
+    for (_, mount) in instruction.flags.iter().filter(|(name, _)| name == "mount") {
+        let fields: HashMap<String, String> = mount
+            .split(',')
+            .map(|field| match field.split_once('=') {
+                Some((key, value)) => (key.to_ascii_lowercase(), value.to_owned()),
+                None => (field.to_ascii_lowercase(), String::new()),
+            })
+            .collect();
+        let kind = fields.get("type").map_or("bind", String::as_str);
+        if !matches!(kind, "bind" | "cache") {
+            continue;
+        }
+        if let Some(from) = fields.get("from") {
+            let from = expand(from, vars, base)?;
+            if let Some(index) = stage_index(stages, &from) {
+                reads.stages.push(index);
+            }
+            continue;
+        }
+        if kind == "cache" {
+            continue;
+        }
+        let source = fields
+            .get("source")
+            .or_else(|| fields.get("src"))
+            .map_or(".", String::as_str);
+        let source = expand(source, vars, base)?;
+        reads
+            .paths
+            .push(context_path(&source, "RUN --mount=type=bind,source=")?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

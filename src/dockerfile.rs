@@ -455,86 +455,77 @@ fn expand(word: &str, vars: &Vars, base: &Base) -> Result<String, Whole> {
     let mut out = String::new();
     let mut chars = word.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '\\' {
-            if let Some(next) = chars.next() {
-                out.push(next);
+        match c {
+            '\\' => out.extend(chars.next()),
+            '$' => {
+                let (name, modifier) = reference(&mut chars);
+                if name.is_empty() {
+                    out.push('$');
+                    continue;
+                }
+                let value = value_of(&name, vars, base)?;
+                out.push_str(&apply(&name, modifier.as_deref(), value, vars, base)?);
             }
-            continue;
+            c => out.push(c),
         }
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        let (name, modifier) = if chars.peek() == Some(&'{') {
-            chars.next();
-            let mut inside = String::new();
-            for c in chars.by_ref() {
-                if c == '}' {
-                    break;
-                }
-                inside.push(c);
-            }
-            let split = inside
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(inside.len());
-            let (name, modifier) = inside.split_at(split);
-            (name.to_owned(), Some(modifier.to_owned()))
-        } else {
-            let mut name = String::new();
-            while let Some(&c) = chars.peek() {
-                if !(c.is_ascii_alphanumeric() || c == '_') {
-                    break;
-                }
-                name.push(c);
-                chars.next();
-            }
-            (name, None)
-        };
-        if name.is_empty() {
-            out.push('$');
-            continue;
-        }
-        let value = match vars.get(&name) {
-            Some(Value::Known(value)) => Some(value.clone()),
-            Some(Value::Empty) => None,
-            Some(Value::Unknown) => {
-                return whole(format!(
-                    "a path uses ${name}, which is not known before the build"
-                ));
-            }
-            None => match base {
-                Base::Image => {
-                    return whole(format!(
-                        "a path uses ${name}, which the base image's ENV may set"
-                    ));
-                }
-                Base::Scratch | Base::Stage(_) => None,
-            },
-        };
-        let value = match modifier.as_deref() {
-            None | Some("") => value.unwrap_or_default(),
-            Some(modifier) => {
-                let (op, word) =
-                    modifier.split_at(modifier.len().min(if modifier.starts_with(':') {
-                        2
-                    } else {
-                        1
-                    }));
-                let set = value
-                    .as_deref()
-                    .is_some_and(|v| !op.starts_with(':') || !v.is_empty());
-                match op.trim_start_matches(':') {
-                    "-" if set => value.unwrap_or_default(),
-                    "-" => expand(word, vars, base)?,
-                    "+" if set => expand(word, vars, base)?,
-                    "+" => String::new(),
-                    _ => return whole(format!("a path uses `${{{name}{modifier}}}`")),
-                }
-            }
-        };
-        out.push_str(&value);
     }
     Ok(out)
+}
+
+/// After a `$`: the name, and for `${…}` what follows the name inside the braces.
+fn reference(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> (String, Option<String>) {
+    let is_name = |c: &char| c.is_ascii_alphanumeric() || *c == '_';
+    if chars.next_if_eq(&'{').is_none() {
+        let mut name = String::new();
+        while let Some(c) = chars.next_if(is_name) {
+            name.push(c);
+        }
+        return (name, None);
+    }
+    let inside: String = chars.by_ref().take_while(|c| *c != '}').collect();
+    let split = inside.find(|c| !is_name(&c)).unwrap_or(inside.len());
+    let (name, modifier) = inside.split_at(split);
+    (name.to_owned(), Some(modifier.to_owned()))
+}
+
+/// A variable's value: `None` where it expands to nothing.
+fn value_of(name: &str, vars: &Vars, base: &Base) -> Result<Option<String>, Whole> {
+    match vars.get(name) {
+        Some(Value::Known(value)) => Ok(Some(value.clone())),
+        Some(Value::Empty) => Ok(None),
+        Some(Value::Unknown) => whole(format!(
+            "a path uses ${name}, which is not known before the build"
+        )),
+        None => match base {
+            Base::Image => whole(format!(
+                "a path uses ${name}, which the base image's ENV may set"
+            )),
+            Base::Scratch | Base::Stage(_) => Ok(None),
+        },
+    }
+}
+
+/// `${NAME:-word}` and friends; anything else (`%`, `#`, `/`) is not resolved here.
+fn apply(
+    name: &str,
+    modifier: Option<&str>,
+    value: Option<String>,
+    vars: &Vars,
+    base: &Base,
+) -> Result<String, Whole> {
+    let Some(modifier) = modifier.filter(|m| !m.is_empty()) else {
+        return Ok(value.unwrap_or_default());
+    };
+    let colon = modifier.starts_with(':');
+    let (op, word) = modifier.split_at(modifier.len().min(if colon { 2 } else { 1 }));
+    // With `:`, an empty value counts as unset.
+    let set = value.as_deref().is_some_and(|v| !colon || !v.is_empty());
+    match (op.trim_start_matches(':'), set) {
+        ("-", true) => Ok(value.unwrap_or_default()),
+        ("-", false) | ("+", true) => expand(word, vars, base),
+        ("+", false) => Ok(String::new()),
+        _ => whole(format!("a path uses `${{{name}{modifier}}}`")),
+    }
 }
 
 /// The sources of a COPY or ADD: from a stage (a dependency), from an image (nothing of the

@@ -385,17 +385,7 @@ fn walk(
             if excluded && !build_files.contains(&rel.as_str()) {
                 continue;
             }
-            let kind = if file_type.is_file() {
-                // Fail now, naming the file, rather than halfway through the upload.
-                File::open(&path).map_err(read_error(&path))?;
-                EntryKind::DiskFile {
-                    size: metadata.len(),
-                    hash: None,
-                }
-            } else if file_type.is_symlink() {
-                EntryKind::Symlink(fs::read_link(&path).map_err(read_error(&path))?)
-            } else {
-                // Sockets, FIFOs and devices have no place in an image build.
+            let Some(kind) = file_kind(&path, &metadata)? else {
                 continue;
             };
             entries.push(Entry {
@@ -407,6 +397,25 @@ fn walk(
         }
     }
     Ok(entries)
+}
+
+/// A regular file or a symlink as an entry; `None` for sockets, FIFOs and devices, which have no
+/// place in an image build.
+fn file_kind(path: &Path, metadata: &fs::Metadata) -> Result<Option<EntryKind>, ContextError> {
+    let file_type = metadata.file_type();
+    if file_type.is_file() {
+        // Fail now, naming the file, rather than halfway through the upload.
+        File::open(path).map_err(read_error(path))?;
+        Ok(Some(EntryKind::DiskFile {
+            size: metadata.len(),
+            hash: None,
+        }))
+    } else if file_type.is_symlink() {
+        let target = fs::read_link(path).map_err(read_error(path))?;
+        Ok(Some(EntryKind::Symlink(target)))
+    } else {
+        Ok(None)
+    }
 }
 
 /// docker CLI's AddDockerfileToBuildContext: the Dockerfile travels under a generated name that
@@ -611,6 +620,32 @@ fn prepare_one(
     for path in files.withhold(withheld) {
         tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
     }
+    let (digest, inputs, variants) = digest_image(&image, builder, &mut files)?;
+    tracing::debug!(
+        image = name,
+        "context {}: {} files, {} bytes, digest {digest}",
+        image.context.display(),
+        files.len(),
+        files.total_bytes()
+    );
+    Ok(PreparedImage {
+        plan: image,
+        files,
+        digest,
+        inputs,
+        variants,
+    })
+}
+
+/// The image's context digest (for several platforms, a digest of theirs, and each one's) and
+/// what of the context its Dockerfile reads: the digest covers that where it is proven narrow,
+/// else all the context sends.
+fn digest_image(
+    image: &ImagePlan,
+    builder: Builder,
+    files: &mut ContextFiles,
+) -> crate::error::Result<(String, ContextInputs, Vec<Variant>)> {
+    let name = image.name.as_str();
     let dockerfile = files.dockerfile_in_context().to_owned();
     let cannot_hash = || {
         format!(
@@ -621,7 +656,7 @@ fn prepare_one(
     let dockerfile_text = files.dockerfile_text().with_context(cannot_hash)?;
     // The digest covers what the Dockerfile can read, where that is proven narrow; else it all.
     let mut digest_for = |platform: Option<&str>| -> crate::error::Result<(String, ContextInputs)> {
-        let extra = crate::decide::digest_inputs(&image, builder, &dockerfile, platform);
+        let extra = crate::decide::digest_inputs(image, builder, &dockerfile, platform);
         let facts = BuildFacts {
             target: image.target.as_deref(),
             build_args: &image.build_args,
@@ -672,20 +707,7 @@ fn prepare_one(
             tracing::debug!(image = name, "the whole context is an input: {reason}")
         }
     }
-    tracing::debug!(
-        image = name,
-        "context {}: {} files, {} bytes, digest {digest}",
-        image.context.display(),
-        files.len(),
-        files.total_bytes()
-    );
-    Ok(PreparedImage {
-        plan: image,
-        files,
-        digest,
-        inputs,
-        variants,
-    })
+    Ok((digest, inputs, variants))
 }
 
 /// The files this process writes its stdout and stderr to (`ecr-build build > build.log` run in

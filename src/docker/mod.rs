@@ -186,35 +186,15 @@ impl Engine {
         // secrets and pull credentials while steps run.
         let (session, mut stream) = match request.builder {
             Builder::Buildkit => {
-                let id = session_id(request.image);
-                let dirs = tokio::task::spawn_blocking(move || context.into_sync_dirs())
-                    .await
-                    .map_err(|err| DockerError::BuildFailed {
-                        step: None,
-                        message: format!("reading the context failed: {err}"),
-                    })?
-                    .map_err(|err| DockerError::BuildFailed {
-                        step: None,
-                        message: err.to_string(),
-                    })?;
-                let store = std::sync::Arc::new(session::SecretStore::new(request.secrets));
-                let session = session::open_session(
-                    &self.address,
-                    &self.api_prefix,
-                    &id,
-                    "ecr-build",
-                    store,
-                    registry_auth,
-                    filesync::ContextSync::new(request.image, dirs),
-                )
-                .await?;
-                let options = options
-                    .version(BuilderVersion::BuilderBuildKit)
-                    .session(&id)
-                    .remote("client-session")
-                    .dockerfile(SYNCED_DOCKERFILE)
-                    .build();
-                let stream = session::post_build(&self.address, &self.api_prefix, &options).await?;
+                let (session, stream) = self
+                    .start_buildkit(
+                        options,
+                        request.image,
+                        request.secrets,
+                        registry_auth,
+                        context,
+                    )
+                    .await?;
                 (Some(session), stream.boxed())
             }
             Builder::Legacy => {
@@ -256,6 +236,52 @@ impl Engine {
             }
         }
         image_id.ok_or(DockerError::NoImageId)
+    }
+
+    /// Opens the build's session (context, Dockerfile, secrets, pull credentials) and posts
+    /// `/build`; BuildKit reads the context through the session.
+    async fn start_buildkit(
+        &self,
+        options: BuildImageOptionsBuilder,
+        image: &str,
+        secrets: HashMap<String, Vec<u8>>,
+        registry_auth: HashMap<String, DockerCredentials>,
+        context: ContextFiles,
+    ) -> Result<
+        (
+            session::BuildSession,
+            impl futures_util::Stream<Item = Result<BuildInfo, BollardError>> + Send + Unpin + use<>,
+        ),
+        DockerError,
+    > {
+        let id = session_id(image);
+        let failed = |message: String| DockerError::BuildFailed {
+            step: None,
+            message,
+        };
+        let dirs = tokio::task::spawn_blocking(move || context.into_sync_dirs())
+            .await
+            .map_err(|err| failed(format!("reading the context failed: {err}")))?
+            .map_err(|err| failed(err.to_string()))?;
+        let store = std::sync::Arc::new(session::SecretStore::new(secrets));
+        let session = session::open_session(
+            &self.address,
+            &self.api_prefix,
+            &id,
+            "ecr-build",
+            store,
+            registry_auth,
+            filesync::ContextSync::new(image, dirs),
+        )
+        .await?;
+        let options = options
+            .version(BuilderVersion::BuilderBuildKit)
+            .session(&id)
+            .remote("client-session")
+            .dockerfile(SYNCED_DOCKERFILE)
+            .build();
+        let stream = session::post_build(&self.address, &self.api_prefix, &options).await?;
+        Ok((session, stream))
     }
 
     pub async fn tag(

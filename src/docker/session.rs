@@ -333,7 +333,7 @@ pub async fn post_build(
     engine: &EngineAddr,
     api_prefix: &str,
     options: &BuildImageOptions,
-) -> Result<impl Stream<Item = Result<BuildInfo, Error>> + Send + Unpin + 'static, Error> {
+) -> Result<impl Stream<Item = Result<BuildInfo, Error>> + Send + Unpin + use<>, Error> {
     let query = serde_urlencoded::to_string(options)?;
     let request = Request::post(format!("{api_prefix}/build?{query}"))
         .header(HOST, "docker")

@@ -60,7 +60,7 @@ pub struct BuildArgs {
     #[arg(long, value_enum, env = "ECR_BUILD_IMAGE_URI")]
     pub image_uri: Option<ImageUriArg>,
 
-    /// How many images build and push at once [default: number of CPUs]
+    /// How many images build and push at once [default: number of CPUs, at least 4]
     #[arg(long, value_name = "N", env = "ECR_BUILD_JOBS")]
     pub jobs: Option<usize>,
 

@@ -108,7 +108,7 @@ fn parse(text: &str) -> Result<Vec<Instruction>, Whole> {
             };
         }
         logical.push_str(&current);
-        let instruction = instruction(&logical)?;
+        let instruction = instruction(&logical);
         // A heredoc's body is not instructions: skip to each terminator.
         for (word, strip_tabs) in heredoc_words(&instruction) {
             loop {
@@ -131,7 +131,7 @@ fn parse(text: &str) -> Result<Vec<Instruction>, Whole> {
 }
 
 /// Splits a logical line into keyword, leading `--flags` and the rest.
-fn instruction(line: &str) -> Result<Instruction, Whole> {
+fn instruction(line: &str) -> Instruction {
     let (keyword, mut rest) = line
         .split_once(char::is_whitespace)
         .map_or((line, ""), |(k, r)| (k, r.trim_start()));
@@ -148,12 +148,12 @@ fn instruction(line: &str) -> Result<Instruction, Whole> {
         }
     }
     let heredoc = matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") && rest.contains("<<");
-    Ok(Instruction {
+    Instruction {
         keyword,
         flags,
         args: rest.to_owned(),
         heredoc,
-    })
+    }
 }
 
 /// The terminators of the heredocs an instruction opens (`<<EOF`, `<<-EOF`, `<<"EOF"`), and

@@ -52,6 +52,9 @@ async fn plan(args: PlanArgs) -> Result<()> {
     pipeline::plan(plan, args.sha.as_deref()).await
 }
 
+/// `--jobs` when not given: the number of CPUs, but at least this.
+const MIN_DEFAULT_JOBS: usize = 4;
+
 async fn build(args: BuildArgs) -> Result<()> {
     let flags = ArtifactFlags {
         output_dir: args.output_dir.as_deref(),
@@ -61,7 +64,11 @@ async fn build(args: BuildArgs) -> Result<()> {
     let jobs = match args.jobs {
         Some(0) => return Err(Error::usage("--jobs must be at least 1")),
         Some(jobs) => jobs,
-        None => std::thread::available_parallelism().map_or(2, usize::from),
+        // A build waits on one RUN step, a pull or a push much of its time: at least 4 at once
+        // keep two cores busy (BuildKit shares them out).
+        None => std::thread::available_parallelism().map_or(MIN_DEFAULT_JOBS, |cpus| {
+            usize::from(cpus).max(MIN_DEFAULT_JOBS)
+        }),
     };
     let settings = BuildSettings {
         dry_run: args.dry_run,

@@ -731,7 +731,7 @@ report() {
         "BuildKit's cache is engine-wide, so before each tool's first builds the engine is reset (docker builder prune -af, every image but the base removed); re-run and one-changed follow that tool's own first build; one-changed on a new host resets the engine first."
         "shell: scripts/bench/buildspec.sh (aws ecr get-login-password | docker login, docker build --network none one image after another with DOCKER_BUILDKIT=1, docker push, printf). bake: scripts/bench/bake.sh (the same login, \`docker buildx bake --push\` of every image at once with buildx $("$BUILDX" version 2>/dev/null | awk '{ print $2 }') on the engine's own BuildKit, printf). ecr-build: \`ecr-build build --registry\`, default --jobs ($(($(nproc) > 4 ? $(nproc) : 4)))."
         "Large contexts: big has $large_desc, big2 a quarter of that (node_modules, dist and .cache are .dockerignored); the change edits one sent source file of big."
-        "Monorepo: $MONOREPO_SIZE services under one shared context, 940 sent files and 4,000 ignored; the change edits one file of one service, which changes every image's context digest (each image's digest covers the whole context)."
+        "Monorepo: $MONOREPO_SIZE services under one shared context, 940 sent files and 4,000 ignored; the change edits one file of one service; each image's context digest covers what its Dockerfile reads, so ecr-build rebuilds that service alone."
         "The shell's login alone (aws ecr get-login-password | docker login) takes $shell_login_secs s (median): a floor under every shell run."
         "ecr-build's own summary in the last round: $outcomes."
     )

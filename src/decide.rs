@@ -1,7 +1,7 @@
 //! What to do with one image, given what the registry holds and the repository's rules. Pure: the
 //! executor (pipeline.rs) looks the registry up, asks here, and carries the answer out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use regex::Regex;
 
@@ -37,6 +37,18 @@ pub fn digest_inputs(
         inputs["labels"] = serde_json::json!(image.labels);
     }
     serde_json::to_vec(&inputs).expect("plain values serialize")
+}
+
+/// The inputs whose digests differ from an earlier image's, or that it did not read: what the
+/// summary says changed.
+pub fn changed_inputs(
+    previous: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Vec<String> {
+    (current.iter())
+        .filter(|(input, digest)| previous.get(*input) != Some(*digest))
+        .map(|(input, _)| input.clone())
+        .collect()
 }
 
 /// The tag that marks an image by the digest of everything that decided it.
@@ -408,5 +420,19 @@ mod tests {
             base,
             inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")
         );
+    }
+
+    #[test]
+    fn changed_inputs_are_those_whose_digest_differs_or_that_are_new() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let previous = map(&[("app", "1"), ("composer.json", "2"), ("old", "3")]);
+        let current = map(&[("app", "9"), ("composer.json", "2"), ("public", "4")]);
+        assert_eq!(changed_inputs(&previous, &current), ["app", "public"]);
+        assert!(changed_inputs(&current, &current).is_empty());
     }
 }

@@ -11,6 +11,9 @@ use crate::registry::{DOCKER_MANIFEST_LIST, Manifest, OCI_INDEX, sha256_digest};
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
 /// The label that names the context digest an image was built from, by which it is reused.
 pub const CONTEXT_DIGEST_LABEL: &str = "dev.ecr-build.context-digest";
+/// What a built image read from its context: each input's short digest (JSON), for a later build
+/// to say which input changed.
+pub const INPUTS_LABEL: &str = "dev.ecr-build.inputs";
 
 /// An image labelled for another commit: the config blob to push and the manifest to put.
 #[derive(Debug, Clone, PartialEq, Eq)]

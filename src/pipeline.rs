@@ -18,7 +18,7 @@ use crate::context::{self, PreparedImage};
 use crate::decide::{self, Action, TagRules};
 use crate::docker::{BuildRequest, DockerError, Engine};
 use crate::error::{Error, Result};
-use crate::image::{CONTEXT_DIGEST_LABEL, REVISION_LABEL};
+use crate::image::{CONTEXT_DIGEST_LABEL, INPUTS_LABEL, REVISION_LABEL};
 use crate::reference;
 use crate::reuse::ImageRegistry;
 
@@ -176,15 +176,16 @@ async fn build_one(
     let repository = image.plan.repository.as_str();
     let repository_uri = format!("{}/{repository}", run.registry);
     let ctx_tag = decide::context_tag(&image.digest);
-    let outcome = |digest: String, result| ImageOutcome {
+    let outcome_with = |digest: String, result, changed: Option<Vec<String>>| ImageOutcome {
         name: name.clone(),
         repository_uri: repository_uri.clone(),
         digest,
         result,
         in_registry: run.access.is_some(),
         seconds: started.elapsed().as_secs_f64(),
-        note: crate::report::inputs_note(&image.inputs, result),
+        note: report::inputs_note(&image.inputs, result, changed.as_deref()),
     };
+    let outcome = |digest: String, result| outcome_with(digest, result, None);
     if !image.variants.is_empty() {
         let (digest, result) = multiarch::build_platforms(run, &image, &secrets).await?;
         return Ok(outcome(digest, result));
@@ -216,12 +217,18 @@ async fn build_one(
             Ok(outcome(digest, "reused"))
         }
         Action::Build { push } => {
+            // What the image the run's tags name now read, to say which input changed.
+            let changed = match image.input_digests.is_empty() {
+                true => None,
+                false => (registry.previous_inputs(run.put_tags()).await)
+                    .map(|previous| decide::changed_inputs(&previous, &image.input_digests)),
+            };
             let _slot = run.build_slot().await?;
             let login = access.current().await?;
             let spec = single_spec(run, &image);
             let image_id = build_image(run, &image, secrets, Some(&login), spec).await?;
             let digest = push_tags(run, access, &name, &repository_uri, &image_id, &push).await?;
-            Ok(outcome(digest, "pushed"))
+            Ok(outcome_with(digest, "pushed", changed))
         }
     }
 }
@@ -260,6 +267,10 @@ pub(crate) async fn build_image(
     let mut labels = image.plan.labels.clone();
     labels.extend(run.labels.iter().cloned());
     labels.push((CONTEXT_DIGEST_LABEL.into(), spec.context_digest.to_owned()));
+    if !image.input_digests.is_empty() {
+        let inputs = serde_json::to_string(&image.input_digests).expect("strings serialize");
+        labels.push((INPUTS_LABEL.into(), inputs));
+    }
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
         tracing::warn!(

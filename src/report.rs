@@ -26,13 +26,16 @@ pub struct ImageOutcome {
     pub note: String,
 }
 
-/// The summary's note on an image: a reused one's inputs did not change; a built one names what
-/// of the context it reads.
-pub fn inputs_note(inputs: &ContextInputs, result: &str) -> String {
-    match inputs {
+/// The summary's note on an image: a reused one's inputs did not change; a built one names the
+/// inputs that `changed` since the image the run's tags named (where that is known), else what of
+/// the context it reads.
+pub fn inputs_note(inputs: &ContextInputs, result: &str, changed: Option<&[String]>) -> String {
+    match (inputs, changed) {
         _ if result == "reused" => "its inputs did not change".to_owned(),
-        ContextInputs::Paths(paths) => format!("it reads {}", paths.join(", ")),
-        ContextInputs::WholeContext(_) => "it reads the whole context".to_owned(),
+        (_, Some([])) => "its Dockerfile or build settings changed".to_owned(),
+        (_, Some(changed)) => format!("{} changed", changed.join(", ")),
+        (ContextInputs::Paths(paths), None) => format!("it reads {}", paths.join(", ")),
+        (ContextInputs::WholeContext(_), None) => "it reads the whole context".to_owned(),
     }
 }
 
@@ -168,12 +171,27 @@ mod tests {
     fn the_note_says_what_an_image_reads_or_that_it_did_not_change() {
         let narrow = ContextInputs::Paths(vec!["app".into(), "composer.json".into()]);
         let whole = ContextInputs::WholeContext("`COPY . /x` copies the whole context".into());
-        assert_eq!(inputs_note(&narrow, "reused"), "its inputs did not change");
         assert_eq!(
-            inputs_note(&narrow, "pushed"),
+            inputs_note(&narrow, "reused", None),
+            "its inputs did not change"
+        );
+        assert_eq!(
+            inputs_note(&narrow, "pushed", None),
             "it reads app, composer.json"
         );
-        assert_eq!(inputs_note(&whole, "pushed"), "it reads the whole context");
-        assert_eq!(inputs_note(&whole, "reused"), "its inputs did not change");
+        assert_eq!(
+            inputs_note(&whole, "pushed", None),
+            "it reads the whole context"
+        );
+        assert_eq!(
+            inputs_note(&whole, "reused", None),
+            "its inputs did not change"
+        );
+        let app = ["app".to_owned()];
+        assert_eq!(inputs_note(&narrow, "pushed", Some(&app)), "app changed");
+        assert_eq!(
+            inputs_note(&narrow, "pushed", Some(&[])),
+            "its Dockerfile or build settings changed"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! and the re-stamped image a reuse puts under the run's tags (one config blob and one manifest;
 //! no layer moves).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use crate::aws::ecr::RegistryAccess;
 use crate::decide::{self, RegistryState, TagRules};
 use crate::error::Result;
-use crate::image::{self, CONTEXT_DIGEST_LABEL, REVISION_LABEL};
+use crate::image::{self, CONTEXT_DIGEST_LABEL, INPUTS_LABEL, REVISION_LABEL};
 use crate::registry::{Manifest, RegistryError};
 use crate::retry;
 
@@ -63,6 +64,26 @@ impl ImageRegistry<'_> {
                 .await?;
         }
         Ok((state, target))
+    }
+
+    /// The inputs label of the image the first of `tags` that exists names: what the image this
+    /// run replaces read. `None` where there is none, or it cannot be read (the build goes on).
+    pub async fn previous_inputs(&self, tags: &[String]) -> Option<BTreeMap<String, String>> {
+        for tag in tags {
+            let Ok(Some(manifest)) = self.manifest(tag).await else {
+                continue;
+            };
+            let config_digest = image::config_digest(&manifest).ok()??;
+            let repository = self.repository;
+            let config = (self.call(&format!("fetching {repository}@{config_digest}"), || {
+                self.access.client.get_blob(repository, &config_digest)
+            }))
+            .await
+            .ok()?;
+            let label = image::label(&config, INPUTS_LABEL)?;
+            return serde_json::from_str(&label).ok();
+        }
+        None
     }
 
     /// The manifest under `tag`, if there is one.

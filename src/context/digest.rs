@@ -1,6 +1,6 @@
 //! The context digest: sha256 over what the build sends, reading each file once on two threads.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -184,6 +184,28 @@ fn hash_file(path: &Path, size: u64, buffer: &mut [u8]) -> Result<[u8; 32], Cont
             return Ok(hasher.finalize().into());
         }
         hasher.update(&buffer[..read]);
+    }
+}
+
+impl ContextFiles {
+    /// For each pattern, a short digest of what it matches: what a later build compares to say
+    /// which of an image's inputs changed. Call after a digest (files hashed).
+    pub fn input_digests(
+        &self,
+        patterns: &[String],
+    ) -> Result<BTreeMap<String, String>, ContextError> {
+        let mut digests = BTreeMap::new();
+        for pattern in patterns {
+            let matcher = DockerIgnore::parse(pattern)?;
+            let mut hasher = Sha256::new();
+            put_entries(
+                &mut hasher,
+                (self.entries.iter()).filter(|entry| matcher.is_excluded(&entry.path)),
+            );
+            let digest = format!("{:x}", hasher.finalize());
+            digests.insert(pattern.clone(), digest[..16].to_owned());
+        }
+        Ok(digests)
     }
 }
 

@@ -17,6 +17,8 @@ mod stream;
 mod sync;
 
 pub use ignore::DockerIgnore;
+
+use std::collections::BTreeMap;
 pub use sync::{SYNCED_DOCKERFILE, SyncDir, SyncDirs, SyncItem};
 
 use std::fs::{self, File};
@@ -544,6 +546,8 @@ pub struct PreparedImage {
     pub digest: String,
     /// What of the context the Dockerfile reads (for several platforms, the first one's).
     pub inputs: ContextInputs,
+    /// With narrow inputs: each input's short digest, which the built image carries as a label.
+    pub input_digests: BTreeMap<String, String>,
     /// With several platforms: each one's context digest (the platform is an input).
     pub variants: Vec<Variant>,
 }
@@ -621,6 +625,10 @@ fn prepare_one(
         tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
     }
     let (digest, inputs, variants) = digest_image(&image, builder, &mut files)?;
+    let input_digests = match &inputs {
+        ContextInputs::Paths(patterns) => files.input_digests(patterns).map_err(invalid)?,
+        ContextInputs::WholeContext(_) => BTreeMap::new(),
+    };
     tracing::debug!(
         image = name,
         "context {}: {} files, {} bytes, digest {digest}",
@@ -633,6 +641,7 @@ fn prepare_one(
         files,
         digest,
         inputs,
+        input_digests,
         variants,
     })
 }

@@ -192,6 +192,15 @@ const CORPUS: &[&str] = &[
     "FROM {base}\nCOPY . /everything\n",
 ];
 
+/// Forms that Docker 20.10's built-in frontend does not know (heredocs, `--exclude`), for the
+/// engines whose frontend does (Docker 23 and later). `--parents` is still a labs flag in Docker
+/// 28.5's built-in frontend: unit tests only.
+const NEWER_CORPUS: &[&str] = &[
+    "FROM {base}\nRUN <<EOF\nmkdir /made\nEOF\nCOPY <<-END /etc/note\n\tCOPY . /not-an-instruction\n\tEND\nCOPY app/main.txt /m\n",
+    "FROM {base}\nCOPY --exclude=*.md app/sub/*.txt docs/ /p/\n",
+    "FROM {base}\nCOPY --link --chmod=600 conf/a.ini lib/ /l/\n",
+];
+
 /// The files the edits pick from: some read by every Dockerfile above, some by none.
 const TREE: &[&str] = &[
     "app/main.txt",
@@ -253,7 +262,10 @@ fn an_unchanged_digest_is_an_image_buildkit_builds_all_from_cache() {
     let sha = new_sha();
     let mut rng = Rng(0x1a2b_3c4d_5e6f_7081 ^ u64::from_str_radix(&sha[..8], 16).unwrap());
     let mut skipped = 0;
-    for (index, dockerfile) in CORPUS.iter().enumerate() {
+    let version = docker(&["version", "--format", "{{.Server.Version}}"]);
+    let major: u32 = version.trim().split('.').next().unwrap().parse().unwrap();
+    let newer: &[&str] = if major >= 23 { NEWER_CORPUS } else { &[] };
+    for (index, dockerfile) in CORPUS.iter().chain(newer).enumerate() {
         let ws = Workspace::empty();
         ws.write(
             "Dockerfile",

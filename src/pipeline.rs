@@ -253,6 +253,22 @@ pub(crate) struct BuildSpec<'a> {
     pub tags: &'a [String],
 }
 
+/// The image's labels: the configured ones, the run's, its context digest and its inputs.
+fn image_labels(
+    run: &RunContext<'_>,
+    image: &PreparedImage,
+    context_digest: &str,
+) -> Vec<(String, String)> {
+    let mut labels = image.plan.labels.clone();
+    labels.extend(run.labels.iter().cloned());
+    labels.push((CONTEXT_DIGEST_LABEL.into(), context_digest.to_owned()));
+    if !image.input_digests.is_empty() {
+        let inputs = serde_json::to_string(&image.input_digests).expect("strings serialize");
+        labels.push((INPUTS_LABEL.into(), inputs));
+    }
+    labels
+}
+
 /// Builds the image and tags it locally with every tag of `spec`; returns the image ID.
 pub(crate) async fn build_image(
     run: &RunContext<'_>,
@@ -264,13 +280,7 @@ pub(crate) async fn build_image(
     let name = image.plan.name.as_str();
     let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
     let primary = format!("{repository_uri}:{}", spec.tags[0]);
-    let mut labels = image.plan.labels.clone();
-    labels.extend(run.labels.iter().cloned());
-    labels.push((CONTEXT_DIGEST_LABEL.into(), spec.context_digest.to_owned()));
-    if !image.input_digests.is_empty() {
-        let inputs = serde_json::to_string(&image.input_digests).expect("strings serialize");
-        labels.push((INPUTS_LABEL.into(), inputs));
-    }
+    let labels = image_labels(run, image, spec.context_digest);
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
         tracing::warn!(

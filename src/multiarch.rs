@@ -7,6 +7,7 @@ use anyhow::Context as _;
 
 use crate::context::PreparedImage;
 use crate::decide::{self, Action, context_tag};
+use crate::dockerfile::ContextInputs;
 use crate::error::Result;
 use crate::image;
 use crate::pipeline::{BuildSpec, RunContext, build_image, push_tags, tag_conflict};
@@ -34,7 +35,9 @@ pub(crate) async fn build_platforms(
                 context_digest: &variant.digest,
                 tags: &tags,
             };
-            last = build_image(run, image, secrets.clone(), None, spec).await?;
+            last = build_image(run, image, secrets.clone(), None, spec)
+                .await?
+                .id;
         }
         return Ok((last, "built (dry run, not pushed)"));
     };
@@ -66,10 +69,21 @@ pub(crate) async fn build_platforms(
                     context_digest: &variant.digest,
                     tags: &tags,
                 };
-                let image_id = build_image(run, image, secrets.clone(), Some(&login), spec)
+                let image_built = build_image(run, image, secrets.clone(), Some(&login), spec)
                     .await
                     .with_context(|| format!("platform {}", variant.platform))?;
-                push_tags(run, access, name, &repository_uri, &image_id, &tags).await?;
+                // A platform's image is found by its ctx- tag: base ONBUILD triggers only warn.
+                if image_built.ran_base_triggers && matches!(image.inputs, ContextInputs::Paths(_))
+                {
+                    tracing::warn!(
+                        image = name,
+                        "{}: its base image ran ONBUILD triggers, which may read any file of the \
+                         context: a later run may reuse this platform's image after such a file \
+                         changed; --rebuild builds anyway",
+                        variant.platform
+                    );
+                }
+                push_tags(run, access, name, &repository_uri, &image_built.id, &tags).await?;
                 built = true;
                 (registry.manifest(&ctx_tag).await?).with_context(|| {
                     format!("{repository_uri}:{ctx_tag} was pushed, yet is not there")

@@ -16,7 +16,8 @@ use crate::aws::{self, ecr, ecr::EcrLogin, ecr::RegistryAccess};
 use crate::config::{Builder, Plan};
 use crate::context::{self, PreparedImage};
 use crate::decide::{self, Action, TagRules};
-use crate::docker::{BuildRequest, DockerError, Engine};
+use crate::docker::{BuildRequest, BuiltImage, DockerError, Engine};
+use crate::dockerfile::ContextInputs;
 use crate::error::{Error, Result};
 use crate::image::{CONTEXT_DIGEST_LABEL, INPUTS_LABEL, REVISION_LABEL};
 use crate::reference;
@@ -193,8 +194,8 @@ async fn build_one(
     let Some(access) = &run.access else {
         let _slot = run.build_slot().await?;
         let spec = single_spec(run, &image);
-        let image_id = build_image(run, &image, secrets, None, spec).await?;
-        return Ok(outcome(image_id, "built (dry run, not pushed)"));
+        let built = build_image(run, &image, secrets, None, spec).await?;
+        return Ok(outcome(built.id, "built (dry run, not pushed)"));
     };
     let rules = run.rules_of(repository);
     let registry = run.image_registry(access, &image);
@@ -226,8 +227,13 @@ async fn build_one(
             let _slot = run.build_slot().await?;
             let login = access.current().await?;
             let spec = single_spec(run, &image);
-            let image_id = build_image(run, &image, secrets, Some(&login), spec).await?;
-            let digest = push_tags(run, access, &name, &repository_uri, &image_id, &push).await?;
+            let built = build_image(run, &image, secrets, Some(&login), spec).await?;
+            // The `ctx-` tag goes last: without it, the image is pushed but never reused.
+            let push = match reusable_by_digest(&image, &built) {
+                true => push,
+                false => push.into_iter().filter(|tag| *tag != ctx_tag).collect(),
+            };
+            let digest = push_tags(run, access, &name, &repository_uri, &built.id, &push).await?;
             Ok(outcome_with(digest, "pushed", changed))
         }
     }
@@ -269,14 +275,14 @@ fn image_labels(
     labels
 }
 
-/// Builds the image and tags it locally with every tag of `spec`; returns the image ID.
+/// Builds the image and tags it locally with every tag of `spec`.
 pub(crate) async fn build_image(
     run: &RunContext<'_>,
     image: &PreparedImage,
     secrets: SecretValues,
     login: Option<&EcrLogin>,
     spec: BuildSpec<'_>,
-) -> Result<String> {
+) -> Result<BuiltImage> {
     let name = image.plan.name.as_str();
     let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
     let primary = format!("{repository_uri}:{}", spec.tags[0]);
@@ -328,7 +334,7 @@ pub(crate) async fn build_image(
         secrets,
     };
     let built = (run.engine).build(request, image.files.clone()).await;
-    let image_id = match (built, spec.platform) {
+    let built = match (built, spec.platform) {
         (Err(err), Some(platform)) if err.to_string().contains("exec format error") => {
             return Err(anyhow::Error::new(err)
                 .context(format!(
@@ -340,11 +346,26 @@ pub(crate) async fn build_image(
         }
         (built, _) => built?,
     };
-    tracing::info!(image = name, "built {primary} ({image_id})");
+    tracing::info!(image = name, "built {primary} ({})", built.id);
     for tag in &spec.tags[1..] {
-        run.engine.tag(&image_id, &repository_uri, tag).await?;
+        run.engine.tag(&built.id, &repository_uri, tag).await?;
     }
-    Ok(image_id)
+    Ok(built)
+}
+
+/// Whether a built image may be found again by its context digest: not where the digest covers
+/// only what the Dockerfile reads and a base image's ONBUILD triggers (which it cannot see) ran.
+fn reusable_by_digest(image: &PreparedImage, built: &BuiltImage) -> bool {
+    let narrow = matches!(image.inputs, ContextInputs::Paths(_));
+    if narrow && built.ran_base_triggers {
+        tracing::warn!(
+            image = image.plan.name.as_str(),
+            "its base image ran ONBUILD triggers, which may read any file of the context: it is \
+             not marked by what its Dockerfile reads, so the next run builds it again"
+        );
+        return false;
+    }
+    true
 }
 
 /// Pushes `push` in order; every tag must be stored under the same digest, which is returned.

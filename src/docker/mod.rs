@@ -178,7 +178,7 @@ impl Engine {
         &self,
         request: BuildRequest<'_>,
         context: ContextFiles,
-    ) -> Result<String, DockerError> {
+    ) -> Result<BuiltImage, DockerError> {
         let options = build_options(&request);
         let mut progress = BuildProgress::new(request.image);
         let registry_auth = request.registry_auth.unwrap_or_default();
@@ -235,7 +235,10 @@ impl Engine {
                 );
             }
         }
-        image_id.ok_or(DockerError::NoImageId)
+        Ok(BuiltImage {
+            id: image_id.ok_or(DockerError::NoImageId)?,
+            ran_base_triggers: progress.ran_base_triggers,
+        })
     }
 
     /// Opens the build's session (context, Dockerfile, secrets, pull credentials) and posts
@@ -449,6 +452,39 @@ struct BuildProgress<'a> {
     announced: std::collections::HashSet<String>,
     partial_lines: HashMap<String, String>,
     failed_step: Option<String>,
+    /// A base image's ONBUILD triggers ran: steps the Dockerfile does not show.
+    ran_base_triggers: bool,
+}
+
+/// An image the engine built.
+pub struct BuiltImage {
+    pub id: String,
+    /// A base image's ONBUILD triggers ran in the build: they may have read any context file.
+    pub ran_base_triggers: bool,
+}
+
+/// Whether a build step is a base image's ONBUILD trigger: Docker 23+ names it
+/// `[2/3] ONBUILD COPY . /app`; Docker 20.10's BuildKit leaves it out of the stage's step count
+/// (`[3/2] COPY x /x`); the legacy builder says `# Executing 1 build trigger`.
+fn is_base_trigger(step: &str) -> bool {
+    if step.contains("] ONBUILD ")
+        || step.contains("# Executing ") && step.contains("build trigger")
+    {
+        return true;
+    }
+    let Some(counter) = (step.strip_prefix('['))
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|inside| inside.rsplit(' ').next())
+    else {
+        return false;
+    };
+    match counter.split_once('/') {
+        Some((index, total)) => match (index.parse::<u32>(), total.parse::<u32>()) {
+            (Ok(index), Ok(total)) => index > total,
+            _ => false,
+        },
+        None => false,
+    }
 }
 
 impl<'a> BuildProgress<'a> {
@@ -461,6 +497,7 @@ impl<'a> BuildProgress<'a> {
             announced: std::collections::HashSet::new(),
             partial_lines: HashMap::new(),
             failed_step: None,
+            ran_base_triggers: false,
         }
     }
 
@@ -468,6 +505,7 @@ impl<'a> BuildProgress<'a> {
     fn handle(&mut self, info: BuildInfo) -> Option<String> {
         if let Some(text) = info.stream {
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                self.ran_base_triggers |= is_base_trigger(line);
                 if line.starts_with("Step ") {
                     self.step = line.split_once(" : ").map(|(_, s)| s.to_owned());
                     self.tail.clear();
@@ -489,6 +527,7 @@ impl<'a> BuildProgress<'a> {
 
     fn buildkit_status(&mut self, status: StatusResponse) {
         for vertex in status.vertexes {
+            self.ran_base_triggers |= is_base_trigger(&vertex.name);
             self.vertex_names
                 .insert(vertex.digest.clone(), vertex.name.clone());
             if !vertex.error.is_empty() && self.failed_step.is_none() {
@@ -599,6 +638,17 @@ mod tests {
         assert!(push_hint("denied: Your authorization token has expired.").contains("token"));
         assert!(push_hint("unauthorized: authentication required").contains("permissions"));
         assert_eq!(push_hint("connection refused"), "");
+    }
+
+    #[test]
+    fn a_base_image_s_onbuild_triggers_are_seen_in_the_steps() {
+        assert!(is_base_trigger("[2/3] ONBUILD COPY . /app"));
+        assert!(is_base_trigger("[build 3/2] COPY x.txt /x"));
+        assert!(is_base_trigger("# Executing 1 build trigger"));
+        assert!(!is_base_trigger("[2/3] COPY . /app"));
+        assert!(!is_base_trigger("[build 2/2] RUN echo ONBUILD"));
+        assert!(!is_base_trigger("[internal] load build context"));
+        assert!(!is_base_trigger("Step 2/3 : COPY a /a"));
     }
 
     #[test]

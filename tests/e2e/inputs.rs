@@ -181,6 +181,70 @@ fn a_change_rebuilds_only_the_images_whose_dockerfiles_read_it() {
     );
 }
 
+#[test]
+fn an_image_whose_base_ran_onbuild_triggers_is_not_marked_for_reuse() {
+    let prefix = unique("e2e-onbuild");
+    let ws = Workspace::empty();
+    // A base image whose trigger copies the whole context into its children.
+    ws.write(
+        "base/Dockerfile",
+        &format!("FROM {}\nONBUILD COPY . /app\n", services().base_image),
+    );
+    let base_tag = &new_sha()[..12];
+    ws.ecr_build()
+        .args([
+            "build",
+            "--dry-run",
+            "--repository",
+            &format!("{prefix}/base"),
+        ])
+        .args(["--network", "none", "--context", "base", "--tag", base_tag])
+        .env("ECR_BUILD_SHA", new_sha())
+        .run()
+        .success();
+    let repository = format!("{prefix}/app");
+    create_repository(&repository);
+    ws.write(
+        "app/Dockerfile",
+        &format!("FROM dry-run.invalid/{prefix}/base:{base_tag}\nCOPY x.txt /x\n"),
+    );
+    ws.write("app/x.txt", "x\n");
+    ws.write("app/other.txt", "first\n");
+    let build = || {
+        ws.ecr_build()
+            .args([
+                "build",
+                "--registry",
+                &services().registry,
+                "--repository",
+                &repository,
+            ])
+            .args(["--network", "none", "--context", "app"])
+            .env("ECR_BUILD_SHA", new_sha())
+            .run()
+            .success()
+    };
+    let first = build().stderr_has("ONBUILD triggers");
+    assert_eq!(results(&first)["app"], "pushed");
+    assert!(
+        !registry_tags(&repository)
+            .iter()
+            .any(|tag| tag.starts_with("ctx-")),
+        "{:?}",
+        registry_tags(&repository)
+    );
+    // A file only the trigger reads: the image is built again and holds it.
+    ws.write("app/other.txt", "second\n");
+    let second = build();
+    assert_eq!(results(&second)["app"], "pushed");
+    let image = format!(
+        "{}/{repository}:{}",
+        services().registry,
+        second.summary("app").tags[0]
+    );
+    assert_eq!(docker_run(&image, &["cat", "/app/other.txt"]), "second\n");
+}
+
 /// A corpus of Dockerfiles in the forms the analysis reads, over one tree.
 const CORPUS: &[&str] = &[
     "FROM {base}\nCOPY app /app\nCOPY conf/*.ini /etc/\n",

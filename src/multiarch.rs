@@ -7,6 +7,7 @@ use anyhow::Context as _;
 
 use crate::context::PreparedImage;
 use crate::decide::{self, Action, context_tag};
+use crate::docker::BuiltImage;
 use crate::dockerfile::ContextInputs;
 use crate::error::Result;
 use crate::image;
@@ -72,17 +73,7 @@ pub(crate) async fn build_platforms(
                 let image_built = build_image(run, image, secrets.clone(), Some(&login), spec)
                     .await
                     .with_context(|| format!("platform {}", variant.platform))?;
-                // A platform's image is found by its ctx- tag: base ONBUILD triggers only warn.
-                if image_built.ran_base_triggers && matches!(image.inputs, ContextInputs::Paths(_))
-                {
-                    tracing::warn!(
-                        image = name,
-                        "{}: its base image ran ONBUILD triggers, which may read any file of the \
-                         context: a later run may reuse this platform's image after such a file \
-                         changed; --rebuild builds anyway",
-                        variant.platform
-                    );
-                }
+                warn_of_base_triggers(image, &image_built, &variant.platform);
                 push_tags(run, access, name, &repository_uri, &image_built.id, &tags).await?;
                 built = true;
                 (registry.manifest(&ctx_tag).await?).with_context(|| {
@@ -98,6 +89,19 @@ pub(crate) async fn build_platforms(
         put_index(run, &registry, &repository_uri, index, image).await?;
     }
     Ok((digest, if built { "pushed" } else { "reused" }))
+}
+
+/// A platform's image is found by its ctx- tag, so a base image's ONBUILD triggers (which the
+/// digest does not see) only warn here.
+fn warn_of_base_triggers(image: &PreparedImage, built: &BuiltImage, platform: &str) {
+    if built.ran_base_triggers && matches!(image.inputs, ContextInputs::Paths(_)) {
+        tracing::warn!(
+            image = image.plan.name.as_str(),
+            "{platform}: its base image ran ONBUILD triggers, which may read any file of the \
+             context: a later run may reuse this platform's image after such a file changed; \
+             --rebuild builds anyway"
+        );
+    }
 }
 
 /// The index under the run's tags, with the repository's rules: an immutable tag that names

@@ -582,20 +582,11 @@ fn is_remote(source: &str) -> bool {
 
 /// A source as a pattern relative to the context root; the root itself is the whole context.
 fn context_path(path: &str, what: &str) -> Result<String, Whole> {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            part => parts.push(part),
-        }
-    }
-    if parts.is_empty() || parts == ["*"] || parts.iter().any(|p| p.contains("**")) {
+    let relative = crate::context::within_context(path);
+    if relative.is_empty() || relative == "*" || relative.contains("**") {
         return whole(format!("`{what} {path}` copies the whole context"));
     }
-    Ok(parts.join("/"))
+    Ok(relative)
 }
 
 /// `RUN --mount=…`: a bind mount of the context reads its source; one from a stage needs it.

@@ -11,7 +11,7 @@ use std::thread;
 use sha2::{Digest, Sha256};
 
 use super::stream::SizedPrefix;
-use super::{ContextError, ContextFiles, DockerIgnore, Entry, EntryKind, read_error};
+use super::{ContextError, ContextFiles, DockerIgnore, Entry, EntryKind, ancestors, read_error};
 
 /// Files are hashed in pieces of this size, so memory stays bounded whatever the context holds.
 const CHUNK_SIZE: usize = 64 * 1024;
@@ -49,17 +49,10 @@ impl ContextFiles {
     ) -> Result<Result<String, String>, ContextError> {
         self.hash_contents()?;
         let matcher = DockerIgnore::parse(&patterns.join("\n"))?;
-        let matched: Vec<bool> = (self.entries.iter())
-            .map(|entry| matcher.is_excluded(&entry.path))
-            .collect();
         let mut wanted: HashSet<&str> = HashSet::new();
-        for (entry, _) in self.entries.iter().zip(&matched).filter(|(_, m)| **m) {
-            let mut path = entry.path.as_str();
-            wanted.insert(path);
-            while let Some(slash) = path.rfind('/') {
-                path = &path[..slash];
-                wanted.insert(path);
-            }
+        for entry in (self.entries.iter()).filter(|entry| matcher.is_excluded(&entry.path)) {
+            wanted.insert(&entry.path);
+            wanted.extend(ancestors(&entry.path));
         }
         for entry in &self.entries {
             let EntryKind::Symlink(_) = entry.kind else {

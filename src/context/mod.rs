@@ -77,6 +77,22 @@ fn read_error(path: &Path) -> impl FnOnce(io::Error) -> ContextError + '_ {
     }
 }
 
+/// The directories above `path` (relative, '/'-separated), nearest first.
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    fn parent(path: &str) -> Option<&str> {
+        path.rfind('/').map(|slash| &path[..slash])
+    }
+    std::iter::successors(parent(path), |dir| parent(dir))
+}
+
+/// A path as BuildKit resolves it against the context: `.` and `..` resolved, never above the
+/// root; empty for the root itself.
+pub fn within_context(path: &str) -> String {
+    ignore::clean(&format!("/{path}"))
+        .trim_start_matches('/')
+        .to_owned()
+}
+
 /// One entry the build sends.
 #[derive(Debug, Clone)]
 struct Entry {

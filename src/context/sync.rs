@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::ignore::{DockerIgnore, clean};
 use super::stream::{SizedPrefix, Verified};
-use super::{ContextError, ContextFiles, Entry, EntryKind, Sent};
+use super::{ContextError, ContextFiles, Entry, EntryKind, Sent, ancestors, within_context};
 
 /// The name the Dockerfile has in the "dockerfile" directory: the build's `dockerfile` option.
 pub const SYNCED_DOCKERFILE: &str = "Dockerfile";
@@ -128,16 +128,11 @@ impl ContextFiles {
         // An excluded directory that holds a re-included file is not an entry of the walk, but
         // the receiver needs every parent: it gets the directory's own mode, as fsutil sends it.
         let known: HashSet<String> = items.iter().map(|item| item.path.clone()).collect();
-        let mut parents = HashSet::new();
-        for item in &items {
-            let mut path = item.path.as_str();
-            while let Some(slash) = path.rfind('/') {
-                path = &path[..slash];
-                if !known.contains(path) {
-                    parents.insert(path.to_owned());
-                }
-            }
-        }
+        let parents: HashSet<String> = (items.iter())
+            .flat_map(|item| ancestors(&item.path))
+            .filter(|dir| !known.contains(*dir))
+            .map(str::to_owned)
+            .collect();
         for parent in parents {
             let mode = fs::symlink_metadata(root.join(&parent))
                 .map_or(0o755, |metadata| metadata.permissions().mode() & 0o7777);
@@ -209,10 +204,8 @@ impl SyncDir {
                 continue;
             }
             wanted[index] = true;
-            let mut path = item.path.as_str();
-            while let Some(slash) = path.rfind('/') {
-                path = &path[..slash];
-                if let Some(&parent) = index_of.get(path) {
+            for dir in ancestors(&item.path) {
+                if let Some(&parent) = index_of.get(dir) {
                     wanted[parent] = true;
                 }
             }
@@ -282,8 +275,8 @@ fn follow(
     if hops > MAX_LINK_HOPS {
         return None;
     }
-    let path = clean(&format!("/{path}"));
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let path = within_context(path);
+    let parts: Vec<&str> = path.split('/').collect();
     for end in 1..=parts.len() {
         let prefix = parts[..end].join("/");
         let Some(target) = links.get(prefix.as_str()) else {

@@ -124,22 +124,6 @@ const CASES: &[Case] = &[
     },
 ];
 
-/// xorshift64: the same tree on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % bound as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-}
-
 /// Files every tree has: what the cases' patterns are about.
 const FIXED_FILES: &[&str] = &[
     "README.md",

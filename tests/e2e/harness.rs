@@ -253,14 +253,25 @@ impl Run {
         self
     }
 
-    /// The summary line of one image: `NAME pushed URI tags=… digest=… seconds=…`.
+    /// The summary line of one image: `NAME pushed URI tags=… digest=… seconds=… (note)`.
     #[track_caller]
-    pub fn summary(&self, image: &str) -> Summary {
-        let line = self
-            .stdout
+    pub fn summary_line(&self, image: &str) -> &str {
+        self.stdout
             .lines()
             .find(|l| l.split_whitespace().next() == Some(image))
-            .unwrap_or_else(|| panic!("no summary line for {image} in stdout:\n{}", self.stdout));
+            .unwrap_or_else(|| panic!("no summary line for {image} in stdout:\n{}", self.stdout))
+    }
+
+    /// What the run did with one image: `pushed`, `reused`, ...
+    #[track_caller]
+    pub fn result(&self, image: &str) -> &str {
+        self.summary_line(image).split_whitespace().nth(1).unwrap()
+    }
+
+    /// The tags and digest of one image's summary line.
+    #[track_caller]
+    pub fn summary(&self, image: &str) -> Summary {
+        let line = self.summary_line(image);
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{key}=")))
@@ -271,6 +282,22 @@ impl Run {
             tags: field("tags").split(',').map(str::to_owned).collect(),
             digest: field("digest"),
         }
+    }
+}
+
+/// xorshift64: the same sequence for the same seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+
+    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
     }
 }
 

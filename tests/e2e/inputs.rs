@@ -50,17 +50,6 @@ fn two_services(prefix: &str) -> (Workspace, [String; 3]) {
     (ws, repositories)
 }
 
-/// Each image's result word (`pushed`, `reused`) from the summary on stdout.
-fn results(run: &Run) -> HashMap<String, String> {
-    run.stdout
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            Some((words.next()?.to_owned(), words.next()?.to_owned()))
-        })
-        .collect()
-}
-
 fn build(ws: &Workspace) -> Run {
     ws.ecr_build()
         .args(["build", "-v", "--registry", &services().registry])
@@ -71,12 +60,13 @@ fn build(ws: &Workspace) -> Run {
 
 #[track_caller]
 fn assert_results(run: &Run, expected: [(&str, &str); 3]) {
-    let results = results(run);
     for (image, result) in expected {
         assert_eq!(
-            results[image], result,
+            run.result(image),
+            result,
             "{image}\n{}\n{}",
-            run.stdout, run.stderr
+            run.stdout,
+            run.stderr
         );
     }
 }
@@ -134,12 +124,7 @@ fn a_change_rebuilds_only_the_images_whose_dockerfiles_read_it() {
         &php_changed,
         [("nginx", "reused"), ("php", "pushed"), ("all", "pushed")],
     );
-    let line = |image: &str| {
-        (php_changed.stdout.lines())
-            .find(|line| line.starts_with(&format!("{image} ")))
-            .unwrap()
-            .to_owned()
-    };
+    let line = |image| php_changed.summary_line(image);
     assert!(
         line("nginx").ends_with(" (its inputs did not change)"),
         "{}",
@@ -225,7 +210,7 @@ fn an_image_whose_base_ran_onbuild_triggers_is_not_marked_for_reuse() {
             .success()
     };
     let first = build().stderr_has("ONBUILD triggers");
-    assert_eq!(results(&first)["app"], "pushed");
+    assert_eq!(first.result("app"), "pushed");
     assert!(
         !registry_tags(&repository)
             .iter()
@@ -236,7 +221,7 @@ fn an_image_whose_base_ran_onbuild_triggers_is_not_marked_for_reuse() {
     // A file only the trigger reads: the image is built again and holds it.
     ws.write("app/other.txt", "second\n");
     let second = build();
-    assert_eq!(results(&second)["app"], "pushed");
+    assert_eq!(second.result("app"), "pushed");
     let image = format!(
         "{}/{repository}:{}",
         services().registry,
@@ -279,17 +264,6 @@ const TREE: &[&str] = &[
     "other/x.txt",
     "notes.log",
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, bound: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % bound as u64) as usize
-    }
-}
 
 /// One dry-run build with `--rebuild` at a fixed commit: its context digest (from `plan`) and
 /// the image ID BuildKit gives it.

@@ -21,15 +21,6 @@ fn build(ws: &Workspace, sha: &str) -> Run {
         .run()
 }
 
-fn result_of(run: &Run, image: &str) -> String {
-    let line = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with(&format!("{image} ")))
-        .unwrap_or_else(|| panic!("{}", run.stdout));
-    line.split_whitespace().nth(1).unwrap().to_owned()
-}
-
 const REVISION: &str = "org.opencontainers.image.revision";
 const CONTEXT: &str = "dev.ecr-build.context-digest";
 
@@ -38,7 +29,7 @@ fn same_content_new_commit_builds_nothing_and_restamps_it() {
     let (ws, web, worker) = app(&unique("e2e-reuse"), false);
     let first_sha = new_sha();
     let first = build(&ws, &first_sha).success();
-    assert_eq!(result_of(&first, "web"), "pushed");
+    assert_eq!(first.result("web"), "pushed");
     let blobs = (registry_layer_count(&web), registry_layer_count(&worker));
     assert!(blobs.0 > 0);
 
@@ -49,7 +40,7 @@ fn same_content_new_commit_builds_nothing_and_restamps_it() {
         .no_ecr_secret()
         .stderr_has("unchanged:");
     for (name, repository) in [("web", &web), ("worker", &worker)] {
-        assert_eq!(result_of(&second, name), "reused");
+        assert_eq!(second.result(name), "reused");
         let digest = second.summary(name).digest;
         assert_ne!(
             digest,
@@ -106,7 +97,7 @@ fn same_content_new_commit_builds_nothing_and_restamps_it() {
         .env("ECR_BUILD_SHA", new_sha())
         .run()
         .success();
-    assert_eq!(result_of(&forced, "web"), "pushed");
+    assert_eq!(forced.result("web"), "pushed");
 }
 
 #[test]
@@ -118,7 +109,7 @@ fn a_sent_byte_rebuilds_and_an_ignored_byte_does_not() {
     ws.write("src/debug.log", "another line of debug output\n");
     let ignored_sha = new_sha();
     let ignored = build(&ws, &ignored_sha).success();
-    assert_eq!(result_of(&ignored, "web"), "reused");
+    assert_eq!(ignored.result("web"), "reused");
     assert_eq!(
         registry_layers(&web, &ignored_sha[..7]),
         registry_layers(&web, &first.summary("web").digest)
@@ -128,7 +119,7 @@ fn a_sent_byte_rebuilds_and_an_ignored_byte_does_not() {
     ws.write("src/app.sh", &script.replace("echo \"$1:", "echo  \"$1:"));
     let sha = new_sha();
     let changed = build(&ws, &sha).success();
-    assert_eq!(result_of(&changed, "web"), "pushed");
+    assert_eq!(changed.result("web"), "pushed");
     assert_ne!(changed.summary("web").digest, first.summary("web").digest);
     assert_eq!(
         registry_digest(&web, &sha[..7]),
@@ -276,7 +267,7 @@ fn latest_moves_on_every_run_of_an_immutable_except_latest_repository() {
     let first = single_image(&ws, &repository, &new_sha(), &tags).success();
     app_dockerfile(&ws, "two");
     let second = single_image(&ws, &repository, &new_sha(), &tags).success();
-    assert_eq!(result_of(&second, "app"), "pushed");
+    assert_eq!(second.result("app"), "pushed");
     assert_eq!(
         registry_digest(&repository, "latest"),
         Some(second.summary("app").digest)
@@ -284,7 +275,7 @@ fn latest_moves_on_every_run_of_an_immutable_except_latest_repository() {
     // Unchanged content for a third commit: re-stamped, and latest moves to it too.
     let third_sha = new_sha();
     let third = single_image(&ws, &repository, &third_sha, &tags).success();
-    assert_eq!(result_of(&third, "app"), "reused");
+    assert_eq!(third.result("app"), "reused");
     let digests = [&first, &second, &third].map(|run| run.summary("app").digest);
     assert!(
         digests[0] != digests[1] && digests[1] != digests[2],
@@ -404,7 +395,7 @@ fn only_some_images_make_a_part_that_a_full_run_completes() {
         "{}",
         part.stdout
     );
-    assert_eq!(result_of(&part, "worker"), "pushed");
+    assert_eq!(part.result("worker"), "pushed");
     assert!(!ws.exists("imagedefinitions.json"));
     assert!(registry_tags(&web).is_empty(), "web is no part of it");
     let worker_tags = registry_tags(&worker);
@@ -413,8 +404,8 @@ fn only_some_images_make_a_part_that_a_full_run_completes() {
         "a part pushes under its ctx- tag only: {worker_tags:?}"
     );
     let full = build(&ws, &sha).success();
-    assert_eq!(result_of(&full, "worker"), "reused");
-    assert_eq!(result_of(&full, "web"), "pushed");
+    assert_eq!(full.result("worker"), "reused");
+    assert_eq!(full.result("web"), "pushed");
     assert!(
         ws.read("imagedefinitions.json")
             .contains(&format!("{worker}:{}\"", &sha[..7]))

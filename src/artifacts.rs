@@ -260,6 +260,7 @@ mod tests {
             result: "pushed",
             in_registry,
             seconds: 1.0,
+            inputs: crate::report::InputsSource::Recorded,
             note: String::new(),
         };
         let outcomes = [outcome("web", true), outcome("local", false)];

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use regex::Regex;
+use sha2::{Digest, Sha256};
 
 use crate::config::{Builder, ImagePlan};
 
@@ -37,6 +38,76 @@ pub fn digest_inputs(
         inputs["labels"] = serde_json::json!(image.labels);
     }
     serde_json::to_vec(&inputs).expect("plain values serialize")
+}
+
+/// What decides an image for one platform besides the files its build reads: its settings and
+/// the images it builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    /// [`recipe_settings`]'s JSON.
+    pub settings: Vec<u8>,
+    /// The base images as the Dockerfile names them (`dockerfile::base_images`); `Err(reason)`
+    /// where they cannot be named before the build.
+    pub bases: Result<Vec<String>, String>,
+}
+
+/// The recipe's settings: [`digest_inputs`], the Dockerfile's and the ignore file's content and
+/// the network RUN steps get. JSON, so no two different settings give the same bytes.
+pub fn recipe_settings(
+    inputs: &[u8],
+    dockerfile_text: &str,
+    ignore_rules: &[u8],
+    network: Option<&str>,
+) -> Vec<u8> {
+    let hex = |bytes: &[u8]| format!("{:x}", Sha256::digest(bytes));
+    serde_json::to_vec(&serde_json::json!({
+        "settings": String::from_utf8_lossy(inputs),
+        "dockerfile_sha256": hex(dockerfile_text.as_bytes()),
+        "ignore_sha256": hex(ignore_rules),
+        "network": network,
+    }))
+    .expect("plain values serialize")
+}
+
+/// The key of a recipe whose bases resolved to `bases` (reference → digest). `None`: they could
+/// not be resolved, and the key is one no resolved recipe has.
+pub fn recipe_key(settings: &[u8], bases: Option<&BTreeMap<String, String>>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"ecr-build recipe v1\n");
+    hasher.update((settings.len() as u64).to_be_bytes());
+    hasher.update(settings);
+    match bases {
+        Some(bases) => hasher.update(serde_json::to_vec(bases).expect("strings serialize")),
+        None => hasher.update(b"bases not resolved"),
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// The context digest by which an image is found again: its recipe's key and the digest of what
+/// its build read (the file sync's offer for what BuildKit asked, or the whole tar).
+pub fn context_digest(recipe_key: &str, read_digest: &str) -> String {
+    format!(
+        "{:x}",
+        Sha256::digest(format!(
+            "ecr-build context v2\n{recipe_key}\n{read_digest}\n"
+        ))
+    )
+}
+
+/// The tag of the record of what BuildKit read for a recipe.
+pub fn record_tag(recipe_key: &str) -> String {
+    format!("rcp-{}", &recipe_key[..20])
+}
+
+/// The base images whose digest differs from an earlier image's: what the summary says moved.
+pub fn moved_bases(
+    previous: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Vec<String> {
+    (current.iter())
+        .filter(|(base, digest)| previous.get(*base).is_some_and(|was| was != *digest))
+        .map(|(base, _)| base.clone())
+        .collect()
 }
 
 /// The inputs whose digests differ from an earlier image's, or that it did not read: what the
@@ -115,8 +186,8 @@ pub struct RegistryState {
 pub enum Action {
     /// Put the unchanged image's manifest under `put`; the run's other tags already point at it.
     Reuse { digest: String, put: Vec<String> },
-    /// Build, then push `push` in order: the run's tags, then the `ctx-` tag, which marks an image
-    /// whose every tag is in place.
+    /// Build, then push `push` in order: the run's tags. The `ctx-` tag, known once the build
+    /// said what it read, goes last: it marks an image whose every tag is in place.
     Build { push: Vec<String> },
 }
 
@@ -147,7 +218,6 @@ pub fn tags_to_look_up<'a>(tags: &'a [String], rules: &TagRules, may_reuse: bool
 /// content for an earlier commit stays where it is.
 pub fn decide(
     tags: &[String],
-    ctx_tag: &str,
     state: &RegistryState,
     rules: &TagRules,
     rebuild: bool,
@@ -188,8 +258,9 @@ pub fn decide(
                     return Err(found);
                 }
             }
-            let push = tags.iter().cloned().chain([ctx_tag.to_owned()]).collect();
-            Ok(Action::Build { push })
+            Ok(Action::Build {
+                push: tags.to_vec(),
+            })
         }
     }
 }
@@ -199,8 +270,6 @@ mod tests {
     use super::*;
     use crate::config::SecretSource;
     use std::path::PathBuf;
-
-    const CTX: &str = "ctx-0123456789abcdef0123";
 
     fn tags() -> Vec<String> {
         vec!["abc1234".to_owned(), "latest".to_owned()]
@@ -225,7 +294,7 @@ mod tests {
         );
         held.same_content.insert("sha256:old".into());
         let latest_excluded = TagRules::with_exclusions(true, &["latest"]);
-        let action = decide(&tags(), CTX, &held, &latest_excluded, false).unwrap();
+        let action = decide(&tags(), &held, &latest_excluded, false).unwrap();
         assert_eq!(
             action,
             Action::Reuse {
@@ -235,7 +304,7 @@ mod tests {
             "latest moves; abc1234 is immutable and already names this content"
         );
         held.same_content.clear();
-        let err = decide(&tags(), CTX, &held, &latest_excluded, false).unwrap_err();
+        let err = decide(&tags(), &held, &latest_excluded, false).unwrap_err();
         assert_eq!(err.tag, "abc1234");
     }
 
@@ -244,12 +313,12 @@ mod tests {
         let release = vec!["release-7".to_owned(), "latest".to_owned()];
         let held = state(None, &[("release-7", "sha256:b"), ("latest", "sha256:b")]);
         let release_immutable = TagRules::with_exclusions(false, &["release-*"]);
-        let err = decide(&release, CTX, &held, &release_immutable, false).unwrap_err();
+        let err = decide(&release, &held, &release_immutable, false).unwrap_err();
         assert_eq!(err.tag, "release-7");
         let latest_mutable = TagRules::with_exclusions(true, &["latest"]);
         let held = state(None, &[("latest", "sha256:b")]);
         assert!(matches!(
-            decide(&release, CTX, &held, &latest_mutable, false),
+            decide(&release, &held, &latest_mutable, false),
             Ok(Action::Build { .. })
         ));
         assert_eq!(
@@ -260,12 +329,12 @@ mod tests {
     }
 
     #[test]
-    fn new_content_is_built_and_pushed_with_the_context_tag_last() {
-        let action = decide(&tags(), CTX, &state(None, &[]), &TagRules::mutable(), false).unwrap();
+    fn new_content_is_built_and_pushed_under_the_run_s_tags() {
+        let action = decide(&tags(), &state(None, &[]), &TagRules::mutable(), false).unwrap();
         assert_eq!(
             action,
             Action::Build {
-                push: vec!["abc1234".into(), "latest".into(), CTX.into()]
+                push: vec!["abc1234".into(), "latest".into()]
             }
         );
     }
@@ -276,7 +345,7 @@ mod tests {
             Some("sha256:a"),
             &[("abc1234", "sha256:a"), ("latest", "sha256:b")],
         );
-        let action = decide(&tags(), CTX, &held, &TagRules::mutable(), false).unwrap();
+        let action = decide(&tags(), &held, &TagRules::mutable(), false).unwrap();
         assert_eq!(
             action,
             Action::Reuse {
@@ -286,7 +355,7 @@ mod tests {
         );
         let nothing_there = state(Some("sha256:a"), &[]);
         let Action::Reuse { put, .. } =
-            decide(&tags(), CTX, &nothing_there, &TagRules::immutable(), false).unwrap()
+            decide(&tags(), &nothing_there, &TagRules::immutable(), false).unwrap()
         else {
             panic!("not reused")
         };
@@ -296,7 +365,7 @@ mod tests {
     #[test]
     fn rebuild_builds_even_unchanged_content() {
         let held = state(Some("sha256:a"), &[]);
-        let action = decide(&tags(), CTX, &held, &TagRules::mutable(), true).unwrap();
+        let action = decide(&tags(), &held, &TagRules::mutable(), true).unwrap();
         assert!(matches!(action, Action::Build { .. }));
     }
 
@@ -306,7 +375,7 @@ mod tests {
             Some("sha256:a"),
             &[("abc1234", "sha256:a"), ("latest", "sha256:a")],
         );
-        let action = decide(&tags(), CTX, &held, &TagRules::immutable(), false).unwrap();
+        let action = decide(&tags(), &held, &TagRules::immutable(), false).unwrap();
         assert_eq!(
             action,
             Action::Reuse {
@@ -319,7 +388,7 @@ mod tests {
     #[test]
     fn an_immutable_tag_on_other_content_is_a_conflict_when_reusing() {
         let held = state(Some("sha256:a"), &[("latest", "sha256:b")]);
-        let err = decide(&tags(), CTX, &held, &TagRules::immutable(), false).unwrap_err();
+        let err = decide(&tags(), &held, &TagRules::immutable(), false).unwrap_err();
         assert_eq!(err.tag, "latest");
         assert_eq!(err.existing, "sha256:b");
         assert!(
@@ -331,11 +400,11 @@ mod tests {
     #[test]
     fn an_existing_immutable_tag_is_a_conflict_when_building() {
         let held = state(None, &[("abc1234", "sha256:b")]);
-        let err = decide(&tags(), CTX, &held, &TagRules::immutable(), false).unwrap_err();
+        let err = decide(&tags(), &held, &TagRules::immutable(), false).unwrap_err();
         assert_eq!(err.tag, "abc1234");
         assert!(err.to_string().contains("built different content"), "{err}");
         // The same tags on a mutable repository simply move.
-        assert!(decide(&tags(), CTX, &held, &TagRules::mutable(), false).is_ok());
+        assert!(decide(&tags(), &held, &TagRules::mutable(), false).is_ok());
     }
 
     #[test]
@@ -434,5 +503,47 @@ mod tests {
         let current = map(&[("app", "9"), ("composer.json", "2"), ("public", "4")]);
         assert_eq!(changed_inputs(&previous, &current), ["app", "public"]);
         assert!(changed_inputs(&current, &current).is_empty());
+    }
+
+    #[test]
+    fn a_recipe_key_changes_with_every_setting_and_base() {
+        let settings = recipe_settings(b"{}", "FROM node:20\n", b"*.log\n", Some("none"));
+        let bases = BTreeMap::from([(
+            "docker.io/library/node:20".to_owned(),
+            "sha256:a".to_owned(),
+        )]);
+        let key = recipe_key(&settings, Some(&bases));
+        assert_eq!(key, recipe_key(&settings, Some(&bases)));
+        let moved = BTreeMap::from([(
+            "docker.io/library/node:20".to_owned(),
+            "sha256:b".to_owned(),
+        )]);
+        let others = [
+            recipe_key(&settings, Some(&moved)),
+            recipe_key(&settings, None),
+            recipe_key(
+                &recipe_settings(b"{}", "FROM node:22\n", b"*.log\n", Some("none")),
+                Some(&bases),
+            ),
+            recipe_key(
+                &recipe_settings(b"{}", "FROM node:20\n", b"", Some("none")),
+                Some(&bases),
+            ),
+            recipe_key(
+                &recipe_settings(b"{}", "FROM node:20\n", b"*.log\n", None),
+                Some(&bases),
+            ),
+            recipe_key(
+                &recipe_settings(b"{\"a\":1}", "FROM node:20\n", b"*.log\n", Some("none")),
+                Some(&bases),
+            ),
+        ];
+        for other in &others {
+            assert_ne!(&key, other);
+        }
+        assert_eq!(moved_bases(&bases, &moved), ["docker.io/library/node:20"]);
+        assert!(moved_bases(&bases, &bases).is_empty());
+        assert_ne!(context_digest(&key, "a"), context_digest(&key, "b"));
+        assert_eq!(record_tag(&key).len(), 24);
     }
 }

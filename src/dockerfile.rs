@@ -41,6 +41,171 @@ pub fn context_inputs(dockerfile: &str, facts: &BuildFacts<'_>) -> ContextInputs
     }
 }
 
+/// A Dockerfile BuildKit would refuse before it builds anything, or a target it does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerfileError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("there is no stage named `{target}`; its stages are: {stages}")]
+    UnknownTarget { target: String, stages: String },
+}
+
+/// The instructions BuildKit's Dockerfile frontend knows.
+const INSTRUCTIONS: [&str; 18] = [
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// What the built-in frontend refuses before a build: an unknown instruction, one before the
+/// first FROM (but ARG), a FROM without an image, no FROM at all, a heredoc without its end; and
+/// a `target` no stage is named. A `# syntax=` frontend has rules of its own: not checked here.
+pub fn check(dockerfile: &str, target: Option<&str>) -> Result<(), DockerfileError> {
+    let parse_error = |line: usize, message: String| {
+        Err(DockerfileError::Parse(format!("line {line}: {message}")))
+    };
+    if syntax_frontend(dockerfile).is_some() {
+        return Ok(());
+    }
+    let instructions = match parse(dockerfile) {
+        Ok(instructions) => instructions,
+        Err(Whole(reason)) if reason.contains("has no end") => {
+            return Err(DockerfileError::Parse(reason));
+        }
+        Err(_) => return Ok(()),
+    };
+    let mut stages: Vec<String> = Vec::new();
+    for instruction in &instructions {
+        let keyword = instruction.keyword.as_str();
+        if !INSTRUCTIONS.contains(&keyword) {
+            return parse_error(instruction.line, format!("unknown instruction `{keyword}`"));
+        }
+        if keyword == "FROM" {
+            let words: Vec<&str> = instruction.args.split_whitespace().collect();
+            match words.as_slice() {
+                [] => return parse_error(instruction.line, "FROM names no image".to_owned()),
+                [_] => stages.push(String::new()),
+                [_, as_word, name] if as_word.eq_ignore_ascii_case("as") => {
+                    stages.push(name.to_ascii_lowercase());
+                }
+                _ => {
+                    return parse_error(
+                        instruction.line,
+                        format!(
+                            "FROM takes an image and `AS name`, not `{}`",
+                            instruction.args
+                        ),
+                    );
+                }
+            }
+        } else if stages.is_empty() && keyword != "ARG" {
+            return parse_error(
+                instruction.line,
+                format!("{keyword} comes before the first FROM"),
+            );
+        }
+    }
+    if stages.is_empty() {
+        return Err(DockerfileError::Parse("it has no FROM".to_owned()));
+    }
+    let Some(target) = target else {
+        return Ok(());
+    };
+    let lower = target.to_ascii_lowercase();
+    if stages.contains(&lower) {
+        return Ok(());
+    }
+    let named: Vec<&str> = (stages.iter().filter(|name| !name.is_empty()))
+        .map(String::as_str)
+        .collect();
+    Err(DockerfileError::UnknownTarget {
+        target: target.to_owned(),
+        stages: match named.is_empty() {
+            true => "none is named".to_owned(),
+            false => named.join(", "),
+        },
+    })
+}
+
+/// The images a build of this Dockerfile reads besides its context: each FROM that is neither
+/// `scratch` nor a stage, each `COPY --from` and `RUN --mount=…,from=` that names no stage, and a
+/// `# syntax=` frontend; as written, with ARGs expanded. `Err(reason)` where one cannot be named
+/// before the build.
+pub fn base_images(dockerfile: &str, facts: &BuildFacts<'_>) -> Result<Vec<String>, String> {
+    let mut images: Vec<String> = syntax_frontend(dockerfile).into_iter().collect();
+    let instructions = parse(dockerfile).map_err(|Whole(reason)| reason)?;
+    let build_args: HashMap<&str, &str> = (facts.build_args.iter())
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut global: Vars = platform_args(facts.platform);
+    let mut stage_names: Vec<String> = Vec::new();
+    let mut vars = Vars::new();
+    let mut add = |image: &str, vars: &Vars, stage_names: &[String]| -> Result<(), String> {
+        let image = expand(image, vars, &Base::Scratch).map_err(|Whole(reason)| reason)?;
+        let is_stage = stage_names.contains(&image.to_ascii_lowercase())
+            || image.parse::<usize>().is_ok_and(|i| i < stage_names.len());
+        if !is_stage && !image.eq_ignore_ascii_case("scratch") {
+            images.push(image);
+        }
+        Ok(())
+    };
+    for instruction in &instructions {
+        match instruction.keyword.as_str() {
+            "FROM" => {
+                let words: Vec<&str> = instruction.args.split_whitespace().collect();
+                add(
+                    words.first().copied().unwrap_or_default(),
+                    &global,
+                    &stage_names,
+                )?;
+                stage_names.push(match words.as_slice() {
+                    [_, _, name] => name.to_ascii_lowercase(),
+                    _ => String::new(),
+                });
+                vars = Vars::new();
+            }
+            "ARG" if stage_names.is_empty() => {
+                declare_args(&mut global, &instruction.args, &Vars::new(), &build_args)
+            }
+            "ARG" => declare_args(&mut vars, &instruction.args, &global, &build_args),
+            "COPY" | "ADD" => {
+                for (_, from) in instruction.flags.iter().filter(|(name, _)| name == "from") {
+                    add(from, &vars, &stage_names)?;
+                }
+            }
+            "RUN" => {
+                for (_, mount) in instruction.flags.iter().filter(|(name, _)| name == "mount") {
+                    let from = mount
+                        .split(',')
+                        .find_map(|field| field.strip_prefix("from="));
+                    if let Some(from) = from {
+                        add(from, &vars, &stage_names)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    images.sort();
+    images.dedup();
+    Ok(images)
+}
+
 /// The reason the whole context is an input.
 struct Whole(String);
 
@@ -56,38 +221,31 @@ struct Instruction {
     args: String,
     /// A heredoc follows (`<<EOF`): the instruction's sources are inline, not in the context.
     heredoc: bool,
+    /// Where it starts in the file (1-based).
+    line: usize,
 }
 
-/// The escape character and the instructions, after parser directives, continuations, comments
+/// The instructions, after parser directives, the escape character, continuations, comments
 /// and heredocs.
 fn parse(text: &str) -> Result<Vec<Instruction>, Whole> {
-    let mut lines = text.lines().peekable();
+    let mut lines = text.lines().enumerate().peekable();
     let mut escape = '\\';
     // Parser directives: `# key=value` lines at the very top.
-    while let Some(line) = lines.peek() {
-        let Some(directive) = line.trim().strip_prefix('#') else {
+    while let Some((_, line)) = lines.peek() {
+        let Some((key, value)) = directive(line) else {
             break;
         };
-        let Some((key, value)) = directive.split_once('=') else {
-            break;
-        };
-        let (key, value) = (key.trim().to_ascii_lowercase(), value.trim());
-        if key.contains(char::is_whitespace) {
-            break;
-        }
-        match key.as_str() {
-            "syntax" => return whole(format!("`# syntax={value}` names a frontend of its own")),
-            "escape" => match value {
-                "\\" => escape = '\\',
-                "`" => escape = '`',
+        if key == "escape" {
+            escape = match value.as_str() {
+                "\\" => '\\',
+                "`" => '`',
                 other => return whole(format!("unknown escape character `{other}`")),
-            },
-            _ => {}
+            };
         }
         lines.next();
     }
     let mut instructions = Vec::new();
-    while let Some(line) = lines.next() {
+    while let Some((index, line)) = lines.next() {
         let trimmed = line.trim_start();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
@@ -102,18 +260,20 @@ fn parse(text: &str) -> Result<Vec<Instruction>, Whole> {
             current = loop {
                 match lines.next() {
                     None => break String::new(),
-                    Some(next) if next.trim().is_empty() || next.trim_start().starts_with('#') => {}
-                    Some(next) => break next.trim_end().to_owned(),
+                    Some((_, next))
+                        if next.trim().is_empty() || next.trim_start().starts_with('#') => {}
+                    Some((_, next)) => break next.trim_end().to_owned(),
                 }
             };
         }
         logical.push_str(&current);
-        let instruction = instruction(&logical);
+        let mut instruction = instruction(&logical);
+        instruction.line = index + 1;
         // A heredoc's body is not instructions: skip to each terminator.
         for (word, strip_tabs) in heredoc_words(&instruction) {
             loop {
-                let Some(body) = lines.next() else {
-                    return whole(format!("heredoc `{word}` has no end"));
+                let Some((_, body)) = lines.next() else {
+                    return whole(format!("line {}: heredoc `{word}` has no end", index + 1));
                 };
                 let body = if strip_tabs {
                     body.trim_start_matches('\t')
@@ -128,6 +288,13 @@ fn parse(text: &str) -> Result<Vec<Instruction>, Whole> {
         instructions.push(instruction);
     }
     Ok(instructions)
+}
+
+/// A parser directive line (`# syntax=…`, `# escape=…`): its key (lower case) and value.
+fn directive(line: &str) -> Option<(String, String)> {
+    let (key, value) = line.trim().strip_prefix('#')?.split_once('=')?;
+    let key = key.trim().to_ascii_lowercase();
+    (!key.contains(char::is_whitespace)).then(|| (key, value.trim().to_owned()))
 }
 
 /// Splits a logical line into keyword, leading `--flags` and the rest.
@@ -153,27 +320,33 @@ fn instruction(line: &str) -> Instruction {
         flags,
         args: rest.to_owned(),
         heredoc,
+        line: 0,
     }
 }
 
-/// The terminators of the heredocs an instruction opens (`<<EOF`, `<<-EOF`, `<<"EOF"`), and
-/// whether leading tabs are stripped.
+/// The terminators of the heredocs an instruction opens (`<<EOF`, `<<-EOF`, `<<"EOF"`,
+/// `<<EOT-1`), and whether leading tabs are stripped. As BuildKit's parser, only a word that
+/// starts with `<<` (after a file descriptor's digits) opens one: `$((1<<2))` does not.
 fn heredoc_words(instruction: &Instruction) -> Vec<(String, bool)> {
     if !instruction.heredoc {
         return Vec::new();
     }
     let mut words = Vec::new();
-    let mut rest = instruction.args.as_str();
-    while let Some(at) = rest.find("<<") {
-        rest = &rest[at + 2..];
+    for word in instruction.args.split_whitespace() {
+        let Some(rest) = word
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .strip_prefix("<<")
+        else {
+            continue;
+        };
         let strip_tabs = rest.starts_with('-');
-        let word_start = if strip_tabs { &rest[1..] } else { rest };
-        let word: String = word_start
+        let rest = if strip_tabs { &rest[1..] } else { rest };
+        let word: String = rest
             .chars()
-            .take_while(|c| !c.is_whitespace() && !matches!(c, '>' | '|' | '&' | ';' | '<'))
+            .take_while(|c| !matches!(c, '>' | '|' | '&' | ';' | '<'))
             .filter(|c| !matches!(c, '"' | '\''))
             .collect();
-        if !word.is_empty() && word.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        if !word.is_empty() {
             words.push((word, strip_tabs));
         }
     }
@@ -194,7 +367,17 @@ enum Base {
     Image,
 }
 
+/// The frontend a `# syntax=` directive names, if there is one.
+fn syntax_frontend(text: &str) -> Option<String> {
+    (text.lines().map_while(directive))
+        .find(|(key, _)| key == "syntax")
+        .map(|(_, frontend)| frontend)
+}
+
 fn analyse(text: &str, facts: &BuildFacts<'_>) -> Result<Vec<String>, Whole> {
+    if let Some(frontend) = syntax_frontend(text) {
+        return whole(format!("`# syntax={frontend}` names a frontend of its own"));
+    }
     let instructions = parse(text)?;
     let build_args: HashMap<&str, &str> = (facts.build_args.iter())
         .map(|(k, v)| (k.as_str(), v.as_str()))

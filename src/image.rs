@@ -9,8 +9,19 @@ use crate::registry::{DOCKER_MANIFEST_LIST, Manifest, OCI_INDEX, sha256_digest};
 
 /// The OCI label (and, on an index, annotation) that names the commit an image was built from.
 pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
-/// The label that names the context digest an image was built from, by which it is reused.
-pub const CONTEXT_DIGEST_LABEL: &str = "dev.ecr-build.context-digest";
+/// The label that names an image's recipe: everything but its context files that decided it
+/// (see `decide::recipe`).
+pub const RECIPE_LABEL: &str = "dev.ecr-build.recipe";
+/// The artifact type of a record: what BuildKit read from the context for one recipe.
+pub const RECORD_ARTIFACT_TYPE: &str = "application/vnd.ecr-build.record.v1+json";
+/// The annotation of a record's manifest that holds it, so that one GET reads it.
+pub const RECORD_ANNOTATION: &str = "dev.ecr-build.record";
+/// OCI's empty descriptor content (`{}`): a record's config and only layer.
+pub const EMPTY_BLOB: &[u8] = b"{}";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The digests of the base images an image was built on (JSON), for a later build to say which
+/// moved.
+pub const BASES_LABEL: &str = "dev.ecr-build.bases";
 /// What a built image read from its context: each input's short digest (JSON), for a later build
 /// to say which input changed.
 pub const INPUTS_LABEL: &str = "dev.ecr-build.inputs";
@@ -68,6 +79,61 @@ pub fn restamp(
             media_type: manifest.media_type.clone(),
         },
     }))
+}
+
+/// Whether two image configs describe the same image but for the commit they are stamped with:
+/// what a re-stamp changes, and all it changes.
+pub fn same_but_revision(config: &[u8], other: &[u8]) -> bool {
+    let without_revision = |bytes: &[u8]| -> Option<Value> {
+        let mut image: Value = serde_json::from_slice(bytes).ok()?;
+        if let Some(labels) = object_at(&mut image, &["config", "Labels"]) {
+            labels.remove(REVISION_LABEL);
+        }
+        Some(image)
+    };
+    match (without_revision(config), without_revision(other)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A record's manifest: an OCI artifact whose annotation holds `record` (JSON), with OCI's empty
+/// blob as config and layer (push [`EMPTY_BLOB`] first). The same record gives the same bytes.
+pub fn record_manifest(record: &str) -> Manifest {
+    let empty = serde_json::json!({
+        "mediaType": EMPTY_MEDIA_TYPE,
+        "digest": sha256_digest(EMPTY_BLOB),
+        "size": EMPTY_BLOB.len(),
+    });
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::registry::OCI_MANIFEST,
+        "artifactType": RECORD_ARTIFACT_TYPE,
+        "config": empty,
+        "layers": [empty],
+        "annotations": { RECORD_ANNOTATION: record },
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("JSON values serialize"));
+    Manifest {
+        digest: sha256_digest(&bytes),
+        bytes,
+        media_type: crate::registry::OCI_MANIFEST.to_owned(),
+    }
+}
+
+/// The record a manifest holds; `None` where it is no record of ours.
+pub fn record_in(manifest: &Manifest) -> Option<String> {
+    let value: Value = serde_json::from_slice(&manifest.bytes).ok()?;
+    if value.get("artifactType")?.as_str()? != RECORD_ARTIFACT_TYPE {
+        return None;
+    }
+    Some(
+        value
+            .get("annotations")?
+            .get(RECORD_ANNOTATION)?
+            .as_str()?
+            .to_owned(),
+    )
 }
 
 /// A label of an image config, if it has it.
@@ -258,5 +324,28 @@ mod tests {
             index.digest
         );
         assert_eq!(super::index(&children, Some("cccc")).unwrap(), index);
+    }
+
+    #[test]
+    fn same_content_is_the_same_config_but_for_the_revision() {
+        assert!(same_but_revision(&config("a"), &config("b")));
+        let mut other: serde_json::Value = serde_json::from_slice(&config("a")).unwrap();
+        other["config"]["Cmd"] = serde_json::json!(["true"]);
+        assert!(!same_but_revision(
+            &config("a"),
+            &serde_json::to_vec(&other).unwrap()
+        ));
+        assert!(!same_but_revision(&config("a"), b"not json"));
+    }
+
+    #[test]
+    fn a_record_is_one_manifest_that_holds_it() {
+        let manifest = record_manifest(r#"{"requests":[]}"#);
+        assert_eq!(manifest, record_manifest(r#"{"requests":[]}"#));
+        assert_eq!(record_in(&manifest).as_deref(), Some(r#"{"requests":[]}"#));
+        assert_eq!(record_in(&self::manifest(&config("a"))), None);
+        let value: serde_json::Value = serde_json::from_slice(&manifest.bytes).unwrap();
+        assert_eq!(value["config"]["digest"], sha256_digest(EMPTY_BLOB));
+        assert_eq!(value["layers"][0]["size"], 2);
     }
 }

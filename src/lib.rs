@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod aws;
+pub mod bases;
 pub mod cli;
 pub mod compose;
 pub mod config;

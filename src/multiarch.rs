@@ -7,22 +7,25 @@ use anyhow::Context as _;
 
 use crate::context::PreparedImage;
 use crate::decide::{self, Action, context_tag};
-use crate::docker::BuiltImage;
-use crate::dockerfile::ContextInputs;
 use crate::error::Result;
 use crate::image;
-use crate::pipeline::{BuildSpec, RunContext, build_image, push_tags, tag_conflict};
+use crate::pipeline::{
+    BuildSpec, RecipeBases, RunContext, build_image, known_digest, mark_built, push_tags,
+    tag_conflict,
+};
 use crate::registry::Manifest;
+use crate::report::InputsSource;
 use crate::reuse::{ImageRegistry, ReuseTarget};
 use crate::secrets::SecretValues;
 
 /// Builds or finds every platform of `image`, then puts their index under the run's tags. Returns
-/// the index's digest (in a dry run, the last image ID) and what happened.
+/// the index's digest (in a dry run, the last image ID), what happened, and where the inputs that
+/// decided came from (recorded only where every platform's were).
 pub(crate) async fn build_platforms(
     run: &RunContext<'_>,
     image: &PreparedImage,
     secrets: &SecretValues,
-) -> Result<(String, &'static str)> {
+) -> Result<(String, &'static str, InputsSource)> {
     let name = image.plan.name.as_str();
     let repository = image.plan.repository.as_str();
     let repository_uri = format!("{}/{repository}", run.registry);
@@ -30,29 +33,42 @@ pub(crate) async fn build_platforms(
         let mut last = String::new();
         for variant in &image.variants {
             let _slot = run.build_slot().await?;
-            let tags = [context_tag(&variant.digest)];
+            let recipe = RecipeBases::of(run, &variant.recipe);
+            let tags = [platform_tag(run, &variant.platform)];
             let spec = BuildSpec {
                 platform: Some(&variant.platform),
-                context_digest: &variant.digest,
+                recipe: &recipe,
                 tags: &tags,
             };
             last = build_image(run, image, secrets.clone(), None, spec)
                 .await?
                 .id;
         }
-        return Ok((last, "built (dry run, not pushed)"));
+        return Ok((
+            last,
+            "built (dry run, not pushed)",
+            InputsSource::NotYetKnown,
+        ));
     };
     let registry = run.image_registry(access, image);
     let mut children = Vec::with_capacity(image.variants.len());
     let mut built = false;
+    let mut source = InputsSource::Recorded;
     for variant in &image.variants {
-        let ctx_tag = context_tag(&variant.digest);
-        let found = match run.rebuild {
-            true => None,
-            false => registry.manifest(&ctx_tag).await?,
+        let recipe = RecipeBases::of(run, &variant.recipe);
+        let known = known_digest(run, &registry, image, &recipe).await?;
+        if known.source != InputsSource::Recorded {
+            source = known.source;
+        }
+        let found = match (&known.digest, run.rebuild) {
+            (Some(digest), false) => {
+                let ctx_tag = context_tag(digest);
+                (registry.manifest(&ctx_tag).await?).map(|manifest| (ctx_tag, manifest))
+            }
+            _ => None,
         };
         let manifest = match found {
-            Some(manifest) => {
+            Some((ctx_tag, manifest)) => {
                 tracing::info!(
                     image = name,
                     "{}: unchanged, {repository_uri}:{ctx_tag} is {}",
@@ -64,20 +80,26 @@ pub(crate) async fn build_platforms(
             None => {
                 let _slot = run.build_slot().await?;
                 let login = access.current().await?;
-                let tags = [ctx_tag.clone()];
+                let local = [platform_tag(run, &variant.platform)];
                 let spec = BuildSpec {
                     platform: Some(&variant.platform),
-                    context_digest: &variant.digest,
-                    tags: &tags,
+                    recipe: &recipe,
+                    tags: &local,
                 };
                 let image_built = build_image(run, image, secrets.clone(), Some(&login), spec)
                     .await
                     .with_context(|| format!("platform {}", variant.platform))?;
-                warn_of_base_triggers(image, &image_built, &variant.platform);
-                push_tags(run, access, name, &repository_uri, &image_built.id, &tags).await?;
+                // Unmarked, the platform's image still needs a tag for the index to name.
+                let tag = (mark_built(&registry, image, &recipe, &known, &image_built).await?)
+                    .unwrap_or_else(|| local[0].clone());
+                let pushed = [tag];
+                push_tags(run, access, name, &repository_uri, &image_built.id, &pushed).await?;
                 built = true;
-                (registry.manifest(&ctx_tag).await?).with_context(|| {
-                    format!("{repository_uri}:{ctx_tag} was pushed, yet is not there")
+                (registry.manifest(&pushed[0]).await?).with_context(|| {
+                    format!(
+                        "{repository_uri}:{} was pushed, yet is not there",
+                        pushed[0]
+                    )
                 })?
             }
         };
@@ -88,20 +110,13 @@ pub(crate) async fn build_platforms(
     if !run.partial {
         put_index(run, &registry, &repository_uri, index, image).await?;
     }
-    Ok((digest, if built { "pushed" } else { "reused" }))
+    Ok((digest, if built { "pushed" } else { "reused" }, source))
 }
 
-/// A platform's image is found by its ctx- tag, so a base image's ONBUILD triggers (which the
-/// digest does not see) only warn here.
-fn warn_of_base_triggers(image: &PreparedImage, built: &BuiltImage, platform: &str) {
-    if built.ran_base_triggers && matches!(image.inputs, ContextInputs::Paths(_)) {
-        tracing::warn!(
-            image = image.plan.name.as_str(),
-            "{platform}: its base image ran ONBUILD triggers, which may read any file of the \
-             context: a later run may reuse this platform's image after such a file changed; \
-             --rebuild builds anyway"
-        );
-    }
+/// The tag a platform's image has on the engine (and, where it cannot be marked for reuse, in
+/// the registry, for the index to name): the run's first tag and the platform.
+fn platform_tag(run: &RunContext<'_>, platform: &str) -> String {
+    format!("{}-{}", run.tags[0], platform.replace('/', "-"))
 }
 
 /// The index under the run's tags, with the repository's rules: an immutable tag that names
@@ -115,7 +130,7 @@ async fn put_index(
 ) -> Result<()> {
     let rules = run.rules_of(&image.plan.repository);
     let state = registry.tags_state(&index.digest, run.tags, &rules).await?;
-    let action = decide::decide(run.tags, "", &state, &rules, false)
+    let action = decide::decide(run.tags, &state, &rules, false)
         .map_err(|conflict| tag_conflict(repository_uri, image, conflict))?;
     let Action::Reuse { digest, put } = action else {
         unreachable!("an index that is found is put, never built");

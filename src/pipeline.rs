@@ -14,19 +14,18 @@ use sha2::{Digest, Sha256};
 use crate::artifacts;
 use crate::aws::{self, ecr, ecr::EcrLogin, ecr::RegistryAccess};
 use crate::config::{Builder, Plan};
-use crate::context::{self, PreparedImage};
-use crate::decide::{self, Action, TagRules};
+use crate::context::{self, PreparedImage, SyncRequest};
+use crate::decide::{self, Action, Recipe, TagRules};
 use crate::docker::{BuildRequest, BuiltImage, DockerError, Engine};
-use crate::dockerfile::ContextInputs;
 use crate::error::{Error, Result};
-use crate::image::{CONTEXT_DIGEST_LABEL, INPUTS_LABEL, REVISION_LABEL};
+use crate::image::{BASES_LABEL, INPUTS_LABEL, RECIPE_LABEL, REVISION_LABEL};
 use crate::reference;
 use crate::reuse::ImageRegistry;
 
-use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
+use crate::report::{self, ImageOutcome, InputsSource, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
 use crate::tags::{self, BuildEnv, RunTags};
-use crate::{git, multiarch, retry};
+use crate::{bases, git, multiarch, retry};
 
 pub struct BuildSettings {
     pub dry_run: bool,
@@ -110,6 +109,8 @@ pub(crate) struct RunContext<'a> {
     build_slots: tokio::sync::Semaphore,
     /// A fan-out job's part: only ctx- tags are pushed.
     pub(crate) partial: bool,
+    /// Every image's base images, resolved once for the run (normalized reference → digest).
+    bases: HashMap<String, std::result::Result<String, String>>,
 }
 
 /// Images whose registry look-ups (and re-tags) go out at once.
@@ -157,15 +158,6 @@ impl RunContext<'_> {
     }
 }
 
-/// The build of an image for one platform (or none): under the run's tags.
-fn single_spec<'a>(run: &'a RunContext<'_>, image: &'a PreparedImage) -> BuildSpec<'a> {
-    BuildSpec {
-        platform: image.plan.platforms.first().map(String::as_str),
-        context_digest: &image.digest,
-        tags: run.tags,
-    }
-}
-
 /// One image, from its prepared context to its outcome.
 async fn build_one(
     run: &RunContext<'_>,
@@ -176,67 +168,211 @@ async fn build_one(
     let name = image.plan.name.clone();
     let repository = image.plan.repository.as_str();
     let repository_uri = format!("{}/{repository}", run.registry);
-    let ctx_tag = decide::context_tag(&image.digest);
-    let outcome_with = |digest: String, result, changed: Option<Vec<String>>| ImageOutcome {
+    let outcome = |digest: String, result, inputs, note: String| ImageOutcome {
         name: name.clone(),
         repository_uri: repository_uri.clone(),
         digest,
         result,
         in_registry: run.access.is_some(),
         seconds: started.elapsed().as_secs_f64(),
-        note: report::inputs_note(&image.inputs, result, changed.as_deref()),
+        inputs,
+        note,
     };
-    let outcome = |digest: String, result| outcome_with(digest, result, None);
+    let plain_note = |result| report::inputs_note(&image.inputs, result, None, &[]);
     if !image.variants.is_empty() {
-        let (digest, result) = multiarch::build_platforms(run, &image, &secrets).await?;
-        return Ok(outcome(digest, result));
+        let (digest, result, inputs) = multiarch::build_platforms(run, &image, &secrets).await?;
+        return Ok(outcome(digest, result, inputs, plain_note(result)));
     }
+    let recipe = RecipeBases::of(run, &image.recipe);
+    let spec = BuildSpec {
+        platform: image.plan.platforms.first().map(String::as_str),
+        recipe: &recipe,
+        tags: run.tags,
+    };
     let Some(access) = &run.access else {
         let _slot = run.build_slot().await?;
-        let spec = single_spec(run, &image);
         let built = build_image(run, &image, secrets, None, spec).await?;
-        return Ok(outcome(built.id, "built (dry run, not pushed)"));
+        let result = "built (dry run, not pushed)";
+        return Ok(outcome(
+            built.id,
+            result,
+            InputsSource::NotYetKnown,
+            plain_note(result),
+        ));
     };
     let rules = run.rules_of(repository);
     let registry = run.image_registry(access, &image);
+    let known = known_digest(run, &registry, &image, &recipe).await?;
     let (state, target) = (registry.look_up(
-        &image.digest,
+        known.digest.as_deref(),
         run.put_tags(),
         &rules,
         run.rebuild,
         run.revision(),
     ))
     .await?;
-    let action = decide::decide(run.put_tags(), &ctx_tag, &state, &rules, run.rebuild)
+    let action = decide::decide(run.put_tags(), &state, &rules, run.rebuild)
         .map_err(|conflict| tag_conflict(&repository_uri, &image, conflict))?;
     match action {
         Action::Reuse { digest, put } => {
             let target = target.expect("reuse is decided on an image that was found");
+            let ctx_tag = decide::context_tag(known.digest.as_deref().expect("found by it"));
             registry
                 .put_reused(&target, &put, &repository_uri, &ctx_tag)
                 .await?;
-            Ok(outcome(digest, "reused"))
+            Ok(outcome(
+                digest,
+                "reused",
+                known.source,
+                plain_note("reused"),
+            ))
         }
-        Action::Build { push } => {
-            // What the image the run's tags name now read, to say which input changed.
-            let changed = match image.input_digests.is_empty() {
-                true => None,
-                false => (registry.previous_inputs(run.put_tags()).await)
-                    .map(|previous| decide::changed_inputs(&previous, &image.input_digests)),
+        Action::Build { mut push } => {
+            // What the image the run's tags name now was built from, to say what changed.
+            let previous = registry.previous(run.put_tags()).await;
+            let changed = (previous.as_ref())
+                .filter(|_| !image.input_digests.is_empty())
+                .map(|previous| decide::changed_inputs(&previous.inputs, &image.input_digests));
+            let moved: Vec<String> = match (&previous, &recipe.bases) {
+                (Some(previous), Ok(bases)) => (decide::moved_bases(&previous.bases, bases).iter())
+                    .map(|base| bases::familiar(base).to_owned())
+                    .collect(),
+                _ => Vec::new(),
             };
             let _slot = run.build_slot().await?;
             let login = access.current().await?;
-            let spec = single_spec(run, &image);
             let built = build_image(run, &image, secrets, Some(&login), spec).await?;
-            // The `ctx-` tag goes last: without it, the image is pushed but never reused.
-            let push = match reusable_by_digest(&image, &built) {
-                true => push,
-                false => push.into_iter().filter(|tag| *tag != ctx_tag).collect(),
-            };
+            if let Some(ctx_tag) = mark_built(&registry, &image, &recipe, &known, &built).await? {
+                push.push(ctx_tag);
+            }
             let digest = push_tags(run, access, &name, &repository_uri, &built.id, &push).await?;
-            Ok(outcome_with(digest, "pushed", changed))
+            let note = report::inputs_note(&image.inputs, "pushed", changed.as_deref(), &moved);
+            Ok(outcome(digest, "pushed", known.source, note))
         }
     }
+}
+
+/// A recipe with its base images resolved: its key, and the bases' digests or why they did not
+/// resolve (then the image is built, and never found by a context digest).
+pub(crate) struct RecipeBases {
+    pub key: String,
+    pub bases: std::result::Result<std::collections::BTreeMap<String, String>, String>,
+}
+
+impl RecipeBases {
+    pub(crate) fn of(run: &RunContext<'_>, recipe: &Recipe) -> RecipeBases {
+        let bases = bases::bases_of(recipe, &run.bases);
+        RecipeBases {
+            key: decide::recipe_key(&recipe.settings, bases.as_ref().ok()),
+            bases,
+        }
+    }
+}
+
+/// What is known before a build of the way to find an image built from the same recipe and
+/// files: its context digest, and what BuildKit's record of the recipe said it reads.
+pub(crate) struct KnownDigest {
+    pub digest: Option<String>,
+    recorded: Option<Vec<SyncRequest>>,
+    pub source: InputsSource,
+}
+
+/// The context digest an earlier build of the same recipe would have been marked with: BuildKit's
+/// record of what it read, digested over today's files (one registry GET); the whole tar for the
+/// legacy builder. Unknown without a record, with `--rebuild`, or where a base did not resolve.
+pub(crate) async fn known_digest(
+    run: &RunContext<'_>,
+    registry: &ImageRegistry<'_>,
+    image: &PreparedImage,
+    recipe: &RecipeBases,
+) -> Result<KnownDigest> {
+    let unknown = KnownDigest {
+        digest: None,
+        recorded: None,
+        source: InputsSource::NotYetKnown,
+    };
+    if let Err(reason) = &recipe.bases {
+        tracing::warn!(
+            image = image.plan.name.as_str(),
+            "{reason}: it is built, and not marked for reuse"
+        );
+        return Ok(unknown);
+    }
+    if run.builder == Builder::Legacy {
+        let read = image
+            .files
+            .clone()
+            .digest(b"")
+            .map_err(anyhow::Error::from)?;
+        return Ok(KnownDigest {
+            digest: Some(decide::context_digest(&recipe.key, &read)),
+            recorded: None,
+            source: InputsSource::WholeContext,
+        });
+    }
+    if run.rebuild {
+        return Ok(unknown);
+    }
+    let Some(requests) = registry.record(&recipe.key).await? else {
+        return Ok(unknown);
+    };
+    let read = image
+        .files
+        .requests_digest(&requests)
+        .map_err(anyhow::Error::from)?;
+    Ok(KnownDigest {
+        digest: Some(decide::context_digest(&recipe.key, &read)),
+        recorded: Some(requests),
+        source: InputsSource::Recorded,
+    })
+}
+
+/// After a build: the `ctx-` tag that finds the image again, from what BuildKit read (recorded
+/// for the recipe where the record is new or differs); `None` where the image must not be found
+/// by one: a base did not resolve, or BuildKit loaded an image the recipe does not name.
+pub(crate) async fn mark_built(
+    registry: &ImageRegistry<'_>,
+    image: &PreparedImage,
+    recipe: &RecipeBases,
+    known: &KnownDigest,
+    built: &BuiltImage,
+) -> Result<Option<String>> {
+    let not_marked = |reason: String| {
+        tracing::warn!(
+            image = image.plan.name.as_str(),
+            "not marked for reuse ({reason}): the next run builds it again"
+        );
+        Ok(None)
+    };
+    let bases = match &recipe.bases {
+        Ok(bases) => bases,
+        Err(reason) => return not_marked(reason.clone()),
+    };
+    let unnamed = bases::unnamed_loaded(&built.loaded_images, bases);
+    if !unnamed.is_empty() {
+        return not_marked(format!(
+            "BuildKit loaded {}, which ecr-build did not resolve before the build",
+            unnamed.join(", ")
+        ));
+    }
+    let digest = match &built.context_requests {
+        // The legacy builder read the whole tar, whose digest was known before the build.
+        None => match &known.digest {
+            Some(digest) => digest.clone(),
+            None => return not_marked("the context digest is not known".to_owned()),
+        },
+        Some(requests) => {
+            let mut requests = requests.clone();
+            requests.sort();
+            requests.dedup();
+            if known.recorded.as_ref() != Some(&requests) {
+                registry.put_record(&recipe.key, &requests).await?;
+            }
+            let read = (image.files.requests_digest(&requests)).map_err(anyhow::Error::from)?;
+            decide::context_digest(&recipe.key, &read)
+        }
+    };
+    Ok(Some(decide::context_tag(&digest)))
 }
 
 /// A tag this run cannot put, naming the repository and the image's context digest.
@@ -246,28 +382,35 @@ pub(crate) fn tag_conflict(
     conflict: decide::Conflict,
 ) -> anyhow::Error {
     anyhow::anyhow!(
-        "{repository_uri}:{conflict} (context digest {})",
-        image.digest
+        "{repository_uri}:{conflict} (image {}, recipe {})",
+        image.plan.name,
+        &image.digest[..20]
     )
 }
 
-/// What one build makes: an image for `platform` (or the engine's own), labelled with its context
-/// digest, tagged locally with `tags`.
+/// What one build makes: an image for `platform` (or the engine's own), labelled with its recipe
+/// and bases, tagged locally with `tags`.
 pub(crate) struct BuildSpec<'a> {
     pub platform: Option<&'a str>,
-    pub context_digest: &'a str,
+    pub recipe: &'a RecipeBases,
     pub tags: &'a [String],
 }
 
-/// The image's labels: the configured ones, the run's, its context digest and its inputs.
+/// The image's labels: the configured ones, the run's, its recipe, bases and inputs.
 fn image_labels(
     run: &RunContext<'_>,
     image: &PreparedImage,
-    context_digest: &str,
+    recipe: &RecipeBases,
 ) -> Vec<(String, String)> {
     let mut labels = image.plan.labels.clone();
     labels.extend(run.labels.iter().cloned());
-    labels.push((CONTEXT_DIGEST_LABEL.into(), context_digest.to_owned()));
+    labels.push((RECIPE_LABEL.into(), recipe.key.clone()));
+    if let Ok(bases) = &recipe.bases
+        && !bases.is_empty()
+    {
+        let bases = serde_json::to_string(bases).expect("strings serialize");
+        labels.push((BASES_LABEL.into(), bases));
+    }
     if !image.input_digests.is_empty() {
         let inputs = serde_json::to_string(&image.input_digests).expect("strings serialize");
         labels.push((INPUTS_LABEL.into(), inputs));
@@ -286,7 +429,7 @@ pub(crate) async fn build_image(
     let name = image.plan.name.as_str();
     let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
     let primary = format!("{repository_uri}:{}", spec.tags[0]);
-    let labels = image_labels(run, image, spec.context_digest);
+    let labels = image_labels(run, image, spec.recipe);
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
         tracing::warn!(
@@ -351,21 +494,6 @@ pub(crate) async fn build_image(
         run.engine.tag(&built.id, &repository_uri, tag).await?;
     }
     Ok(built)
-}
-
-/// Whether a built image may be found again by its context digest: not where the digest covers
-/// only what the Dockerfile reads and a base image's ONBUILD triggers (which it cannot see) ran.
-fn reusable_by_digest(image: &PreparedImage, built: &BuiltImage) -> bool {
-    let narrow = matches!(image.inputs, ContextInputs::Paths(_));
-    if narrow && built.ran_base_triggers {
-        tracing::warn!(
-            image = image.plan.name.as_str(),
-            "its base image ran ONBUILD triggers, which may read any file of the context: it is \
-             not marked by what its Dockerfile reads, so the next run builds it again"
-        );
-        return false;
-    }
-    true
 }
 
 /// Pushes `push` in order; every tag must be stored under the same digest, which is returned.
@@ -463,6 +591,14 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
     let labels = (run_tags.sha.iter())
         .map(|sha| (REVISION_LABEL.to_owned(), sha.clone()))
         .collect();
+    let recipes = (prepared.iter()).flat_map(|image| {
+        std::iter::once(&image.recipe).chain(image.variants.iter().map(|v| &v.recipe))
+    });
+    let registries = bases::Registries {
+        run_registry: &registry,
+        access: access.as_ref(),
+    };
+    let resolved_bases = bases::resolve_all(&engine, &registries, recipes).await;
     let run = RunContext {
         engine: &engine,
         registry: &registry,
@@ -476,6 +612,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
         retry_budget: settings.retry_budget,
         build_slots: tokio::sync::Semaphore::new(settings.jobs),
         partial: plan.partial,
+        bases: resolved_bases,
     };
     let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
         futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())

@@ -22,14 +22,52 @@ pub struct ImageOutcome {
     /// Whether `digest` is the registry's (not a dry run's local image ID).
     pub in_registry: bool,
     pub seconds: f64,
+    /// Where the inputs that decided it came from.
+    pub inputs: InputsSource,
     /// Why, in a few words: what of the context the image reads.
     pub note: String,
+}
+
+/// Where the inputs that decided an image came from: the summary's `inputs=` field, and
+/// `inputs_source` in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputsSource {
+    /// What BuildKit read for the same recipe, as an earlier build recorded it.
+    Recorded,
+    /// Nothing recorded for this recipe yet (or `--rebuild`): built, and recorded now.
+    NotYetKnown,
+    /// The legacy builder reads the whole context.
+    WholeContext,
+}
+
+impl std::fmt::Display for InputsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InputsSource::Recorded => "recorded",
+            InputsSource::NotYetKnown => "not-yet-known",
+            InputsSource::WholeContext => "whole-context",
+        })
+    }
 }
 
 /// The summary's note on an image: a reused one's inputs did not change; a built one names the
 /// inputs that `changed` since the image the run's tags named (where that is known), else what of
 /// the context it reads.
-pub fn inputs_note(inputs: &ContextInputs, result: &str, changed: Option<&[String]>) -> String {
+pub fn inputs_note(
+    inputs: &ContextInputs,
+    result: &str,
+    changed: Option<&[String]>,
+    moved_bases: &[String],
+) -> String {
+    if result != "reused" && !moved_bases.is_empty() {
+        let moved = moved_bases.iter().map(|base| format!("base {base} moved"));
+        let changed = changed
+            .unwrap_or_default()
+            .iter()
+            .map(|input| format!("{input} changed"));
+        return moved.chain(changed).collect::<Vec<_>>().join(", ");
+    }
     match (inputs, changed) {
         _ if result == "reused" => "its inputs did not change".to_owned(),
         (_, Some([])) => "its Dockerfile or build settings changed".to_owned(),
@@ -77,13 +115,14 @@ pub fn summarize(
 fn print_summary_line(name: &str, outcome: Option<&ImageOutcome>, tags: &[String]) {
     match outcome {
         Some(outcome) => println!(
-            "{} {} {} tags={} digest={} seconds={:.1} ({})",
+            "{} {} {} tags={} digest={} seconds={:.1} inputs={} ({})",
             outcome.name,
             outcome.result,
             outcome.repository_uri,
             tags.join(","),
             outcome.digest,
             outcome.seconds,
+            outcome.inputs,
             outcome.note
         ),
         None => println!("{name} failed"),
@@ -115,8 +154,11 @@ pub struct PlannedImage<'a> {
     pub secrets: BTreeMap<&'a str, String>,
     pub platforms: &'a [String],
     pub network: Option<&'a str>,
-    /// What of the context the Dockerfile reads: the context digest covers only that.
+    /// What of the context the Dockerfile reads, by ecr-build's analysis: a first guess, which
+    /// `context_digest` covers. A build decides by what BuildKit recorded instead.
     pub inputs: &'a ContextInputs,
+    /// `plan` asks no registry, so what BuildKit recorded is not yet known here.
+    pub inputs_source: InputsSource,
     pub context_digest: &'a str,
     /// With several platforms: each one's context digest, under which its image is found.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -149,6 +191,7 @@ impl<'a> PlannedImage<'a> {
             platforms: &image.platforms,
             network: image.network.as_deref(),
             inputs: &prepared.inputs,
+            inputs_source: InputsSource::NotYetKnown,
             context_digest: &prepared.digest,
             platform_digests: (prepared.variants.iter())
                 .map(|v| (v.platform.as_str(), v.digest.as_str()))
@@ -172,26 +215,42 @@ mod tests {
         let narrow = ContextInputs::Paths(vec!["app".into(), "composer.json".into()]);
         let whole = ContextInputs::WholeContext("`COPY . /x` copies the whole context".into());
         assert_eq!(
-            inputs_note(&narrow, "reused", None),
+            inputs_note(&narrow, "reused", None, &[]),
             "its inputs did not change"
         );
         assert_eq!(
-            inputs_note(&narrow, "pushed", None),
+            inputs_note(&narrow, "pushed", None, &[]),
             "it reads app, composer.json"
         );
         assert_eq!(
-            inputs_note(&whole, "pushed", None),
+            inputs_note(&whole, "pushed", None, &[]),
             "it reads the whole context"
         );
         assert_eq!(
-            inputs_note(&whole, "reused", None),
+            inputs_note(&whole, "reused", None, &[]),
             "its inputs did not change"
         );
         let app = ["app".to_owned()];
-        assert_eq!(inputs_note(&narrow, "pushed", Some(&app)), "app changed");
         assert_eq!(
-            inputs_note(&narrow, "pushed", Some(&[])),
+            inputs_note(&narrow, "pushed", Some(&app), &[]),
+            "app changed"
+        );
+        assert_eq!(
+            inputs_note(&narrow, "pushed", Some(&[]), &[]),
             "its Dockerfile or build settings changed"
+        );
+        let node = ["node:20".to_owned()];
+        assert_eq!(
+            inputs_note(&narrow, "pushed", Some(&[]), &node),
+            "base node:20 moved"
+        );
+        assert_eq!(
+            inputs_note(&narrow, "pushed", Some(&app), &node),
+            "base node:20 moved, app changed"
+        );
+        assert_eq!(
+            inputs_note(&narrow, "reused", None, &node),
+            "its inputs did not change"
         );
     }
 }

@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use bytes::Bytes;
 
 use crate::aws::ecr::RegistryAccess;
+use crate::context::SyncRequest;
 use crate::decide::{self, RegistryState, TagRules};
 use crate::error::Result;
-use crate::image::{self, CONTEXT_DIGEST_LABEL, INPUTS_LABEL, REVISION_LABEL};
+use crate::image::{self, BASES_LABEL, INPUTS_LABEL, REVISION_LABEL};
 use crate::registry::{Manifest, RegistryError};
 use crate::retry;
 
@@ -21,6 +22,21 @@ pub struct ImageRegistry<'a> {
     pub image: &'a str,
     pub repository: &'a str,
     pub retry_budget: Duration,
+}
+
+/// What an earlier image under one of the run's tags was built from.
+pub struct Previous {
+    /// Each input's short digest, by the analysis' paths.
+    pub inputs: BTreeMap<String, String>,
+    /// Each base image's digest.
+    pub bases: BTreeMap<String, String>,
+}
+
+/// What BuildKit read of the context for one recipe: the manifest annotation of its record.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    recipe: String,
+    requests: Vec<SyncRequest>,
 }
 
 /// The image a reuse puts under the run's tags, and the config blob it needs first, if new.
@@ -39,11 +55,11 @@ impl ImageRegistry<'_> {
         retry::with_backoff(image, what, budget, RegistryError::is_transient, call).await
     }
 
-    /// What the decision needs: the image built from the same inputs (`ctx_tag`) re-stamped for
-    /// `revision`, unless `rebuild`; the tags' digests; and which of those hold the same content.
+    /// What the decision needs: the image built from the same inputs (its context digest, where
+    /// that is known before the build) re-stamped for `revision`, unless `rebuild`; the tags' digests; and which of those hold the same content.
     pub async fn look_up(
         &self,
-        context_digest: &str,
+        context_digest: Option<&str>,
         tags: &[String],
         rules: &TagRules,
         rebuild: bool,
@@ -51,39 +67,124 @@ impl ImageRegistry<'_> {
     ) -> Result<(RegistryState, Option<ReuseTarget>)> {
         let mut state = RegistryState::default();
         let mut target = None;
-        let ctx_tag = decide::context_tag(context_digest);
-        if !rebuild && let Some(built) = self.manifest(&ctx_tag).await? {
+        let mut built_config = None;
+        let ctx_tag = context_digest.map(decide::context_tag);
+        if !rebuild
+            && let Some(ctx_tag) = ctx_tag
+            && let Some(built) = self.manifest(&ctx_tag).await?
+        {
             state.same_content.insert(built.digest.clone());
-            let reuse = self.restamped(built, revision).await?;
+            built_config = self.config_of(&built).await?;
+            let reuse = self.restamped(built, built_config.as_deref(), revision)?;
             state.unchanged = Some(reuse.manifest.digest.clone());
             target = Some(reuse);
         }
         self.look_up_tags(&mut state, tags, rules).await?;
-        if state.unchanged.is_some() {
-            self.find_same_content(&mut state, context_digest, rules)
-                .await?;
+        if let Some(config) = built_config {
+            self.find_same_content(&mut state, &config, rules).await?;
         }
         Ok((state, target))
     }
 
-    /// The inputs label of the image the first of `tags` that exists names: what the image this
-    /// run replaces read. `None` where there is none, or it cannot be read (the build goes on).
-    pub async fn previous_inputs(&self, tags: &[String]) -> Option<BTreeMap<String, String>> {
+    /// What the image the first of `tags` that exists names was built from: what the image
+    /// this run replaces read, and its bases. `None` where there is none, or it cannot be read
+    /// (the build goes on).
+    pub async fn previous(&self, tags: &[String]) -> Option<Previous> {
         for tag in tags {
             let Ok(Some(manifest)) = self.manifest(tag).await else {
                 continue;
             };
-            let config_digest = image::config_digest(&manifest).ok()??;
-            let repository = self.repository;
-            let config = (self.call(&format!("fetching {repository}@{config_digest}"), || {
-                self.access.client.get_blob(repository, &config_digest)
-            }))
-            .await
-            .ok()?;
-            let label = image::label(&config, INPUTS_LABEL)?;
-            return serde_json::from_str(&label).ok();
+            let config = self.config_of(&manifest).await.ok()??;
+            let read = |label| -> BTreeMap<String, String> {
+                (image::label(&config, label))
+                    .and_then(|json| serde_json::from_str(&json).ok())
+                    .unwrap_or_default()
+            };
+            return Some(Previous {
+                inputs: read(INPUTS_LABEL),
+                bases: read(BASES_LABEL),
+            });
         }
         None
+    }
+
+    /// What BuildKit read of the context for the recipe `recipe_key`, as recorded by the build
+    /// that first met it: one manifest GET. `None` where nothing is recorded.
+    pub async fn record(&self, recipe_key: &str) -> Result<Option<Vec<SyncRequest>>> {
+        let Some(manifest) = self.manifest(&decide::record_tag(recipe_key)).await? else {
+            return Ok(None);
+        };
+        let record = (image::record_in(&manifest))
+            .and_then(|json| serde_json::from_str::<Record>(&json).ok())
+            .filter(|record| record.recipe == recipe_key);
+        if record.is_none() {
+            tracing::warn!(
+                image = self.image,
+                "{}:{} is not a record of ecr-build's; building",
+                self.repository,
+                decide::record_tag(recipe_key)
+            );
+        }
+        Ok(record.map(|record| record.requests))
+    }
+
+    /// Records what BuildKit read for `recipe_key`. A repository that refuses the tag (an
+    /// immutable one that holds another record) costs a rebuild next time, not this run.
+    pub async fn put_record(&self, recipe_key: &str, requests: &[SyncRequest]) -> Result<()> {
+        let mut requests = requests.to_vec();
+        requests.sort();
+        requests.dedup();
+        let record = Record {
+            recipe: recipe_key.to_owned(),
+            requests,
+        };
+        let manifest =
+            image::record_manifest(&serde_json::to_string(&record).expect("strings serialize"));
+        let (client, repository) = (&self.access.client, self.repository);
+        let tag = decide::record_tag(recipe_key);
+        self.access.current().await?;
+        let empty = crate::registry::sha256_digest(image::EMPTY_BLOB);
+        let present = (self.call(&format!("checking {repository}@{empty}"), || {
+            client.has_blob(repository, &empty)
+        }))
+        .await?;
+        if !present {
+            (self.call(&format!("pushing {empty} to {repository}"), || {
+                client.push_blob(repository, bytes::Bytes::from_static(image::EMPTY_BLOB))
+            }))
+            .await?;
+        }
+        let put = (self.call(&format!("recording {repository}:{tag}"), || {
+            client.put_manifest(repository, &tag, &manifest)
+        }))
+        .await;
+        match put {
+            Ok(_) => tracing::debug!(
+                image = self.image,
+                "recorded what the build read as {repository}:{tag}"
+            ),
+            Err(err) => tracing::warn!(
+                image = self.image,
+                "cannot record what the build read as {repository}:{tag} ({err}); the next run \
+                 builds it again. On an immutable repository, add the exclusion filter rcp-*"
+            ),
+        }
+        Ok(())
+    }
+
+    /// The config blob of an image manifest; `None` for an index.
+    async fn config_of(&self, manifest: &Manifest) -> Result<Option<Bytes>> {
+        let Some(config_digest) = image::config_digest(manifest).map_err(anyhow::Error::msg)?
+        else {
+            return Ok(None);
+        };
+        let repository = self.repository;
+        Ok(Some(
+            (self.call(&format!("fetching {repository}@{config_digest}"), || {
+                self.access.client.get_blob(repository, &config_digest)
+            }))
+            .await?,
+        ))
     }
 
     /// The manifest under `tag`, if there is one.
@@ -135,23 +236,21 @@ impl ImageRegistry<'_> {
 
     /// `built` labelled for `revision`: a new config and manifest, or `built` itself when it already
     /// carries that revision (or is an index, or there is no commit).
-    async fn restamped(&self, built: Manifest, revision: Option<&str>) -> Result<ReuseTarget> {
+    fn restamped(
+        &self,
+        built: Manifest,
+        config: Option<&[u8]>,
+        revision: Option<&str>,
+    ) -> Result<ReuseTarget> {
         let unchanged = |manifest| ReuseTarget {
             manifest,
             new_config: None,
         };
-        let Some(revision) = revision else {
+        let (Some(revision), Some(config)) = (revision, config) else {
             return Ok(unchanged(built));
         };
         let repository = self.repository;
-        let Some(config_digest) = image::config_digest(&built).map_err(anyhow::Error::msg)? else {
-            return Ok(unchanged(built));
-        };
-        let config = (self.call(&format!("fetching {repository}@{config_digest}"), || {
-            self.access.client.get_blob(repository, &config_digest)
-        }))
-        .await?;
-        let restamped = image::restamp(&built, &config, REVISION_LABEL, revision)
+        let restamped = image::restamp(&built, config, REVISION_LABEL, revision)
             .map_err(|err| anyhow::anyhow!("{repository}@{}: {err}", built.digest))?;
         Ok(match restamped {
             Some(new) => ReuseTarget {
@@ -163,11 +262,11 @@ impl ImageRegistry<'_> {
     }
 
     /// An immutable tag on another digest may still name this content, re-stamped for an earlier
-    /// commit: its config carries the same context digest label. Only such tags are read.
+    /// commit: its config is `built_config` but for the revision label. Only such tags are read.
     async fn find_same_content(
         &self,
         state: &mut RegistryState,
-        context_digest: &str,
+        built_config: &[u8],
         rules: &TagRules,
     ) -> Result<()> {
         let others: Vec<(String, String)> = (state.existing.iter())
@@ -177,9 +276,18 @@ impl ImageRegistry<'_> {
             .filter(|(_, digest)| state.unchanged.as_ref() != Some(*digest))
             .map(|(tag, digest)| (tag.clone(), digest.clone()))
             .collect();
+        let (client, repository) = (&self.access.client, self.repository);
         for (tag, digest) in others {
-            if self.context_digest_of(&digest).await?.as_deref() == Some(context_digest) {
-                let repository = self.repository;
+            let manifest = (self.call(&format!("fetching {repository}@{digest}"), || {
+                client.get_manifest(repository, &digest)
+            }))
+            .await?;
+            let Some(manifest) = manifest else {
+                continue;
+            };
+            let same = (self.config_of(&manifest).await?)
+                .is_some_and(|config| image::same_but_revision(&config, built_config));
+            if same {
                 tracing::debug!(
                     image = self.image,
                     "{repository}:{tag} ({digest}) holds the same content"
@@ -188,27 +296,6 @@ impl ImageRegistry<'_> {
             }
         }
         Ok(())
-    }
-
-    /// The context digest label of the image `digest` names, if it has one.
-    async fn context_digest_of(&self, digest: &str) -> Result<Option<String>> {
-        let (client, repository) = (&self.access.client, self.repository);
-        let manifest = (self.call(&format!("fetching {repository}@{digest}"), || {
-            client.get_manifest(repository, digest)
-        }))
-        .await?;
-        let config_digest = (manifest.as_ref().map(image::config_digest))
-            .transpose()
-            .map_err(anyhow::Error::msg)?
-            .flatten();
-        let Some(config_digest) = config_digest else {
-            return Ok(None);
-        };
-        let config = (self.call(&format!("fetching {repository}@{config_digest}"), || {
-            client.get_blob(repository, &config_digest)
-        }))
-        .await?;
-        Ok(image::label(&config, CONTEXT_DIGEST_LABEL))
     }
 
     /// An unchanged image (re-stamped for this commit if it named another) under `tags`, logged.

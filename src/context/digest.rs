@@ -48,7 +48,7 @@ impl ContextFiles {
         patterns: &[String],
     ) -> Result<Result<String, String>, ContextError> {
         self.hash_contents()?;
-        let matcher = DockerIgnore::parse(&patterns.join("\n"))?;
+        let matcher = DockerIgnore::from_patterns(patterns.iter().map(String::as_str))?;
         let mut wanted: HashSet<&str> = HashSet::new();
         for entry in (self.entries.iter()).filter(|entry| matcher.is_excluded(&entry.path)) {
             wanted.insert(&entry.path);
@@ -189,7 +189,7 @@ impl ContextFiles {
     ) -> Result<BTreeMap<String, String>, ContextError> {
         let mut digests = BTreeMap::new();
         for pattern in patterns {
-            let matcher = DockerIgnore::parse(pattern)?;
+            let matcher = DockerIgnore::from_patterns([pattern.as_str()])?;
             let mut hasher = Sha256::new();
             put_entries(
                 &mut hasher,

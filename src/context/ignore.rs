@@ -44,6 +44,31 @@ impl DockerIgnore {
         Ok(DockerIgnore { patterns, written })
     }
 
+    /// Patterns as a list, the way patternmatcher.New takes BuildKit's include patterns and follow
+    /// paths: each trimmed and cleaned, a leading `/` dropped, and none a comment (`#notes.txt`
+    /// names a file).
+    pub fn from_patterns<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<DockerIgnore, ContextError> {
+        let mut parsed = Vec::new();
+        for pattern in patterns.into_iter().map(str::trim) {
+            if pattern.is_empty() {
+                continue;
+            }
+            parsed.push(Pattern::new(&normalize_line(pattern)).map_err(|reason| {
+                ContextError::InvalidPattern {
+                    pattern: pattern.to_owned(),
+                    reason,
+                }
+            })?);
+        }
+        let written = parsed.len();
+        Ok(DockerIgnore {
+            patterns: parsed,
+            written,
+        })
+    }
+
     /// Whether a build leaves `rel_path` out of the context. This is Docker's tar walk applied to
     /// the path's ancestors first: an excluded directory hides everything below it unless an
     /// exception pattern names the directory or something in it literally (`!docs/keep.md`

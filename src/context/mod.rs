@@ -19,7 +19,7 @@ mod sync;
 pub use ignore::DockerIgnore;
 
 use std::collections::BTreeMap;
-pub use sync::{SYNCED_DOCKERFILE, SyncDir, SyncDirs, SyncItem};
+pub use sync::{SYNCED_DOCKERFILE, SyncDir, SyncDirs, SyncItem, SyncRequest};
 
 use std::fs::{self, File};
 use std::io;
@@ -30,7 +30,8 @@ use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Builder, ConfigError, ImagePlan, Plan};
-use crate::dockerfile::{BuildFacts, ContextInputs, context_inputs};
+use crate::decide::Recipe;
+use crate::dockerfile::{self, BuildFacts, ContextInputs, context_inputs};
 
 const DOCKERIGNORE: &str = ".dockerignore";
 /// The mode docker CLI gives files it adds to the context itself.
@@ -148,6 +149,8 @@ pub struct ContextFiles {
     root: PathBuf,
     dockerfile: String,
     entries: Vec<Entry>,
+    /// The bytes of the ignore file that applies (empty where there is none): part of the recipe.
+    ignore_rules: Vec<u8>,
 }
 
 /// Walks `context_dir` as `docker build` does. A relative `dockerfile` is relative to the context
@@ -170,7 +173,23 @@ pub fn collect_with(
 ) -> Result<ContextFiles, ContextError> {
     let root = context_root(context_dir)?;
     let placed = place_dockerfile(&root, dockerfile)?;
-    walk_context(root, placed)
+    let ignore_file = ignore_file_for(&root, dockerfile);
+    walk_context(root, placed, &ignore_file)
+}
+
+/// The ignore file BuildKit applies to an image's context: `<Dockerfile>.dockerignore` beside
+/// the Dockerfile where there is one (`web.Dockerfile.dockerignore`), else the context's
+/// `.dockerignore`. An inline Dockerfile has no file of its own.
+pub fn ignore_file_for(root: &Path, dockerfile: DockerfileSource<'_>) -> PathBuf {
+    if let DockerfileSource::Path(path) = dockerfile {
+        let mut own = root.join(path).into_os_string();
+        own.push(".dockerignore");
+        let own = PathBuf::from(own);
+        if own.is_file() {
+            return own;
+        }
+    }
+    root.join(DOCKERIGNORE)
 }
 
 /// The context directory with symlinks resolved: Docker resolves both paths before relating them.
@@ -241,13 +260,13 @@ fn locate_dockerfile(
     }
 }
 
-/// The context's `.dockerignore`, as its bytes and as rules with docker CLI's exception for itself.
-fn read_ignore(root: &Path) -> Result<(DockerIgnore, Option<Vec<u8>>), ContextError> {
-    let ignore_path = root.join(DOCKERIGNORE);
-    let ignore_bytes = match fs::read(&ignore_path) {
+/// The ignore file that applies (see [`ignore_file_for`]), as its bytes and as rules with docker
+/// CLI's exception for the context's `.dockerignore`.
+fn read_ignore(ignore_path: &Path) -> Result<(DockerIgnore, Option<Vec<u8>>), ContextError> {
+    let ignore_bytes = match fs::read(ignore_path) {
         Ok(bytes) => Some(bytes),
         Err(err) if err.kind() == io::ErrorKind::NotFound => None,
-        Err(cause) => return Err(read_error(&ignore_path)(cause)),
+        Err(cause) => return Err(read_error(ignore_path)(cause)),
     };
     // Non-UTF-8 patterns could only match non-UTF-8 names, which collect refuses anyway.
     let mut ignore = DockerIgnore::parse(&String::from_utf8_lossy(
@@ -261,8 +280,13 @@ fn read_ignore(root: &Path) -> Result<(DockerIgnore, Option<Vec<u8>>), ContextEr
 }
 
 /// The walk with `.dockerignore`, and the Dockerfile sent or added.
-fn walk_context(root: PathBuf, placed: PlacedDockerfile) -> Result<ContextFiles, ContextError> {
-    let (mut ignore, ignore_bytes) = read_ignore(&root)?;
+fn walk_context(
+    root: PathBuf,
+    placed: PlacedDockerfile,
+    ignore_file: &Path,
+) -> Result<ContextFiles, ContextError> {
+    let (mut ignore, ignore_bytes) = read_ignore(ignore_file)?;
+    let ignore_rules = ignore_bytes.clone().unwrap_or_default();
     let mut build_files = vec![DOCKERIGNORE];
     if let PlacedDockerfile::Inside(rel) = &placed {
         if ignore.cli_excludes(rel) {
@@ -282,6 +306,7 @@ fn walk_context(root: PathBuf, placed: PlacedDockerfile) -> Result<ContextFiles,
         root,
         dockerfile,
         entries,
+        ignore_rules,
     })
 }
 
@@ -297,13 +322,14 @@ impl SharedWalk {
     /// Walks `context_dir`, leaves out `withheld` files, and hashes every file (blocking).
     pub fn new(context_dir: &Path, withheld: &[PathBuf]) -> Result<SharedWalk, ContextError> {
         let root = context_root(context_dir)?;
-        let (ignore, ignore_bytes) = read_ignore(&root)?;
+        let (ignore, ignore_bytes) = read_ignore(&root.join(DOCKERIGNORE))?;
         let mut entries = walk(&root, &ignore, &[DOCKERIGNORE])?;
         entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let mut files = ContextFiles {
             root,
             dockerfile: String::new(),
             entries,
+            ignore_rules: ignore_bytes.clone().unwrap_or_default(),
         };
         files.withhold(withheld);
         files.hash_contents()?;
@@ -315,11 +341,15 @@ impl SharedWalk {
     }
 
     /// One image's context out of the shared walk, or `None` where its Dockerfile needs a walk of
-    /// its own (one that `.dockerignore` excludes, for which docker CLI adds an exception).
+    /// its own (one that `.dockerignore` excludes, for which docker CLI adds an exception, or one
+    /// with an ignore file of its own).
     pub fn image_context(
         &self,
         dockerfile: DockerfileSource<'_>,
     ) -> Result<Option<ContextFiles>, ContextError> {
+        if ignore_file_for(&self.files.root, dockerfile) != self.files.root.join(DOCKERIGNORE) {
+            return Ok(None);
+        }
         let placed = place_dockerfile(&self.files.root, dockerfile)?;
         if let PlacedDockerfile::Inside(rel) = &placed {
             let sent = self.files.entries.iter().any(|e| &e.path == rel);
@@ -554,17 +584,23 @@ impl ContextFiles {
     }
 }
 
-/// An image whose context has been read: the files to send and their digest.
+/// An image whose context has been read: the files to send, its recipe, and the Dockerfile
+/// analysis' first guess at what it reads.
 pub struct PreparedImage {
     pub plan: ImagePlan,
     pub files: ContextFiles,
-    /// The context digest; for several platforms, a digest of theirs.
+    /// The first guess's digest (what the analysis says the Dockerfile reads, and the recipe's
+    /// settings); for several platforms, a digest of theirs. `plan` shows it; skips are decided
+    /// by what BuildKit recorded instead.
     pub digest: String,
-    /// What of the context the Dockerfile reads (for several platforms, the first one's).
+    /// What of the context the Dockerfile reads, by the analysis (for several platforms, the
+    /// first one's).
     pub inputs: ContextInputs,
     /// With narrow inputs: each input's short digest, which the built image carries as a label.
     pub input_digests: BTreeMap<String, String>,
-    /// With several platforms: each one's context digest (the platform is an input).
+    /// The recipe of the image (of its only platform).
+    pub recipe: Recipe,
+    /// With several platforms: each one's first-guess digest and recipe (the platform is in both).
     pub variants: Vec<Variant>,
 }
 
@@ -572,6 +608,7 @@ pub struct PreparedImage {
 pub struct Variant {
     pub platform: String,
     pub digest: String,
+    pub recipe: Recipe,
 }
 
 /// Walks and hashes every image's context, in parallel, off the async threads. The run's own
@@ -591,6 +628,7 @@ pub async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
     }
     let walks = groups.into_iter().map(|(context, images)| {
         let builder = plan.builder;
+        let network = plan.network.clone();
         let withheld = withheld.clone();
         tokio::task::spawn_blocking(move || {
             let shared = (images.len() > 1)
@@ -600,7 +638,13 @@ pub async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
                 .map(|(index, image)| {
                     Ok((
                         index,
-                        prepare_one(image, builder, &withheld, shared.as_ref())?,
+                        prepare_one(
+                            image,
+                            builder,
+                            network.as_deref(),
+                            &withheld,
+                            shared.as_ref(),
+                        )?,
                     ))
                 })
                 .collect::<crate::error::Result<Vec<_>>>()
@@ -617,6 +661,7 @@ pub async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
 fn prepare_one(
     image: ImagePlan,
     builder: Builder,
+    run_network: Option<&str>,
     withheld: &[PathBuf],
     shared: Option<&SharedWalk>,
 ) -> crate::error::Result<PreparedImage> {
@@ -640,7 +685,28 @@ fn prepare_one(
     for path in files.withhold(withheld) {
         tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
     }
-    let (digest, inputs, variants) = digest_image(&image, builder, &mut files)?;
+    let dockerfile_text = (files.dockerfile_text())
+        .with_context(|| format!("image {name}: cannot read its Dockerfile"))?;
+    dockerfile::check(&dockerfile_text, image.target.as_deref()).map_err(|err| {
+        ConfigError::Invalid {
+            origin: format!("image {name}"),
+            message: format!("the Dockerfile {}: {err}", image.dockerfile.display()),
+        }
+    })?;
+    let network = image.network.as_deref().or(run_network);
+    let (digest, inputs, variants) =
+        digest_image(&image, builder, &mut files, &dockerfile_text, network)?;
+    let recipe = match variants.as_slice() {
+        [] => recipe_for(
+            &image,
+            builder,
+            &files,
+            &dockerfile_text,
+            network,
+            image.platforms.first(),
+        ),
+        _ => variants[0].recipe.clone(),
+    };
     let input_digests = match &inputs {
         ContextInputs::Paths(patterns) => files.input_digests(patterns).map_err(invalid)?,
         ContextInputs::WholeContext(_) => BTreeMap::new(),
@@ -658,8 +724,37 @@ fn prepare_one(
         digest,
         inputs,
         input_digests,
+        recipe,
         variants,
     })
+}
+
+/// The image's recipe for `platform` (or none): its settings, and its base images as named.
+fn recipe_for(
+    image: &ImagePlan,
+    builder: Builder,
+    files: &ContextFiles,
+    dockerfile_text: &str,
+    network: Option<&str>,
+    platform: Option<&String>,
+) -> Recipe {
+    let platform = platform.map(String::as_str);
+    let dockerfile = files.dockerfile_in_context();
+    let inputs = crate::decide::digest_inputs(image, builder, dockerfile, platform);
+    let facts = BuildFacts {
+        target: image.target.as_deref(),
+        build_args: &image.build_args,
+        platform,
+    };
+    Recipe {
+        settings: crate::decide::recipe_settings(
+            &inputs,
+            dockerfile_text,
+            &files.ignore_rules,
+            network,
+        ),
+        bases: dockerfile::base_images(dockerfile_text, &facts),
+    }
 }
 
 /// The image's context digest (for several platforms, a digest of theirs, and each one's) and
@@ -669,6 +764,8 @@ fn digest_image(
     image: &ImagePlan,
     builder: Builder,
     files: &mut ContextFiles,
+    dockerfile_text: &str,
+    network: Option<&str>,
 ) -> crate::error::Result<(String, ContextInputs, Vec<Variant>)> {
     let name = image.name.as_str();
     let dockerfile = files.dockerfile_in_context().to_owned();
@@ -678,7 +775,6 @@ fn digest_image(
             image.context.display()
         )
     };
-    let dockerfile_text = files.dockerfile_text().with_context(cannot_hash)?;
     // The digest covers what the Dockerfile can read, where that is proven narrow; else it all.
     let mut digest_for = |platform: Option<&str>| -> crate::error::Result<(String, ContextInputs)> {
         let extra = crate::decide::digest_inputs(image, builder, &dockerfile, platform);
@@ -687,7 +783,7 @@ fn digest_image(
             build_args: &image.build_args,
             platform,
         };
-        let inputs = match context_inputs(&dockerfile_text, &facts) {
+        let inputs = match context_inputs(dockerfile_text, &facts) {
             ContextInputs::Paths(patterns) => {
                 match files
                     .inputs_digest(&extra, &patterns)
@@ -710,16 +806,27 @@ fn digest_image(
             for platform in several {
                 let (digest, inputs) = digest_for(Some(platform))?;
                 first_inputs.get_or_insert(inputs);
-                variants.push(Variant {
-                    platform: platform.clone(),
-                    digest,
-                });
+                variants.push((platform, digest));
             }
-            let all: Vec<&str> = variants.iter().map(|v| v.digest.as_str()).collect();
+            let all: Vec<&str> = variants.iter().map(|(_, digest)| digest.as_str()).collect();
             let inputs = first_inputs.expect("several platforms");
             (format!("{:x}", Sha256::digest(all.join("\n"))), inputs)
         }
     };
+    let variants = (variants.into_iter())
+        .map(|(platform, digest)| Variant {
+            platform: platform.clone(),
+            digest,
+            recipe: recipe_for(
+                image,
+                builder,
+                files,
+                dockerfile_text,
+                network,
+                Some(platform),
+            ),
+        })
+        .collect();
     match &inputs {
         ContextInputs::Paths(paths) => {
             tracing::debug!(

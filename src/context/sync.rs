@@ -34,6 +34,25 @@ const GO_MODE_STICKY: u32 = 1 << 20;
 /// Symlinks followed before a path is given up as a loop.
 const MAX_LINK_HOPS: usize = 40;
 
+/// What BuildKit asked of the context in one DiffCopy: the patterns and paths it named (fsutil's
+/// `include-patterns`, `exclude-patterns` and `followpaths`). A build's requests are what its
+/// Dockerfile frontend read, with ARG, ENV, stages and the base images' triggers resolved by
+/// BuildKit itself.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct SyncRequest {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow: Vec<String>,
+}
+
+/// Names the encoding of [`ContextFiles::requests_digest`]; change it whenever that changes.
+const REQUESTS_DIGEST_DOMAIN: &[u8] = b"ecr-build file sync digest v1\n";
+
 /// What one build's session serves.
 pub struct SyncDirs {
     pub context: SyncDir,
@@ -159,6 +178,54 @@ impl ContextFiles {
     }
 }
 
+impl ContextFiles {
+    /// sha256 (hex) over what the file sync offers for `requests`: each request, then every entry
+    /// it selects (path, Go mode, size, symlink target, content hash), as [`SyncDir::select`]
+    /// serves them. The same requests over the same files give the same digest; any byte, mode or
+    /// name BuildKit would receive that differs gives another. Blocking (hashes unhashed files).
+    pub fn requests_digest(&self, requests: &[SyncRequest]) -> Result<String, ContextError> {
+        let dirs = self.clone().into_sync_dirs()?;
+        let mut requests = requests.to_vec();
+        requests.sort();
+        requests.dedup();
+        let mut hasher = Sha256::new();
+        hasher.update(REQUESTS_DIGEST_DOMAIN);
+        for request in &requests {
+            let framed = serde_json::to_vec(request).expect("strings serialize");
+            hasher.update((framed.len() as u64).to_be_bytes());
+            hasher.update(&framed);
+            let selected = dirs.context.select(&request.include, &request.follow)?;
+            hasher.update((selected.len() as u64).to_be_bytes());
+            for index in selected {
+                dirs.context.item(index).hash_into(&mut hasher);
+            }
+        }
+        Ok(format!("{:x}", hasher.finalize()))
+    }
+}
+
+impl SyncItem {
+    fn hash_into(&self, hasher: &mut Sha256) {
+        for field in [self.path.as_bytes(), self.linkname.as_bytes()] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field);
+        }
+        hasher.update(self.mode.to_be_bytes());
+        hasher.update(self.size.to_be_bytes());
+        match &self.content {
+            None => hasher.update([0]),
+            Some(Content::Disk { hash, .. }) => {
+                hasher.update([1]);
+                hasher.update(hash);
+            }
+            Some(Content::Memory(bytes)) => {
+                hasher.update([1]);
+                hasher.update(Sha256::digest(bytes));
+            }
+        }
+    }
+}
+
 impl SyncDir {
     pub fn item(&self, index: usize) -> &SyncItem {
         &self.items[index]
@@ -194,7 +261,7 @@ impl SyncDir {
         if patterns.iter().any(|pattern| clean(pattern) == ".") {
             return Ok(everything);
         }
-        let matcher = DockerIgnore::parse(&patterns.join("\n"))?;
+        let matcher = DockerIgnore::from_patterns(patterns.iter().copied())?;
         let index_of: HashMap<&str, usize> = (self.items.iter().enumerate())
             .map(|(index, item)| (item.path.as_str(), index))
             .collect();

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::context::{SyncDir, SyncDirs, SyncItem};
+use crate::context::{SyncDir, SyncDirs, SyncItem, SyncRequest};
 
 /// Files read and sent at once, as fsutil's sender does.
 const PARALLEL_FILES: usize = 4;
@@ -32,6 +32,8 @@ pub struct ContextSync {
     image: String,
     dirs: Arc<SyncDirs>,
     failure: Arc<Mutex<Option<String>>>,
+    /// Every DiffCopy of the context BuildKit asked for: what the build read.
+    requests: Mutex<Vec<SyncRequest>>,
 }
 
 impl ContextSync {
@@ -40,7 +42,16 @@ impl ContextSync {
             image: image.to_owned(),
             dirs: Arc::new(dirs),
             failure: Arc::default(),
+            requests: Mutex::default(),
         }
+    }
+
+    /// What BuildKit asked of the context so far, in the order it asked.
+    pub fn requests(&self) -> Vec<SyncRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn shared_key(&self) -> &str {
@@ -99,6 +110,18 @@ impl FileSync for ContextSync {
                 )));
             }
         };
+        if let Dir::Context = dir {
+            let request = SyncRequest {
+                include: values("include-patterns"),
+                exclude: values("exclude-patterns"),
+                follow: values("followpaths"),
+            };
+            tracing::debug!(
+                image = self.image.as_str(),
+                "the build asked for the context: {request:?}"
+            );
+            (self.requests.lock().unwrap_or_else(|e| e.into_inner())).push(request);
+        }
         let selected = Dir::of(&self.dirs, dir)
             .select(&values("include-patterns"), &values("followpaths"))
             .map_err(|err| Status::invalid_argument(err.to_string()))?;

@@ -23,7 +23,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use crate::config::Builder;
-use crate::context::{ContextFiles, SYNCED_DOCKERFILE};
+use crate::context::{ContextFiles, SYNCED_DOCKERFILE, SyncRequest};
 use tunnel::{ProbeError, Tunnel};
 
 /// Builds upload the whole context before the engine answers; bollard's timeout covers that wait.
@@ -224,7 +224,7 @@ impl Engine {
             }
         }
         progress.flush();
-        if let Some(session) = session {
+        if let Some(session) = &session {
             let missing = session.secrets().missing();
             if !missing.is_empty() {
                 tracing::warn!(
@@ -235,9 +235,11 @@ impl Engine {
                 );
             }
         }
+        let context_requests = session.as_ref().map(|s| s.context().requests());
         Ok(BuiltImage {
             id: image_id.ok_or(DockerError::NoImageId)?,
-            ran_base_triggers: progress.ran_base_triggers,
+            context_requests,
+            loaded_images: progress.loaded_images.into_iter().collect(),
         })
     }
 
@@ -285,6 +287,32 @@ impl Engine {
             .build();
         let stream = session::post_build(&self.address, &self.api_prefix, &options).await?;
         Ok((session, stream))
+    }
+
+    /// The identity of the image the engine has under `reference`, as a build would use it: the
+    /// registry digest it was pulled by (its repo digest for that name), else its image ID.
+    /// `None` where the engine has no such image.
+    pub async fn local_image(&self, reference: &str) -> Result<Option<String>, DockerError> {
+        let inspected = match self.docker.inspect_image(reference).await {
+            Ok(inspected) => inspected,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        let name = reference
+            .split_once('@')
+            .map_or(reference, |(name, _)| name);
+        let name = match name.rsplit_once(':') {
+            Some((repository, tag)) if !tag.contains('/') => repository,
+            _ => name,
+        };
+        let pulled_as =
+            (inspected.repo_digests.unwrap_or_default().into_iter()).find_map(|repo_digest| {
+                let (repository, digest) = repo_digest.split_once('@')?;
+                (repository == name).then(|| digest.to_owned())
+            });
+        Ok(pulled_as.or(inspected.id))
     }
 
     pub async fn tag(
@@ -452,39 +480,24 @@ struct BuildProgress<'a> {
     announced: std::collections::HashSet<String>,
     partial_lines: HashMap<String, String>,
     failed_step: Option<String>,
-    /// A base image's ONBUILD triggers ran: steps the Dockerfile does not show.
-    ran_base_triggers: bool,
+    loaded_images: std::collections::BTreeSet<String>,
 }
 
 /// An image the engine built.
 pub struct BuiltImage {
     pub id: String,
-    /// A base image's ONBUILD triggers ran in the build: they may have read any context file.
-    pub ran_base_triggers: bool,
+    /// BuildKit: what it asked of the context, every DiffCopy; `None` for the legacy builder.
+    pub context_requests: Option<Vec<SyncRequest>>,
+    /// BuildKit: the images whose metadata it loaded (`[internal] load metadata for REF`), as it
+    /// names them: the bases the build really used.
+    pub loaded_images: Vec<String>,
 }
 
-/// Whether a build step is a base image's ONBUILD trigger: Docker 23+ names it
-/// `[2/3] ONBUILD COPY . /app`; Docker 20.10's BuildKit leaves it out of the stage's step count
-/// (`[3/2] COPY x /x`); the legacy builder says `# Executing 1 build trigger`.
-fn is_base_trigger(step: &str) -> bool {
-    if step.contains("] ONBUILD ")
-        || step.contains("# Executing ") && step.contains("build trigger")
-    {
-        return true;
-    }
-    let Some(counter) = (step.strip_prefix('['))
-        .and_then(|rest| rest.split(']').next())
-        .and_then(|inside| inside.rsplit(' ').next())
-    else {
-        return false;
-    };
-    match counter.split_once('/') {
-        Some((index, total)) => match (index.parse::<u32>(), total.parse::<u32>()) {
-            (Ok(index), Ok(total)) => index > total,
-            _ => false,
-        },
-        None => false,
-    }
+/// The image a BuildKit step loads the metadata of: `[internal] load metadata for
+/// docker.io/library/node:20` (with a platform: `[linux/arm64 internal] …`).
+fn loaded_image(step: &str) -> Option<&str> {
+    let (prefix, image) = step.split_once("] load metadata for ")?;
+    (prefix.starts_with('[') && prefix.ends_with("internal")).then(|| image.trim())
 }
 
 impl<'a> BuildProgress<'a> {
@@ -497,7 +510,7 @@ impl<'a> BuildProgress<'a> {
             announced: std::collections::HashSet::new(),
             partial_lines: HashMap::new(),
             failed_step: None,
-            ran_base_triggers: false,
+            loaded_images: std::collections::BTreeSet::new(),
         }
     }
 
@@ -505,7 +518,6 @@ impl<'a> BuildProgress<'a> {
     fn handle(&mut self, info: BuildInfo) -> Option<String> {
         if let Some(text) = info.stream {
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                self.ran_base_triggers |= is_base_trigger(line);
                 if line.starts_with("Step ") {
                     self.step = line.split_once(" : ").map(|(_, s)| s.to_owned());
                     self.tail.clear();
@@ -527,7 +539,9 @@ impl<'a> BuildProgress<'a> {
 
     fn buildkit_status(&mut self, status: StatusResponse) {
         for vertex in status.vertexes {
-            self.ran_base_triggers |= is_base_trigger(&vertex.name);
+            if let Some(image) = loaded_image(&vertex.name) {
+                self.loaded_images.insert(image.to_owned());
+            }
             self.vertex_names
                 .insert(vertex.digest.clone(), vertex.name.clone());
             if !vertex.error.is_empty() && self.failed_step.is_none() {
@@ -641,14 +655,17 @@ mod tests {
     }
 
     #[test]
-    fn a_base_image_s_onbuild_triggers_are_seen_in_the_steps() {
-        assert!(is_base_trigger("[2/3] ONBUILD COPY . /app"));
-        assert!(is_base_trigger("[build 3/2] COPY x.txt /x"));
-        assert!(is_base_trigger("# Executing 1 build trigger"));
-        assert!(!is_base_trigger("[2/3] COPY . /app"));
-        assert!(!is_base_trigger("[build 2/2] RUN echo ONBUILD"));
-        assert!(!is_base_trigger("[internal] load build context"));
-        assert!(!is_base_trigger("Step 2/3 : COPY a /a"));
+    fn the_images_buildkit_loads_are_read_from_its_steps() {
+        assert_eq!(
+            loaded_image("[internal] load metadata for docker.io/library/node:20"),
+            Some("docker.io/library/node:20")
+        );
+        assert_eq!(
+            loaded_image("[linux/arm64 internal] load metadata for 127.0.0.1:5000/base:1"),
+            Some("127.0.0.1:5000/base:1")
+        );
+        assert_eq!(loaded_image("[internal] load build context"), None);
+        assert_eq!(loaded_image("[2/3] RUN echo load metadata for x"), None);
     }
 
     #[test]

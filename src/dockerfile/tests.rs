@@ -195,3 +195,81 @@ fn paths_are_cleaned_relative_to_the_context() {
         ["app/src", "etc/conf"]
     );
 }
+
+#[test]
+fn bad_dockerfiles_name_the_line_and_unknown_targets_the_stages() {
+    let ok = "ARG V=1\nFROM scratch AS build\nCOPY a /a\nFROM build AS release\n";
+    assert_eq!(check(ok, None), Ok(()));
+    assert_eq!(check(ok, Some("Release")), Ok(()));
+    let err = check(ok, Some("prod")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "there is no stage named `prod`; its stages are: build, release"
+    );
+    let cases = [
+        (
+            "FROM scratch\nCOPYY a /a\n",
+            "line 2: unknown instruction `COPYY`",
+        ),
+        (
+            "RUN true\nFROM scratch\n",
+            "line 1: RUN comes before the first FROM",
+        ),
+        ("# just a comment\n", "it has no FROM"),
+        ("FROM scratch\nFROM\n", "line 2: FROM names no image"),
+        (
+            "FROM scratch\nRUN <<EOT\nbody\n",
+            "line 2: heredoc `EOT` has no end",
+        ),
+    ];
+    for (text, message) in cases {
+        assert_eq!(
+            check(text, None).unwrap_err().to_string(),
+            message,
+            "{text}"
+        );
+    }
+    // Heredoc bodies are not instructions, whatever their delimiter; `1<<2` opens none.
+    let heredocs = "FROM scratch\nRUN <<EOT-1 sh\nFROM alpine AS other\necho x\nEOT-1\n\
+                    RUN echo $((1<<2))\n";
+    assert_eq!(
+        check(heredocs, Some("other")).unwrap_err().to_string(),
+        "there is no stage named `other`; its stages are: none is named"
+    );
+    // Another frontend has rules of its own.
+    assert_eq!(
+        check("# syntax=example/frontend\nANYTHING goes\n", None),
+        Ok(())
+    );
+}
+
+#[test]
+fn base_images_are_the_froms_and_from_flags_that_name_no_stage() {
+    let text = "# syntax=docker/dockerfile:1\nARG BASE=node:20\nARG TAG\n\
+                FROM ${BASE} AS deps\nFROM scratch AS empty\nFROM deps AS build\n\
+                ARG TOOL=golang:1.22\nCOPY --from=${TOOL} /usr/local/go /go\nCOPY --from=deps /x /x\n\
+                RUN --mount=type=bind,from=busybox:${TAG:-1},target=/b true\n\
+                FROM 0\nCOPY --from=1 /x /x\n";
+    let facts = BuildFacts {
+        target: None,
+        build_args: &[],
+        platform: None,
+    };
+    assert_eq!(
+        base_images(text, &facts).unwrap(),
+        ["busybox:1", "docker/dockerfile:1", "golang:1.22", "node:20"]
+    );
+    let args = [("BASE".to_owned(), "node:22".to_owned())];
+    let facts = BuildFacts {
+        target: None,
+        build_args: &args,
+        platform: None,
+    };
+    assert!(
+        base_images(text, &facts)
+            .unwrap()
+            .contains(&"node:22".to_owned())
+    );
+    let unknown = "FROM --platform=$BUILDPLATFORM golang AS b\nFROM ${BUILDPLATFORM}\n";
+    assert!(base_images(unknown, &facts).is_err());
+}

@@ -92,6 +92,9 @@ struct Inner {
     scheme: &'static str,
     /// `Basic base64(user:password)`, marked sensitive; `None` for anonymous access.
     basic: RwLock<Option<HeaderValue>>,
+    /// `Bearer <token>` from the registry's token service, once a call was challenged for one
+    /// (Docker Hub, GHCR and most registries but ECR); marked sensitive.
+    bearer: RwLock<Option<HeaderValue>>,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// [`REQUEST_TIMEOUT`]; a field so that a test can shorten it.
     request_timeout: Duration,
@@ -161,6 +164,7 @@ impl RegistryClient {
                 host: host.to_owned(),
                 scheme,
                 basic: RwLock::new(None),
+                bearer: RwLock::new(None),
                 http,
                 request_timeout: REQUEST_TIMEOUT,
             }),
@@ -224,7 +228,7 @@ impl RegistryClient {
             message,
         };
         let media_type = manifest_media_type(&resp.headers, &resp.body).map_err(invalid)?;
-        if media_type.contains("manifest.v1+") {
+        if media_type.contains("distribution.manifest.v1+") {
             return Err(invalid(format!(
                 "the registry served a schema1 manifest ({media_type}), which cannot be re-tagged"
             )));
@@ -335,7 +339,9 @@ impl RegistryClient {
         }
     }
 
-    /// One request, within [`REQUEST_TIMEOUT`]; the registry's credentials go along when `authorized`.
+    /// One request, within [`REQUEST_TIMEOUT`]; the registry's credentials go along when
+    /// `authorized`. A challenge for a bearer token is answered once: the token is fetched (with
+    /// the basic credentials where there are any, else anonymously) and the request sent again.
     async fn request(
         &self,
         target: &Target,
@@ -344,16 +350,38 @@ impl RegistryClient {
         authorized: bool,
         body: Option<(HeaderValue, Bytes)>,
     ) -> Result<Response, RegistryError> {
-        let auth = authorized
-            .then(|| {
-                self.inner
-                    .basic
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-            })
-            .flatten();
-        let work = self.send(target, &method, url, auth, body);
+        let read = |slot: &RwLock<Option<HeaderValue>>| {
+            slot.read().unwrap_or_else(|e| e.into_inner()).clone()
+        };
+        let auth = || {
+            authorized
+                .then(|| read(&self.inner.bearer).or_else(|| read(&self.inner.basic)))
+                .flatten()
+        };
+        let response = self
+            .timed(
+                target,
+                self.send(target, &method, url, auth(), body.clone()),
+            )
+            .await?;
+        if !authorized || response.status != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let Some(challenge) = bearer_challenge(&response.headers) else {
+            return Ok(response);
+        };
+        let token = self.fetch_token(target, &challenge).await?;
+        *self.inner.bearer.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        self.timed(target, self.send(target, &method, url, auth(), body))
+            .await
+    }
+
+    /// `work` within [`REQUEST_TIMEOUT`].
+    async fn timed(
+        &self,
+        target: &Target,
+        work: impl std::future::Future<Output = Result<Response, RegistryError>>,
+    ) -> Result<Response, RegistryError> {
         let limit = self.inner.request_timeout;
         tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Err(RegistryError::Transport {
@@ -361,6 +389,54 @@ impl RegistryClient {
                 source: Box::new(Timeout(limit)),
             })
         })
+    }
+
+    /// A token from the registry's token service for the challenged scope, as `Bearer <token>`.
+    async fn fetch_token(
+        &self,
+        target: &Target,
+        challenge: &BearerChallenge,
+    ) -> Result<HeaderValue, RegistryError> {
+        let invalid = |message: String| RegistryError::InvalidResponse {
+            target: Box::new(target.clone()),
+            message,
+        };
+        let query = serde_urlencoded::to_string(
+            [("service", &challenge.service), ("scope", &challenge.scope)]
+                .into_iter()
+                .filter(|(_, value)| !value.is_empty())
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|err| invalid(err.to_string()))?;
+        let url = match query.is_empty() {
+            true => challenge.realm.clone(),
+            false => format!("{}?{query}", challenge.realm),
+        };
+        let basic = self
+            .inner
+            .basic
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let response = self
+            .timed(target, self.send(target, &Method::GET, &url, basic, None))
+            .await?;
+        if !response.status.is_success() {
+            return Err(classify(target.clone(), response.status, &response.body));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&response.body)
+            .map_err(|err| invalid(format!("the token service's answer: {err}")))?;
+        let token = (answer.token.or(answer.access_token))
+            .ok_or_else(|| invalid("the token service gave no token".to_owned()))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| invalid("the token service gave an unusable token".to_owned()))?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 
     async fn send(
@@ -429,6 +505,49 @@ impl RegistryClient {
             body,
         })
     }
+}
+
+/// A `WWW-Authenticate: Bearer realm="…",service="…",scope="…"` challenge.
+#[derive(Debug, PartialEq, Eq)]
+struct BearerChallenge {
+    realm: String,
+    service: String,
+    scope: String,
+}
+
+fn bearer_challenge(headers: &HeaderMap) -> Option<BearerChallenge> {
+    let value = headers.get(http::header::WWW_AUTHENTICATE)?.to_str().ok()?;
+    let (scheme, params) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut challenge = BearerChallenge {
+        realm: String::new(),
+        service: String::new(),
+        scope: String::new(),
+    };
+    let mut rest = params.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        match key.as_str() {
+            "realm" => challenge.realm = value.to_owned(),
+            "service" => challenge.service = value.to_owned(),
+            "scope" => challenge.scope = value.to_owned(),
+            _ => {}
+        }
+        rest = after.trim_start_matches(',').trim();
+    }
+    let realm_ok =
+        challenge.realm.starts_with("https://") || challenge.realm.starts_with("http://");
+    realm_ok.then_some(challenge)
 }
 
 /// `sha256:<hex>` of `bytes`.
@@ -580,5 +699,40 @@ mod tests {
         assert_eq!(source.to_string(), "no complete response within 300ms");
         assert!(err.to_string().contains(&host), "{err}");
         drop(listener);
+    }
+
+    #[test]
+    fn bearer_challenges_are_read_as_registries_send_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:library/node:pull""#,
+            ),
+        );
+        assert_eq!(
+            bearer_challenge(&headers),
+            Some(BearerChallenge {
+                realm: "https://auth.example/token".into(),
+                service: "registry.example".into(),
+                scope: "repository:library/node:pull".into(),
+            })
+        );
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(
+                r#"Basic realm="https://123.dkr.ecr.eu-west-1.amazonaws.com/""#,
+            ),
+        );
+        assert_eq!(bearer_challenge(&headers), None);
+        headers.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="file:///etc/passwd""#),
+        );
+        assert_eq!(
+            bearer_challenge(&headers),
+            None,
+            "only http(s) token services"
+        );
     }
 }

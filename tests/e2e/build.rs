@@ -51,12 +51,17 @@ fn two_image_app_is_built_tagged_pushed_and_described() {
                 "{repository}:{tag} in the registry"
             );
         }
-        // Plus the context digest tag that lets a later run skip an unchanged image.
+        // Plus the context digest tag that lets a later run skip an unchanged image, and the
+        // record of what BuildKit read for its recipe.
         let stored = registry_tags(repository);
         let extra: Vec<_> = stored.iter().filter(|t| !tags.contains(t)).collect();
-        assert_eq!(stored.len(), tags.len() + 1, "{stored:?}");
+        assert_eq!(stored.len(), tags.len() + 2, "{stored:?}");
         assert!(
             extra[0].starts_with("ctx-") && extra[0].len() == 24,
+            "{stored:?}"
+        );
+        assert!(
+            extra[1].starts_with("rcp-") && extra[1].len() == 24,
             "{stored:?}"
         );
         assert_eq!(
@@ -161,10 +166,10 @@ fn rerun_on_the_same_commit_changes_nothing() {
     assert_eq!(artifacts_before, artifacts_after);
     assert_eq!(
         registry_tags(&web).len(),
-        4,
-        "three tags and the context digest tag"
+        5,
+        "three tags, the context digest tag and the record of what BuildKit read"
     );
-    assert_eq!(registry_tags(&worker).len(), 4);
+    assert_eq!(registry_tags(&worker).len(), 5);
     let leftovers: Vec<_> = ws
         .entries()
         .into_iter()

@@ -131,7 +131,7 @@ const CASES: &[(&str, &[(&str, &str)])] = &[
                 "services:\n  api:\n    build:\n      args: [OVERRIDE=1, PLAIN=overridden]\n      cache_from: [team/api:latest]\n      labels:\n        tier: frontend\n",
             ),
             (".env", "FROM_DOTENV=dotenv-value\nTAG=from-dotenv\n"),
-            ("api/build/Dockerfile", "FROM scratch\n"),
+            ("api/build/Dockerfile", "FROM scratch AS release\n"),
         ],
     ),
     (

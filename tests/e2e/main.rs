@@ -15,4 +15,5 @@ mod platforms;
 mod remote;
 mod reuse;
 mod secrets;
+mod skips;
 mod ssm;

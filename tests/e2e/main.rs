@@ -4,6 +4,7 @@
 mod build;
 mod codebuild;
 mod compose;
+mod differential;
 mod dockerignore;
 mod errors;
 mod exec;

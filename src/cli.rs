@@ -100,6 +100,16 @@ pub struct PlanArgs {
     )]
     pub compose: Vec<PathBuf>,
 
+    /// Compose profile to enable, repeatable, as `docker compose --profile` (services with
+    /// `profiles:` build only when one of theirs is enabled; `*` enables all)
+    #[arg(
+        long = "profile",
+        value_name = "NAME",
+        env = "COMPOSE_PROFILES",
+        value_delimiter = ','
+    )]
+    pub profiles: Vec<String>,
+
     /// Registry host to push to, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com [default: the ECR login's endpoint]
     #[arg(long, value_name = "HOST", env = "ECR_BUILD_REGISTRY")]
     pub registry: Option<String>,

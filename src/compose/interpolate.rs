@@ -38,8 +38,28 @@ impl Variables {
             .map(String::as_str)
     }
 
-    /// `text` with every variable replaced.
+    /// `text` with every variable replaced; a variable unset without a default is an error.
     pub fn interpolate(&self, text: &str) -> Result<String, InterpolationError> {
+        self.interpolate_in(text, &mut None)
+    }
+
+    /// `text` with every variable replaced, as Compose does it: one unset without a default is
+    /// the empty string, and is returned with the text (`${VAR?message}` is still an error).
+    pub fn interpolate_leniently(
+        &self,
+        text: &str,
+    ) -> Result<(String, Vec<String>), InterpolationError> {
+        let mut unset = Some(Vec::new());
+        let text = self.interpolate_in(text, &mut unset)?;
+        Ok((text, unset.unwrap_or_default()))
+    }
+
+    /// With `unset` (lenient), unset variables are collected there instead of failing.
+    fn interpolate_in(
+        &self,
+        text: &str,
+        unset: &mut Option<Vec<String>>,
+    ) -> Result<String, InterpolationError> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(dollar) = rest.find('$') {
@@ -52,7 +72,7 @@ impl Variables {
                 let end = closing_brace(braced).ok_or_else(|| {
                     InterpolationError::Syntax(format!("${{{braced}: no closing }}"))
                 })?;
-                out.push_str(&self.expression(&braced[..end])?);
+                out.push_str(&self.expression(&braced[..end], unset)?);
                 rest = &braced[end + 1..];
             } else {
                 let name_len = name_length(rest);
@@ -60,7 +80,7 @@ impl Variables {
                     // A `$` before anything but a name stays a `$`.
                     out.push('$');
                 } else {
-                    out.push_str(&self.value(&rest[..name_len], None)?);
+                    out.push_str(&self.value(&rest[..name_len], unset)?);
                     rest = &rest[name_len..];
                 }
             }
@@ -70,7 +90,11 @@ impl Variables {
     }
 
     /// What is between `${` and `}`.
-    fn expression(&self, expression: &str) -> Result<String, InterpolationError> {
+    fn expression(
+        &self,
+        expression: &str,
+        unset: &mut Option<Vec<String>>,
+    ) -> Result<String, InterpolationError> {
         let name_len = name_length(expression);
         let (name, operator) = expression.split_at(name_len);
         if name.is_empty() {
@@ -93,7 +117,7 @@ impl Variables {
             ("+", value.is_some()),
         ];
         if operator.is_empty() {
-            return self.value(name, None);
+            return self.value(name, unset);
         }
         for (symbol, holds) in operators {
             let Some(argument) = operator.strip_prefix(symbol) else {
@@ -101,10 +125,10 @@ impl Variables {
             };
             return match (symbol.trim_start_matches(':'), holds) {
                 ("-", true) => Ok(value.unwrap_or_default().to_owned()),
-                ("-", false) => self.interpolate(argument),
+                ("-", false) => self.interpolate_in(argument, unset),
                 ("?", true) => Ok(value.unwrap_or_default().to_owned()),
-                ("?", false) => Err(missing(&self.interpolate(argument)?)),
-                (_, true) => self.interpolate(argument),
+                ("?", false) => Err(missing(&self.interpolate_in(argument, unset)?)),
+                (_, true) => self.interpolate_in(argument, unset),
                 (_, false) => Ok(String::new()),
             };
         }
@@ -113,13 +137,32 @@ impl Variables {
         )))
     }
 
-    fn value(&self, name: &str, message: Option<String>) -> Result<String, InterpolationError> {
-        self.get(name)
-            .map(str::to_owned)
-            .ok_or_else(|| InterpolationError::Missing {
+    fn value(
+        &self,
+        name: &str,
+        unset: &mut Option<Vec<String>>,
+    ) -> Result<String, InterpolationError> {
+        match (self.get(name), unset) {
+            (Some(value), _) => Ok(value.to_owned()),
+            (None, Some(unset)) => {
+                unset.push(name.to_owned());
+                Ok(String::new())
+            }
+            (None, None) => Err(InterpolationError::Missing {
                 variable: name.to_owned(),
-                message,
-            })
+                message: None,
+            }),
+        }
+    }
+
+    /// A variable's value: the environment's, else the `.env` file's.
+    pub fn lookup(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
+
+    /// The environment alone (what an included project's own `.env` is read against).
+    pub fn environment(&self) -> &HashMap<String, String> {
+        &self.environment
     }
 }
 
@@ -155,48 +198,141 @@ fn closing_brace(text: &str) -> Option<usize> {
     None
 }
 
-/// A `.env` file: `KEY=VALUE` lines, `#` comments, an optional `export `, values in single quotes
-/// taken as they are, in double quotes with `\n`, `\"` and `\\` escapes.
-pub fn parse_dotenv(text: &str) -> Result<HashMap<String, String>, String> {
-    let mut values = HashMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+/// A `.env` file as Compose reads it (compose-go's dotenv parser): `KEY=VALUE` (or `KEY: VALUE`)
+/// statements, an optional `export `, `#` comment lines, and a key alone on its line taking its
+/// value from the environment. An unquoted value ends at the line's end or at ` #`; a value in
+/// single quotes is taken as it is; one in double quotes has escapes (`\n`, `\t`, `\"`, `\\`,
+/// `\$`, …). Either kind of quotes may span lines. Unquoted and double-quoted values are
+/// interpolated, from the environment first and then the values above them; a variable unset
+/// there is the empty string, as Compose has it.
+pub fn parse_dotenv(
+    text: &str,
+    environment: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, String> {
+    let mut values: HashMap<String, String> = HashMap::new();
+    let mut rest = text;
+    let mut line = 1;
+    loop {
+        // The next statement: past blank space and comment lines.
+        let start = rest.trim_start();
+        line += rest[..rest.len() - start.len()].matches('\n').count();
+        rest = start;
+        if rest.is_empty() {
+            return Ok(values);
+        }
+        if rest.starts_with('#') {
+            rest = rest.split_once('\n').map_or("", |(_, after)| after);
+            line += 1;
             continue;
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| format!("line {}: `{line}` is not KEY=VALUE", number + 1))?;
-        let key = key.trim();
-        if name_length(key) != key.len() || key.is_empty() {
-            return Err(format!(
-                "line {}: `{key}` is not a variable name",
-                number + 1
-            ));
+        if let Some(after) = rest.strip_prefix("export")
+            && after.starts_with([' ', '\t'])
+        {
+            rest = after.trim_start_matches([' ', '\t']);
         }
-        values.insert(key.to_owned(), dotenv_value(value.trim()));
+        let end = rest.find(['=', ':', '\n']).unwrap_or(rest.len());
+        let key = rest[..end].trim_end();
+        let valid = |c: char| c.is_alphanumeric() || "_.-[]".contains(c);
+        if key.is_empty() || !key.chars().all(valid) {
+            let shown = rest.lines().next().unwrap_or_default();
+            return Err(format!("line {line}: `{shown}` is not KEY=VALUE"));
+        }
+        let key = key.to_owned();
+        if !rest[end..].starts_with(['=', ':']) {
+            // A key alone: its value is the environment's, if it has one.
+            if let Some(value) = environment.get(&key) {
+                values.insert(key, value.clone());
+            }
+            rest = rest.get(end + 1..).unwrap_or("");
+            line += 1;
+            continue;
+        }
+        let after = rest[end + 1..].trim_start_matches([' ', '\t']);
+        let (raw, quote, remaining) = split_value(after)
+            .ok_or_else(|| format!("line {line}: the quoted value of {key} has no end"))?;
+        line += after[..after.len() - remaining.len()].matches('\n').count();
+        let value = match quote {
+            Some('\'') => raw,
+            Some(_) => dotenv_interpolate(&unescape(&raw), environment, &values),
+            None => dotenv_interpolate(&raw, environment, &values),
+        };
+        values.insert(key, value);
+        rest = remaining;
     }
-    Ok(values)
 }
 
-fn dotenv_value(value: &str) -> String {
-    if let Some(quoted) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        return quoted.to_owned();
+/// A value: its raw text, its quote, and what follows it.
+fn split_value(text: &str) -> Option<(String, Option<char>, &str)> {
+    let Some(quote) = text.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+        let (value, rest) = text.split_once('\n').unwrap_or((text, ""));
+        let value = value.split(" #").next().unwrap_or_default().trim_end();
+        return Some((value.to_owned(), None, rest));
+    };
+    let mut raw = String::new();
+    let mut escaped = false;
+    for (at, c) in text[1..].char_indices() {
+        if c == quote && !escaped {
+            let rest = &text[1 + at + 1..];
+            let rest = rest.split_once('\n').map_or("", |(_, after)| after);
+            return Some((raw, Some(quote), rest));
+        }
+        if escaped {
+            // Only the quote loses its backslash here; the rest keep theirs for unescape.
+            if c != quote {
+                raw.push('\\');
+            }
+            raw.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else {
+            raw.push(c);
+        }
     }
-    if let Some(quoted) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        return quoted
-            .replace("\\n", "\n")
-            .replace("\\\"", "\"")
-            .replace("\\\\", "\\");
+    None
+}
+
+/// The escapes of a double-quoted value; `\$` stays a literal `$` (as `$$`).
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('a') => out.push('\u{7}'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some('$') => out.push_str("$$"),
+            Some(other @ ('"' | '\\')) => out.push(other),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
     }
-    // An unquoted value ends at ` #`.
-    value
-        .split(" #")
-        .next()
-        .unwrap_or_default()
-        .trim_end()
-        .to_owned()
+    out
+}
+
+/// A `.env` value interpolated: the environment first, then the values above it; unset is empty.
+fn dotenv_interpolate(
+    value: &str,
+    environment: &HashMap<String, String>,
+    above: &HashMap<String, String>,
+) -> String {
+    let mut known = above.clone();
+    known.extend(environment.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let variables = Variables::new(known, HashMap::new());
+    variables
+        .interpolate_leniently(value)
+        .map_or_else(|_| value.to_owned(), |(text, _)| text)
 }
 
 #[cfg(test)]
@@ -276,6 +412,7 @@ mod tests {
     fn dotenv_files() {
         let parsed = parse_dotenv(
             "# comment\n\nA=1\nexport B = two words \nC='$literal'\nD=\"line\\nnext\"\nE=x # note\n",
+            &HashMap::new(),
         )
         .unwrap();
         assert_eq!(parsed["A"], "1");
@@ -283,7 +420,43 @@ mod tests {
         assert_eq!(parsed["C"], "$literal");
         assert_eq!(parsed["D"], "line\nnext");
         assert_eq!(parsed["E"], "x");
-        assert!(parse_dotenv("no equals sign").is_err());
-        assert!(parse_dotenv("1A=x").is_err());
+        assert!(parse_dotenv("no equals sign here", &HashMap::new()).is_err());
+        assert!(parse_dotenv("A=\"open", &HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn dotenv_files_as_compose_reads_them() {
+        let environment = HashMap::from([
+            ("BASE".to_owned(), "from-env".to_owned()),
+            ("ALONE".to_owned(), "inherited".to_owned()),
+        ]);
+        let text = "BASE=from-file\nTAG=${BASE}-x\nLOCAL=one\nREF=$LOCAL-${UNSET:-d}-${UNSET}\n\
+                    MULTI=\"first\nsecond \\\"q\\\" \\$LOCAL\"\nSINGLE='${LOCAL} \\n\nstill'\n\
+                    export   EXPORTED=yes # a comment\nHASH=a#b\nYAML: style\nALONE\nMISSING_ALONE\n\
+                    dotted.key-1=ok\nEMPTY=\nQUOTED_HASH=\"x # y\"\n";
+        let parsed = parse_dotenv(text, &environment).unwrap();
+        assert_eq!(parsed["BASE"], "from-file");
+        assert_eq!(parsed["TAG"], "from-env-x", "the environment comes first");
+        assert_eq!(parsed["REF"], "one-d-");
+        assert_eq!(parsed["MULTI"], "first\nsecond \"q\" $LOCAL");
+        assert_eq!(parsed["SINGLE"], "${LOCAL} \\n\nstill");
+        assert_eq!(parsed["EXPORTED"], "yes");
+        assert_eq!(parsed["HASH"], "a#b");
+        assert_eq!(parsed["YAML"], "style");
+        assert_eq!(parsed["ALONE"], "inherited");
+        assert!(!parsed.contains_key("MISSING_ALONE"));
+        assert_eq!(parsed["dotted.key-1"], "ok");
+        assert_eq!(parsed["EMPTY"], "");
+        assert_eq!(parsed["QUOTED_HASH"], "x # y");
+    }
+
+    #[test]
+    fn lenient_interpolation_is_compose_s_empty_string_and_names_the_variable() {
+        let (text, unset) = vars()
+            .interpolate_leniently("a-${UNSET}-$ALSO-${SET}")
+            .unwrap();
+        assert_eq!(text, "a---value");
+        assert_eq!(unset, ["UNSET", "ALSO"]);
+        assert!(vars().interpolate_leniently("${UNSET?needed}").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     ArtifactFlags, ArtifactsSettings, Builder, ConfigError, ConfigFile, DEFAULT_TAG, ImagePlan,
-    Plan, PlanParts, SecretSource, clean, finish, parse_secret_overrides,
+    Plan, PlanParts, SecretSource, finish, parse_secret_overrides,
 };
 use crate::cli::PlanArgs;
 use crate::compose::{self, Project, Service};
@@ -29,7 +29,7 @@ pub(super) fn plan_from_compose(
                 .into(),
         });
     }
-    let project = compose::load(&files, std::env::vars().collect())?;
+    let project = compose::load(&files, std::env::vars().collect(), &args.profiles)?;
     let invalid = |message: String| ConfigError::Invalid {
         origin: project.origin.clone(),
         message,
@@ -100,6 +100,27 @@ struct ImageDefaults {
     platforms: Option<Vec<String>>,
 }
 
+/// A path with `.` and `..` resolved by its text, as Compose resolves the paths of its files
+/// (an included project's `../shared/lib` is `shared/lib` beside it).
+fn resolve_dots(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut resolved = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match resolved.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    resolved.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => resolved.push(".."),
+            },
+            other => resolved.push(other),
+        }
+    }
+    resolved
+}
+
 /// One service as an image.
 fn image_plan(
     service: &Service,
@@ -123,8 +144,8 @@ fn image_plan(
     Ok(ImagePlan {
         name,
         repository: service.repository.clone(),
-        context: clean(&service.context),
-        dockerfile: clean(&service.context.join(&service.dockerfile)),
+        context: resolve_dots(&service.context),
+        dockerfile: resolve_dots(&service.context.join(&service.dockerfile)),
         target: service.target.clone(),
         build_args: service.args.clone(),
         secrets,
@@ -188,4 +209,25 @@ fn one_registry(project: &Project) -> Result<Option<String>, String> {
         ));
     }
     Ok(first.registry.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_resolve_by_the_text_as_compose_resolves_them() {
+        for (given, resolved) in [
+            ("/p/./api/../shared/./lib", "/p/shared/lib"),
+            ("/../x", "/x"),
+            ("rel/../../up", "../up"),
+            ("/p/web/.", "/p/web"),
+        ] {
+            assert_eq!(
+                resolve_dots(Path::new(given)),
+                PathBuf::from(resolved),
+                "{given}"
+            );
+        }
+    }
 }

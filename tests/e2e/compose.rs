@@ -152,9 +152,100 @@ const CASES: &[(&str, &[(&str, &str)])] = &[
             ("worker/Dockerfile", "FROM scratch\n"),
         ],
     ),
+    (
+        "profiles",
+        &[
+            (
+                "compose.yaml",
+                "services:\n  web:\n    image: team/web\n    build: .\n  debug:\n    image: team/debug\n    build: .\n    profiles: [debug]\n  tools:\n    image: team/tools\n    build: .\n    profiles: [tools]\n  db:\n    image: postgres:16\n    profiles: [debug]\n",
+            ),
+            ("Dockerfile", "FROM scratch\n"),
+        ],
+    ),
+    (
+        "extends-across-files",
+        &[
+            (
+                "compose.yaml",
+                "services:\n  base:\n    image: team/base\n    build:\n      context: ./app\n      args: {LEVEL: base, KEEP: kept}\n      target: release\n  web:\n    extends: base\n    image: team/web\n    build:\n      args: {LEVEL: web}\n  api:\n    extends:\n      file: common/services.yaml\n      service: api-base\n    image: team/api\n",
+            ),
+            (
+                "common/services.yaml",
+                "services:\n  root:\n    build:\n      context: ./src\n      args: {FROM: root}\n  api-base:\n    extends: root\n    build:\n      dockerfile: api.Dockerfile\n      labels: [tier=api]\n",
+            ),
+            ("app/Dockerfile", "FROM scratch AS release\n"),
+            ("common/src/api.Dockerfile", "FROM scratch\n"),
+        ],
+    ),
+    (
+        "include-with-its-own-env",
+        &[
+            (
+                "compose.yaml",
+                "include:\n  - path: ./other/../shared/compose.yaml\n    project_directory: other/../shared\n  - path: other/compose.yaml\n    env_file: other/custom.env\nservices:\n  web:\n    image: team/web\n    build: .\n",
+            ),
+            (
+                "shared/compose.yaml",
+                "services:\n  lib:\n    image: team/lib\n    build:\n      context: ./lib\n      args: [LIB_TAG, \"INTERPOLATED=${LIB_TAG}\"]\n",
+            ),
+            ("shared/.env", "LIB_TAG=from-shared-dotenv\n"),
+            (
+                "other/compose.yaml",
+                "services:\n  other:\n    image: team/other\n    build:\n      context: .\n      args: {OTHER_TAG: \"${OTHER_TAG}\"}\n",
+            ),
+            ("other/custom.env", "OTHER_TAG=from-custom-env\n"),
+            ("Dockerfile", "FROM scratch\n"),
+            ("shared/lib/Dockerfile", "FROM scratch\n"),
+            ("other/Dockerfile", "FROM scratch\n"),
+        ],
+    ),
+    (
+        "args-without-value",
+        &[
+            (
+                "compose.yaml",
+                "services:\n  map:\n    image: team/map\n    build:\n      context: .\n      args:\n        FROM_ENV:\n        FROM_DOTENV:\n        NOWHERE:\n  list:\n    image: team/list\n    build:\n      context: .\n      args: [FROM_ENV, FROM_DOTENV, NOWHERE, GIVEN=yes]\n",
+            ),
+            (
+                ".env",
+                "FROM_DOTENV=dotenv-value\nFROM_ENV=the-environment-wins\n",
+            ),
+            ("Dockerfile", "FROM scratch\n"),
+        ],
+    ),
+    (
+        "dotenv-forms",
+        &[
+            (
+                "compose.yaml",
+                "services:\n  web:\n    image: team/web:${TAG}\n    build:\n      context: .\n      args:\n        TAG: ${TAG}\n        MULTI: ${MULTI}\n        SINGLE: ${SINGLE}\n        EXPORTED: ${EXPORTED}\n        COMMENTED: ${COMMENTED}\n        ESCAPED: ${ESCAPED}\n        FROM_ENV_FIRST: ${FROM_ENV_FIRST}\n        HASH: ${HASH}\n",
+            ),
+            (
+                ".env",
+                "# the base\nBASE=base-1\nTAG=${BASE}-x\nMULTI=\"first line\nsecond \\\"quoted\\\" line\"\nSINGLE='${BASE} stays $literal'\nexport EXPORTED=exported\nCOMMENTED=value # a comment\nESCAPED=\"tab\\there \\$BASE\"\nFROM_ENV_FIRST=${PLAIN}-from-dotenv\nHASH=a#b\n",
+            ),
+            ("Dockerfile", "FROM scratch\n"),
+        ],
+    ),
+    (
+        "extension-keys-in-build",
+        &[
+            (
+                "compose.yaml",
+                "services:\n  web:\n    image: team/web\n    build:\n      context: .\n      x-notes: built by ecr-build\n      x-owner: {team: core}\n      args: {A: b}\n    environment:\n      - DB_PASSWORD=${DB_PASSWORD}\n",
+            ),
+            ("Dockerfile", "FROM scratch\n"),
+        ],
+    ),
 ];
 
-const ENV: &[(&str, &str)] = &[("PLAIN", "plain-value"), ("EMPTY", ""), ("VERSION", "3.1")];
+const ENV: &[(&str, &str)] = &[
+    ("PLAIN", "plain-value"),
+    ("EMPTY", ""),
+    ("VERSION", "3.1"),
+    ("COMPOSE_PROFILES", "debug"),
+    ("FROM_ENV", "from-the-environment"),
+];
 
 /// What Docker Compose reads for every service that builds.
 fn compose_config(dir: &Path, files: &[&str]) -> BTreeMap<String, Value> {
@@ -218,9 +309,12 @@ fn what_ecr_build_reads_equals_what_docker_compose_reads() {
         for (name, text) in *files {
             ws.write(name, text);
         }
+        // The files named on the command line: those at the top; the others are extended or
+        // included.
         let names: Vec<&str> = (files.iter())
             .map(|(name, _)| *name)
             .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
+            .filter(|name| !name.contains('/'))
             .collect();
         let theirs = compose_config(ws.path(), &names);
         let ours = ecr_build_plan(&ws, &names);
@@ -315,4 +409,112 @@ fn what_ecr_build_reads_equals_what_docker_compose_reads() {
             }
         }
     }
+}
+
+/// An app whose images come through a profile-only service, an `extends` chain and an included
+/// file: ecr-build builds and pushes exactly what `docker compose build` builds, with the same
+/// args, read back from the images.
+#[test]
+fn profiles_extends_and_include_build_what_docker_compose_builds() {
+    let prefix = unique("e2e-compose-model");
+    let registry = &services().registry;
+    let base = &services().base_image;
+    let ws = Workspace::empty();
+    let dockerfile = "ARG BASE\nFROM ${BASE}\nARG SERVICE\nARG LEVEL=none\nARG TOKEN=none\nARG LIBV=none\n\
+                      RUN echo \"$SERVICE $LEVEL $TOKEN $LIBV\" > /info\n";
+    ws.write("Dockerfile", dockerfile);
+    ws.write("lib/Dockerfile", dockerfile);
+    ws.write(
+        "compose.yaml",
+        &format!(
+            "include:\n  - lib/compose.yaml\nservices:\n  base:\n    image: {registry}/{prefix}/base\n    \
+             build:\n      context: .\n      network: none\n      args: {{BASE: {base}, LEVEL: base, SERVICE: base}}\n  \
+             web:\n    extends: base\n    image: {registry}/{prefix}/web\n    build:\n      args: {{LEVEL: web, SERVICE: web}}\n  \
+             api:\n    extends: web\n    image: {registry}/{prefix}/api\n    build:\n      args:\n        SERVICE: api\n        TOKEN:\n  \
+             debug:\n    image: {registry}/{prefix}/debug\n    profiles: [debug]\n    build:\n      context: .\n      \
+             network: none\n      args: {{BASE: {base}, SERVICE: debug}}\nx-ecr-build:\n  tags: [\"{{short_sha}}\"]\n"
+        ),
+    );
+    ws.write(
+        "lib/compose.yaml",
+        &format!(
+            "services:\n  lib:\n    image: {registry}/{prefix}/lib\n    build:\n      context: .\n      \
+             network: none\n      args: {{BASE: {base}, SERVICE: lib, LIBV: \"${{LIBV}}\"}}\n"
+        ),
+    );
+    ws.write("lib/.env", "LIBV=from-lib-dotenv\n");
+    ws.write(".env", "TOKEN=from-dotenv\n");
+    let built = ["base", "web", "api", "lib"];
+    for service in built.iter().chain(&["debug"]) {
+        create_repository(&format!("{prefix}/{service}"));
+    }
+
+    // What Docker Compose builds: the images it tags `:latest`.
+    let config = tempfile::tempdir().unwrap();
+    let buildx = std::env::var("ECR_BUILD_TEST_BUILDX").unwrap_or_default();
+    if !buildx.is_empty() {
+        std::fs::create_dir_all(config.path().join("cli-plugins")).unwrap();
+        std::os::unix::fs::symlink(&buildx, config.path().join("cli-plugins/docker-buildx"))
+            .unwrap();
+    }
+    let output = std::process::Command::new(required("ECR_BUILD_TEST_COMPOSE"))
+        .current_dir(ws.path())
+        .env("DOCKER_HOST", &services().docker_host)
+        .env("DOCKER_CONFIG", config.path())
+        .env_remove("COMPOSE_PROFILES")
+        .args(["build"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "docker compose build: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let composed = |service: &str| format!("{registry}/{prefix}/{service}:latest");
+    let built_by_compose: Vec<&str> = (built.iter().chain(&["debug"]))
+        .copied()
+        .filter(|service| image_exists(&composed(service)))
+        .collect();
+    assert_eq!(built_by_compose, built, "what docker compose build built");
+
+    let sha = new_sha();
+    let run = ws
+        .ecr_build()
+        .args(["build", "--registry", registry])
+        .env("ECR_BUILD_SHA", &sha)
+        .env_remove("COMPOSE_PROFILES")
+        .run()
+        .success();
+    let pushed: Vec<&str> = (run.stdout.lines())
+        .filter(|line| line.split_whitespace().nth(1) == Some("pushed"))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(pushed, built, "{}", run.stdout);
+    for service in built {
+        let ours = format!("{registry}/{prefix}/{service}:{}", &sha[..7]);
+        assert_eq!(
+            docker_run(&ours, &["cat", "/info"]),
+            docker_run(&composed(service), &["cat", "/info"]),
+            "{service}: the args of its image"
+        );
+    }
+    assert_eq!(
+        docker_run(
+            &format!("{registry}/{prefix}/api:{}", &sha[..7]),
+            &["cat", "/info"]
+        ),
+        "api web from-dotenv none\n"
+    );
+    // The profile enabled: the debug service too.
+    let with_debug = ws
+        .ecr_build()
+        .args(["plan", "--profile", "debug"])
+        .env("ECR_BUILD_SHA", &sha)
+        .run()
+        .success();
+    let plan: Value = serde_json::from_str(&with_debug.stdout).unwrap();
+    let names: Vec<&str> = (plan["images"].as_array().unwrap().iter())
+        .map(|image| image["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "web", "api", "debug", "lib"]);
 }

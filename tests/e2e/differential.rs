@@ -192,7 +192,11 @@ fn edit(rng: &mut Rng, ws: &Workspace, round: usize) -> String {
         }
         _ => {
             use std::os::unix::fs::PermissionsExt;
-            let mode = if round.is_multiple_of(2) { 0o600 } else { 0o755 };
+            let mode = if round.is_multiple_of(2) {
+                0o600
+            } else {
+                0o755
+            };
             std::fs::set_permissions(ws.path().join(path), std::fs::Permissions::from_mode(mode))
                 .unwrap();
             format!("chmod {mode:o} {path}")

@@ -15,7 +15,6 @@ pub mod error;
 pub mod exec;
 pub mod git;
 pub mod image;
-mod multiarch;
 pub mod output;
 pub mod pipeline;
 pub mod reference;

@@ -1,0 +1,212 @@
+//! One run of `build` or `plan`. An image goes, top to bottom: its context is read and hashed
+//! ([`context::prepare`]); the run's tags are rendered; the registry and the secrets are reached;
+//! the base images are resolved ([`bases::resolve_all`]); then each image is built or found
+//! unchanged, for one platform ([`single`]) or several ([`platforms`]), both through the steps
+//! they share ([`steps`]); once every image is done, the artifacts are written. Decisions are pure
+//! functions in other modules; these modules do the I/O in the order they say.
+
+mod platforms;
+mod single;
+mod steps;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::artifacts;
+use crate::aws::{self, ecr, ecr::RegistryAccess};
+use crate::config::Plan;
+use crate::context::{self, PreparedImage};
+use crate::decide::TagRules;
+use crate::docker::Engine;
+use crate::error::{Error, Result};
+use crate::image::REVISION_LABEL;
+use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
+use crate::secrets::{self, SecretValues};
+use crate::tags::{self, BuildEnv, RunTags};
+use crate::{bases, git};
+use steps::RunContext;
+
+/// Images whose registry look-ups (and re-tags) go out at once.
+const REGISTRY_FAN_OUT: usize = 32;
+
+pub struct BuildSettings {
+    pub dry_run: bool,
+    /// Build even where the registry has an image of the same context digest.
+    pub rebuild: bool,
+    /// How long a push or registry call is retried while its faults are transient.
+    pub retry_budget: Duration,
+    pub jobs: usize,
+    pub docker_timeout: Duration,
+}
+
+/// The run's tags; a dry run without a commit tags with a hash of every image's context digest.
+fn run_tags(
+    plan: &Plan,
+    sha_flag: Option<&str>,
+    prepared: &[PreparedImage],
+    dry_run: bool,
+) -> Result<RunTags> {
+    let stand_in = dry_run.then(|| {
+        let mut hasher = Sha256::new();
+        for image in prepared {
+            hasher.update(image.plan.name.as_bytes());
+            hasher.update([0]);
+            hasher.update(image.digest.as_bytes());
+        }
+        format!("{:x}", hasher.finalize())[..40].to_owned()
+    });
+    let git = |args: &[&str]| git::output(&plan.source_dir, args);
+    tags::resolve_run_tags(
+        &plan.tags,
+        sha_flag,
+        &BuildEnv::from_process(),
+        git,
+        stand_in,
+    )
+    .map_err(|err| Error::usage(err.to_string()))
+}
+
+/// `ecr-build plan`: the JSON on stdout, nothing built.
+pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
+    let prepared = context::prepare(&plan).await?;
+    let run_tags = run_tags(&plan, sha_flag, &prepared, false)?;
+    let (registry, source) = ecr::offline_registry(plan.registry.as_deref());
+    tracing::info!("registry {registry} (from {source})");
+    let images = prepared
+        .iter()
+        .map(|p| {
+            let uris = (run_tags.tags.iter())
+                .map(|t| format!("{registry}/{}:{t}", p.plan.repository))
+                .collect();
+            PlannedImage::new(p, uris)
+        })
+        .collect();
+    let output = PlanOutput {
+        registry: &registry,
+        sha: run_tags.sha.as_deref(),
+        tags: &run_tags.tags,
+        images,
+    };
+    report::print_plan(&output).context("cannot print the plan")?;
+    Ok(())
+}
+
+/// One image, from its prepared context to its outcome: for one platform or several.
+async fn build_one(
+    run: &RunContext<'_>,
+    image: PreparedImage,
+    secrets: SecretValues,
+) -> Result<ImageOutcome> {
+    match image.variants.is_empty() {
+        true => single::build(run, image, secrets).await,
+        false => platforms::build(run, image, secrets).await,
+    }
+}
+
+/// The registry, its access and tag rules, and every image's secrets: from AWS, or for a dry run
+/// without it.
+async fn remote_side(
+    plan: &Plan,
+    dry_run: bool,
+) -> Result<(
+    String,
+    Option<RegistryAccess>,
+    HashMap<String, TagRules>,
+    Vec<SecretValues>,
+)> {
+    if dry_run {
+        let (registry, source) = ecr::offline_registry(plan.registry.as_deref());
+        tracing::info!(
+            "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
+        );
+        let secrets = secrets::resolve(plan, None).await?;
+        return Ok((registry, None, HashMap::new(), secrets));
+    }
+    let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
+    let aws = aws::connect(plan.registry.as_deref(), &repositories).await?;
+    let secrets = secrets::resolve(plan, Some((&aws.ssm, &aws.region))).await?;
+    Ok((aws.registry, Some(aws.access), aws.rules, secrets))
+}
+
+/// `ecr-build build`.
+pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) -> Result<()> {
+    // A run that pushes knows its tags without the contexts: a missing commit fails before any call.
+    let early_tags = match settings.dry_run {
+        false => Some(run_tags(&plan, sha_flag, &[], false)?),
+        true => None,
+    };
+    // No idle waits: the contexts are walked and hashed while ECR logs in, the repositories are
+    // checked, the secrets are read and the engine is reached (CodeBuild's dockerd may be starting).
+    let ((prepared, engine), (registry, access, rules, secrets)) = tokio::try_join!(
+        async {
+            tokio::try_join!(context::prepare(&plan), async {
+                Ok(Engine::connect(settings.docker_timeout).await?)
+            })
+        },
+        remote_side(&plan, settings.dry_run),
+    )?;
+    let run_tags = match early_tags {
+        Some(tags) => tags,
+        None => run_tags(&plan, sha_flag, &prepared, true)?,
+    };
+    let labels = (run_tags.sha.iter())
+        .map(|sha| (REVISION_LABEL.to_owned(), sha.clone()))
+        .collect();
+    let recipes = (prepared.iter()).flat_map(|image| {
+        std::iter::once(&image.recipe).chain(image.variants.iter().map(|v| &v.recipe))
+    });
+    let registries = bases::Registries {
+        run_registry: &registry,
+        access: access.as_ref(),
+    };
+    let resolved_bases = bases::resolve_all(&engine, &registries, recipes).await;
+    let run = RunContext {
+        engine: &engine,
+        registry: &registry,
+        tags: &run_tags.tags,
+        labels,
+        network: plan.network.as_deref(),
+        builder: plan.builder,
+        access,
+        rules,
+        rebuild: settings.rebuild,
+        retry_budget: settings.retry_budget,
+        build_slots: tokio::sync::Semaphore::new(settings.jobs),
+        partial: plan.partial,
+        bases: resolved_bases,
+    };
+    let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
+        futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())
+            .map(|(index, (image, secrets))| {
+                let run = &run;
+                async move {
+                    let name = image.plan.name.clone();
+                    (index, name, build_one(run, image, secrets).await)
+                }
+            })
+            .buffer_unordered(REGISTRY_FAN_OUT)
+            .collect()
+            .await;
+    outcomes.sort_by_key(|(index, _, _)| *index);
+    let outcomes = outcomes
+        .into_iter()
+        .map(|(_, name, outcome)| (name, outcome));
+    let succeeded = report::summarize(outcomes.collect(), &run_tags.tags)?;
+    if plan.partial {
+        tracing::info!(
+            "a part (--only, --platform): pushed under ctx- tags only, no artifact written; a full run \
+             finds every part, puts the tags and indexes, and writes the artifacts"
+        );
+        return Ok(());
+    }
+    Ok(artifacts::write_for(
+        &plan.artifacts,
+        plan.images.len() > 1,
+        &run_tags.tags[0],
+        &succeeded,
+    )?)
+}

@@ -1,0 +1,397 @@
+//! The steps that every image's way shares, for one platform or several: the run's shared
+//! parts, a recipe's key, the context digest known before a build (BuildKit's record), the build,
+//! the mark it gets after it, and the push.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::aws::ecr::{EcrLogin, RegistryAccess};
+use crate::bases;
+use crate::config::Builder;
+use crate::context::{PreparedImage, SyncRequest};
+use crate::decide::{self, Recipe, TagRules};
+use crate::docker::{BuildRequest, BuiltImage, DockerError, Engine};
+use crate::error::Result;
+use crate::image::{BASES_LABEL, INPUTS_LABEL, RECIPE_LABEL, REVISION_LABEL};
+use crate::reference;
+use crate::report::{ImageOutcome, InputsSource};
+use crate::retry;
+use crate::reuse::ImageRegistry;
+use crate::secrets::SecretValues;
+
+/// The parts of a run every image shares.
+pub(super) struct RunContext<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) registry: &'a str,
+    pub(super) tags: &'a [String],
+    pub(super) labels: Vec<(String, String)>,
+    pub(super) network: Option<&'a str>,
+    pub(super) builder: Builder,
+    /// `None` in a dry run.
+    pub(super) access: Option<RegistryAccess>,
+    /// Each repository's tag rules, from ECR.
+    pub(super) rules: HashMap<String, TagRules>,
+    pub(super) rebuild: bool,
+    /// How long transient registry faults are retried, per call.
+    pub(super) retry_budget: Duration,
+    /// `--jobs`: how many images build and push at once. Registry look-ups and re-tags of
+    /// unchanged images need no slot.
+    pub(super) build_slots: tokio::sync::Semaphore,
+    /// A fan-out job's part: only ctx- tags are pushed.
+    pub(super) partial: bool,
+    /// Every image's base images, resolved once for the run (normalized reference → digest).
+    pub(super) bases: HashMap<String, std::result::Result<String, String>>,
+}
+
+impl RunContext<'_> {
+    /// One of the `--jobs` build slots, held while an image builds and pushes.
+    pub(super) async fn build_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        Ok(self
+            .build_slots
+            .acquire()
+            .await
+            .map_err(anyhow::Error::from)?)
+    }
+
+    /// The tags this run puts: none in a part of a fan-out.
+    pub(super) fn put_tags(&self) -> &[String] {
+        if self.partial { &[] } else { self.tags }
+    }
+
+    /// `image`'s registry calls, retried within the run's budget.
+    pub(super) fn image_registry<'a>(
+        &self,
+        access: &'a RegistryAccess,
+        image: &'a PreparedImage,
+    ) -> ImageRegistry<'a> {
+        ImageRegistry {
+            access,
+            image: &image.plan.name,
+            repository: &image.plan.repository,
+            retry_budget: self.retry_budget,
+        }
+    }
+
+    /// `repository`'s tag rules, as ECR gave them; mutable where it gave none.
+    pub(super) fn rules_of(&self, repository: &str) -> TagRules {
+        self.rules.get(repository).cloned().unwrap_or_default()
+    }
+
+    /// The commit images are labelled with, if the run has one.
+    pub(super) fn revision(&self) -> Option<&str> {
+        (self.labels.iter())
+            .find(|(name, _)| name == REVISION_LABEL)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The outcome of `image`, begun at `started`.
+pub(super) fn outcome(
+    run: &RunContext<'_>,
+    image: &PreparedImage,
+    started: Instant,
+    (digest, result): (String, &'static str),
+    inputs: InputsSource,
+    note: String,
+) -> ImageOutcome {
+    ImageOutcome {
+        name: image.plan.name.clone(),
+        repository_uri: format!("{}/{}", run.registry, image.plan.repository),
+        digest,
+        result,
+        in_registry: run.access.is_some(),
+        seconds: started.elapsed().as_secs_f64(),
+        inputs,
+        note,
+    }
+}
+
+/// A recipe with its base images resolved: its key, and the bases' digests or why they did not
+/// resolve (then the image is built, and never found by a context digest).
+pub(super) struct RecipeBases {
+    pub key: String,
+    pub bases: std::result::Result<BTreeMap<String, String>, String>,
+}
+
+impl RecipeBases {
+    pub(super) fn of(run: &RunContext<'_>, recipe: &Recipe) -> RecipeBases {
+        let bases = bases::bases_of(recipe, &run.bases);
+        RecipeBases {
+            key: decide::recipe_key(&recipe.settings, bases.as_ref().ok()),
+            bases,
+        }
+    }
+}
+
+/// What is known before a build of the way to find an image built from the same recipe and
+/// files: its context digest, and what BuildKit's record of the recipe said it reads.
+pub(super) struct KnownDigest {
+    pub digest: Option<String>,
+    recorded: Option<Vec<SyncRequest>>,
+    pub source: InputsSource,
+}
+
+/// The context digest an earlier build of the same recipe would have been marked with: BuildKit's
+/// record of what it read, digested over today's files (one registry GET); the whole tar for the
+/// legacy builder. Unknown without a record, with `--rebuild`, or where a base did not resolve.
+pub(super) async fn known_digest(
+    run: &RunContext<'_>,
+    registry: &ImageRegistry<'_>,
+    image: &PreparedImage,
+    recipe: &RecipeBases,
+) -> Result<KnownDigest> {
+    let unknown = KnownDigest {
+        digest: None,
+        recorded: None,
+        source: InputsSource::NotYetKnown,
+    };
+    if let Err(reason) = &recipe.bases {
+        tracing::warn!(
+            image = image.plan.name.as_str(),
+            "{reason}: it is built, and not marked for reuse"
+        );
+        return Ok(unknown);
+    }
+    if run.builder == Builder::Legacy {
+        let read = image
+            .files
+            .clone()
+            .digest(b"")
+            .map_err(anyhow::Error::from)?;
+        return Ok(KnownDigest {
+            digest: Some(decide::context_digest(&recipe.key, &read)),
+            recorded: None,
+            source: InputsSource::WholeContext,
+        });
+    }
+    if run.rebuild {
+        return Ok(unknown);
+    }
+    let Some(requests) = registry.record(&recipe.key).await? else {
+        return Ok(unknown);
+    };
+    let read = image
+        .files
+        .requests_digest(&requests)
+        .map_err(anyhow::Error::from)?;
+    Ok(KnownDigest {
+        digest: Some(decide::context_digest(&recipe.key, &read)),
+        recorded: Some(requests),
+        source: InputsSource::Recorded,
+    })
+}
+
+/// After a build: the `ctx-` tag that finds the image again, from what BuildKit read (recorded
+/// for the recipe where the record is new or differs); `None` where the image must not be found
+/// by one: a base did not resolve, or BuildKit loaded an image the recipe does not name.
+pub(super) async fn mark_built(
+    registry: &ImageRegistry<'_>,
+    image: &PreparedImage,
+    recipe: &RecipeBases,
+    known: &KnownDigest,
+    built: &BuiltImage,
+) -> Result<Option<String>> {
+    let not_marked = |reason: String| {
+        tracing::warn!(
+            image = image.plan.name.as_str(),
+            "not marked for reuse ({reason}): the next run builds it again"
+        );
+        Ok(None)
+    };
+    let bases = match &recipe.bases {
+        Ok(bases) => bases,
+        Err(reason) => return not_marked(reason.clone()),
+    };
+    let unnamed = bases::unnamed_loaded(&built.loaded_images, bases);
+    if !unnamed.is_empty() {
+        return not_marked(format!(
+            "BuildKit loaded {}, which ecr-build did not resolve before the build",
+            unnamed.join(", ")
+        ));
+    }
+    let digest = match &built.context_requests {
+        // The legacy builder read the whole tar, whose digest was known before the build.
+        None => match &known.digest {
+            Some(digest) => digest.clone(),
+            None => return not_marked("the context digest is not known".to_owned()),
+        },
+        Some(requests) => {
+            let mut requests = requests.clone();
+            requests.sort();
+            requests.dedup();
+            if known.recorded.as_ref() != Some(&requests) {
+                registry.put_record(&recipe.key, &requests).await?;
+            }
+            let read = (image.files.requests_digest(&requests)).map_err(anyhow::Error::from)?;
+            decide::context_digest(&recipe.key, &read)
+        }
+    };
+    Ok(Some(decide::context_tag(&digest)))
+}
+
+/// A tag this run cannot put, naming the repository and the image's context digest.
+pub(super) fn tag_conflict(
+    repository_uri: &str,
+    image: &PreparedImage,
+    conflict: decide::Conflict,
+) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{repository_uri}:{conflict} (image {}, recipe {})",
+        image.plan.name,
+        &image.digest[..20]
+    )
+}
+
+/// What one build makes: an image for `platform` (or the engine's own), labelled with its recipe
+/// and bases, tagged locally with `tags`.
+pub(super) struct BuildSpec<'a> {
+    pub platform: Option<&'a str>,
+    pub recipe: &'a RecipeBases,
+    pub tags: &'a [String],
+}
+
+/// The image's labels: the configured ones, the run's, its recipe, bases and inputs.
+fn image_labels(
+    run: &RunContext<'_>,
+    image: &PreparedImage,
+    recipe: &RecipeBases,
+) -> Vec<(String, String)> {
+    let mut labels = image.plan.labels.clone();
+    labels.extend(run.labels.iter().cloned());
+    labels.push((RECIPE_LABEL.into(), recipe.key.clone()));
+    if let Ok(bases) = &recipe.bases
+        && !bases.is_empty()
+    {
+        let bases = serde_json::to_string(bases).expect("strings serialize");
+        labels.push((BASES_LABEL.into(), bases));
+    }
+    if !image.input_digests.is_empty() {
+        let inputs = serde_json::to_string(&image.input_digests).expect("strings serialize");
+        labels.push((INPUTS_LABEL.into(), inputs));
+    }
+    labels
+}
+
+/// Builds the image and tags it locally with every tag of `spec`.
+pub(super) async fn build_image(
+    run: &RunContext<'_>,
+    image: &PreparedImage,
+    secrets: SecretValues,
+    login: Option<&EcrLogin>,
+    spec: BuildSpec<'_>,
+) -> Result<BuiltImage> {
+    let name = image.plan.name.as_str();
+    let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
+    let primary = format!("{repository_uri}:{}", spec.tags[0]);
+    let labels = image_labels(run, image, spec.recipe);
+    let mut build_args = image.plan.build_args.clone();
+    if image.plan.allow_secret_build_args && !secrets.is_empty() {
+        tracing::warn!(
+            image = name,
+            "secrets {} are also passed as build args (allow_secret_build_args): anyone who can pull \
+             this image can read them in its history",
+            secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        for (id, value) in &secrets {
+            build_args.push((id.clone(), String::from_utf8_lossy(value).into_owned()));
+        }
+    }
+    if run.builder == Builder::Buildkit {
+        // The pushed image carries its cache metadata, so cache_from on a fresh host reuses its layers.
+        build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
+    }
+    let cache_from: Vec<String> = (image.plan.cache_from.iter())
+        .map(|reference| reference::qualify_reference(run.registry, reference))
+        .collect();
+    tracing::info!(
+        image = name,
+        "building {primary} ({} files, {} bytes of context)",
+        image.files.len(),
+        image.files.total_bytes()
+    );
+    let dockerfile = image.files.dockerfile_in_context().to_owned();
+    let request = BuildRequest {
+        image: name,
+        cache_from: &cache_from,
+        reference: &primary,
+        dockerfile: &dockerfile,
+        target: image.plan.target.as_deref(),
+        network: image.plan.network.as_deref().or(run.network),
+        platform: spec.platform,
+        builder: run.builder,
+        build_args: &build_args,
+        labels: &labels,
+        // For pulls during the build (FROM or cache_from in the same registry).
+        registry_auth: login.map(|login| {
+            HashMap::from([(
+                run.registry.to_owned(),
+                login.docker_credentials(run.registry),
+            )])
+        }),
+        secrets,
+    };
+    let built = (run.engine).build(request, image.files.clone()).await;
+    let built = match (built, spec.platform) {
+        (Err(err), Some(platform)) if err.to_string().contains("exec format error") => {
+            return Err(anyhow::Error::new(err)
+                .context(format!(
+                    "the engine cannot run {platform} programs: register QEMU's binfmt handlers on the \
+                     host (in privileged mode: docker run --privileged tonistiigi/binfmt --install all), \
+                     or build {platform} on a host of its own (ecr-build build --platform {platform})"
+                ))
+                .into());
+        }
+        (built, _) => built?,
+    };
+    tracing::info!(image = name, "built {primary} ({})", built.id);
+    for tag in &spec.tags[1..] {
+        run.engine.tag(&built.id, &repository_uri, tag).await?;
+    }
+    Ok(built)
+}
+
+/// Pushes `push` in order; every tag must be stored under the same digest, which is returned.
+pub(super) async fn push_tags(
+    run: &RunContext<'_>,
+    access: &RegistryAccess,
+    name: &str,
+    repository_uri: &str,
+    image_id: &str,
+    push: &[String],
+) -> Result<String> {
+    let mut pushed: Option<String> = None;
+    for tag in push {
+        if !run.tags.contains(tag) {
+            run.engine.tag(image_id, repository_uri, tag).await?;
+        }
+        // A long build can outlive the token it started with.
+        let login = access.current().await?;
+        let digest = retry::with_backoff(
+            name,
+            &format!("push of {repository_uri}:{tag}"),
+            run.retry_budget,
+            DockerError::is_transient,
+            || {
+                run.engine.push(
+                    name,
+                    repository_uri,
+                    tag,
+                    Some(login.docker_credentials(run.registry)),
+                )
+            },
+        )
+        .await?;
+        tracing::info!(image = name, "pushed {repository_uri}:{tag} ({digest})");
+        if let Some(first) = &pushed
+            && first != &digest
+        {
+            return Err(anyhow::anyhow!(
+                "{repository_uri}:{tag} was stored as {digest}, but {} as {first}",
+                push[0]
+            )
+            .into());
+        }
+        pushed = Some(digest);
+    }
+    Ok(pushed.expect("a plan has at least one tag"))
+}

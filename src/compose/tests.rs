@@ -13,7 +13,7 @@ impl Files {
         Files(dir)
     }
 
-    fn load(&self, names: &[&str], env: &[(&str, &str)]) -> Result<Project, ConfigError> {
+    fn load(&self, names: &[&str], env: &[(&str, &str)]) -> Result<Project, ComposeError> {
         self.load_with_profiles(names, env, &[])
     }
 
@@ -22,7 +22,7 @@ impl Files {
         names: &[&str],
         env: &[(&str, &str)],
         profiles: &[&str],
-    ) -> Result<Project, ConfigError> {
+    ) -> Result<Project, ComposeError> {
         let files: Vec<PathBuf> = names.iter().map(|n| self.0.path().join(n)).collect();
         let profiles: Vec<String> = profiles.iter().map(|p| (*p).to_owned()).collect();
         load(
@@ -110,7 +110,11 @@ fn services_with_build_become_images_and_the_others_are_ignored() {
             ("tok".to_owned(), "env:TOKEN".to_owned())
         ]
     );
-    assert_eq!(web.settings.name.as_deref(), Some("web-container"));
+    let ecr_build = web.ecr_build.as_ref().expect("the service's x-ecr-build");
+    assert_eq!(
+        ecr_build.get("name").and_then(Value::as_str),
+        Some("web-container")
+    );
     let worker = &project.services[1];
     assert_eq!(
         (worker.registry.as_deref(), worker.tag.as_deref()),

@@ -3,9 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
+use serde::Deserialize;
+
 use super::{
-    ArtifactFlags, ArtifactsSettings, Builder, ConfigError, ConfigFile, DEFAULT_TAG, ImagePlan,
-    Plan, PlanParts, SecretSource, finish, parse_secret_overrides,
+    ArtifactFlags, ArtifactsSection, ArtifactsSettings, Builder, ConfigError, ConfigFile,
+    DEFAULT_TAG, ImagePlan, Plan, PlanParts, SecretSource, finish, parse_secret_overrides,
 };
 use crate::cli::PlanArgs;
 use crate::compose::{self, Project, Service};
@@ -34,6 +37,8 @@ pub(super) fn plan_from_compose(
         origin: project.origin.clone(),
         message,
     };
+    let settings: ProjectSettings =
+        ecr_build_settings(project.ecr_build.as_ref()).map_err(&invalid)?;
     let (toml_path, file) = match toml {
         Some((path, file)) => (Some(path), Some(file)),
         None => (None, None),
@@ -41,19 +46,24 @@ pub(super) fn plan_from_compose(
     // What ecr-build.toml says for every image comes before the Compose files' x-ecr-build.
     let defaults = ImageDefaults {
         ssm_path: (file.as_ref().and_then(|f| f.ssm_path.clone()))
-            .or_else(|| project.settings.ssm_path.clone()),
+            .or_else(|| settings.ssm_path.clone()),
         platforms: file.as_ref().and_then(|f| f.platforms.clone()),
     };
     let images = (project.services.iter())
         .map(|service| image_plan(service, &project, &defaults).map_err(&invalid))
         .collect::<Result<Vec<_>, _>>()?;
-    let settings = &project.settings;
-    let tags = run_tags(args, file.as_ref(), &project).map_err(&invalid)?;
+    let tags = run_tags(args, file.as_ref(), &project, &settings).map_err(&invalid)?;
     let registry = (args.registry.clone())
         .or_else(|| file.as_ref().and_then(|f| f.registry.clone()))
         .or_else(|| settings.registry.clone())
         .or(one_registry(&project).map_err(&invalid)?);
-    let artifacts = artifacts_settings(flags, file.as_ref(), toml_path.as_deref(), &project, cwd);
+    let artifacts = artifacts_settings(
+        flags,
+        file.as_ref(),
+        toml_path.as_deref(),
+        (&project, &settings),
+        cwd,
+    );
     let builder = (args.builder.map(Builder::from))
         .or(file.as_ref().and_then(|f| f.builder))
         .or(settings.builder)
@@ -76,13 +86,52 @@ pub(super) fn plan_from_compose(
     )
 }
 
+/// ecr-build's settings at the top of a Compose file (`x-ecr-build:`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectSettings {
+    registry: Option<String>,
+    tags: Option<Vec<String>>,
+    network: Option<String>,
+    builder: Option<Builder>,
+    ssm_path: Option<String>,
+    #[serde(default)]
+    artifacts: ArtifactsSection,
+}
+
+/// ecr-build's settings of one service (`x-ecr-build:` in it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSettings {
+    /// The ECS container name, where it differs from the service name.
+    name: Option<String>,
+    /// More secrets, e.g. `{ db_password = "ssm:/app/DB_PASSWORD" }`.
+    #[serde(default)]
+    secrets: IndexMap<String, String>,
+    ssm_path: Option<String>,
+    #[serde(default)]
+    allow_secret_build_args: bool,
+}
+
+/// `x-ecr-build:` (at the top or in a service) read as `T`; none is `T`'s default.
+fn ecr_build_settings<T: serde::de::DeserializeOwned + Default>(
+    value: Option<&serde_norway::Value>,
+) -> Result<T, String> {
+    match value {
+        Some(value) => {
+            serde_norway::from_value(value.clone()).map_err(|err| format!("x-ecr-build: {err}"))
+        }
+        None => Ok(T::default()),
+    }
+}
+
 /// Where the artifacts go and which: the flags, then ecr-build.toml's `[artifacts]` (relative to
 /// its folder), then `x-ecr-build: artifacts:` (relative to the Compose project's).
 fn artifacts_settings(
     flags: ArtifactFlags<'_>,
     file: Option<&ConfigFile>,
     toml_path: Option<&Path>,
-    project: &Project,
+    (project, settings): (&Project, &ProjectSettings),
     cwd: &Path,
 ) -> ArtifactsSettings {
     let mut section = file.map(|f| f.artifacts.clone()).unwrap_or_default();
@@ -90,7 +139,7 @@ fn artifacts_settings(
     if let (Some(dir), Some(toml_dir)) = (&mut section.dir, toml_path.and_then(Path::parent)) {
         *dir = toml_dir.join(&*dir);
     }
-    section.fill_from(&project.settings.artifacts);
+    section.fill_from(&settings.artifacts);
     section.settings(flags, &project.dir, cwd)
 }
 
@@ -127,15 +176,13 @@ fn image_plan(
     project: &Project,
     defaults: &ImageDefaults,
 ) -> Result<ImagePlan, String> {
-    let name = service
-        .settings
-        .name
-        .clone()
-        .unwrap_or_else(|| service.service.clone());
     let prefix = |message: String| format!("service {}: {message}", service.service);
+    let settings: ServiceSettings =
+        ecr_build_settings(service.ecr_build.as_ref()).map_err(&prefix)?;
+    let name = (settings.name.clone()).unwrap_or_else(|| service.service.clone());
     let mut secrets = Vec::new();
     let pairs = (service.secrets.iter()).map(|(id, source)| (id, source));
-    for (id, source) in pairs.chain(&service.settings.secrets) {
+    for (id, source) in pairs.chain(&settings.secrets) {
         let source = SecretSource::parse(source, &project.dir)
             .map_err(|m| prefix(format!("secret {id}: {m}")))?;
         secrets.retain(|(known, _): &(String, SecretSource)| known != id);
@@ -149,8 +196,8 @@ fn image_plan(
         target: service.target.clone(),
         build_args: service.args.clone(),
         secrets,
-        ssm_path: (service.settings.ssm_path.clone()).or_else(|| defaults.ssm_path.clone()),
-        allow_secret_build_args: service.settings.allow_secret_build_args,
+        ssm_path: (settings.ssm_path.clone()).or_else(|| defaults.ssm_path.clone()),
+        allow_secret_build_args: settings.allow_secret_build_args,
         cache_from: service.cache_from.clone(),
         dockerfile_inline: service.dockerfile_inline.clone(),
         network: service.network.clone(),
@@ -167,10 +214,11 @@ fn run_tags(
     args: &PlanArgs,
     file: Option<&ConfigFile>,
     project: &Project,
+    settings: &ProjectSettings,
 ) -> Result<Vec<String>, String> {
     let mut tags = if args.tags.is_empty() {
         (file.and_then(|f| f.tags.clone()))
-            .or_else(|| project.settings.tags.clone())
+            .or_else(|| settings.tags.clone())
             .unwrap_or_else(|| vec![DEFAULT_TAG.into()])
     } else {
         args.tags.clone()

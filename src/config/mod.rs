@@ -43,6 +43,19 @@ pub enum ConfigError {
     Usage(String),
 }
 
+impl From<crate::compose::ComposeError> for ConfigError {
+    fn from(err: crate::compose::ComposeError) -> Self {
+        match err {
+            crate::compose::ComposeError::Read { path, source } => {
+                ConfigError::Read { path, source }
+            }
+            crate::compose::ComposeError::Invalid { origin, message } => {
+                ConfigError::Invalid { origin, message }
+            }
+        }
+    }
+}
+
 /// Errors are one line: control characters that came from the file or the flags are shown escaped.
 fn escape_controls(text: &str) -> String {
     text.chars()

@@ -765,7 +765,7 @@ fn is_remote(source: &str) -> bool {
 
 /// A source as a pattern relative to the context root; the root itself is the whole context.
 fn context_path(path: &str, what: &str) -> Result<String, Whole> {
-    let relative = crate::context::within_context(path);
+    let relative = crate::gopath::within_context(path);
     if relative.is_empty() || relative == "*" || relative.contains("**") {
         return whole(format!("`{what} {path}` copies the whole context"));
     }

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::context::PreparedImage;
 use crate::dockerfile::ContextInputs;
 use crate::error::Result;
 use crate::output;
+use crate::prepare::PreparedImage;
 
 /// How one image's run ended.
 pub struct ImageOutcome {

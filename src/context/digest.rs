@@ -11,7 +11,8 @@ use std::thread;
 use sha2::{Digest, Sha256};
 
 use super::stream::SizedPrefix;
-use super::{ContextError, ContextFiles, DockerIgnore, Entry, EntryKind, ancestors, read_error};
+use super::{ContextError, ContextFiles, DockerIgnore, Entry, EntryKind, read_error};
+use crate::gopath::ancestors;
 
 /// Files are hashed in pieces of this size, so memory stays bounded whatever the context holds.
 const CHUNK_SIZE: usize = 64 * 1024;

@@ -8,6 +8,7 @@
 use regex::Regex;
 
 use super::{ContextError, goregex};
+use crate::gopath::clean;
 
 /// Parsed .dockerignore with Docker's semantics.
 #[derive(Debug, Clone, Default)]
@@ -187,34 +188,6 @@ fn normalize_line(line: &str) -> String {
         format!("!{pattern}")
     } else {
         pattern
-    }
-}
-
-/// Go's `filepath.Clean` on Unix: the shortest equivalent path, "." for nothing.
-pub(super) fn clean(path: &str) -> String {
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => match parts.last() {
-                Some(&last) if last != ".." => {
-                    parts.pop();
-                }
-                // ".." at the root stays at the root; a relative path keeps its leading "..".
-                _ if rooted => {}
-                _ => parts.push(".."),
-            },
-            _ => parts.push(part),
-        }
-    }
-    let joined = parts.join("/");
-    if rooted {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        ".".to_owned()
-    } else {
-        joined
     }
 }
 

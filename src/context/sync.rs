@@ -17,9 +17,10 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use super::ignore::{DockerIgnore, clean};
+use super::ignore::DockerIgnore;
 use super::stream::{SizedPrefix, Verified};
-use super::{ContextError, ContextFiles, Entry, EntryKind, Sent, ancestors, within_context};
+use super::{ContextError, ContextFiles, Entry, EntryKind, Sent};
+use crate::gopath::{ancestors, clean, within_context};
 
 /// The name the Dockerfile has in the "dockerfile" directory: the build's `dockerfile` option.
 pub const SYNCED_DOCKERFILE: &str = "Dockerfile";

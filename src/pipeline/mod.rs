@@ -1,5 +1,5 @@
 //! One run of `build` or `plan`. An image goes, top to bottom: its context is read and hashed
-//! ([`context::prepare`]); the run's tags are rendered; the registry and the secrets are reached;
+//! ([`prepare::prepare`]); the run's tags are rendered; the registry and the secrets are reached;
 //! the base images are resolved ([`bases::resolve_all`]); then each image is built or found
 //! unchanged, for one platform ([`single`]) or several ([`platforms`]), both through the steps
 //! they share ([`steps`]); once every image is done, the artifacts are written. Decisions are pure
@@ -19,11 +19,11 @@ use sha2::{Digest, Sha256};
 use crate::artifacts;
 use crate::aws::{self, ecr, ecr::RegistryAccess};
 use crate::config::Plan;
-use crate::context::{self, PreparedImage};
 use crate::decide::TagRules;
 use crate::docker::Engine;
 use crate::error::{Error, Result};
 use crate::image::REVISION_LABEL;
+use crate::prepare::{self, PreparedImage};
 use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
 use crate::tags::{self, BuildEnv, RunTags};
@@ -72,7 +72,7 @@ fn run_tags(
 
 /// `ecr-build plan`: the JSON on stdout, nothing built.
 pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
-    let prepared = context::prepare(&plan).await?;
+    let prepared = prepare::prepare(&plan).await?;
     let run_tags = run_tags(&plan, sha_flag, &prepared, false)?;
     let (registry, source) = ecr::offline_registry(plan.registry.as_deref());
     tracing::info!("registry {registry} (from {source})");
@@ -143,7 +143,7 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
     // checked, the secrets are read and the engine is reached (CodeBuild's dockerd may be starting).
     let ((prepared, engine), (registry, access, rules, secrets)) = tokio::try_join!(
         async {
-            tokio::try_join!(context::prepare(&plan), async {
+            tokio::try_join!(prepare::prepare(&plan), async {
                 Ok(Engine::connect(settings.docker_timeout).await?)
             })
         },

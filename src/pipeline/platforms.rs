@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::context::{PreparedImage, Variant};
 use crate::decide::{self, Action, context_tag};
 use crate::error::Result;
 use crate::image;
+use crate::prepare::{PreparedImage, Variant};
 use crate::registry::Manifest;
 use crate::report::{self, ImageOutcome, InputsSource};
 use crate::reuse::{ImageRegistry, ReuseTarget};

@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use crate::bases;
-use crate::context::PreparedImage;
 use crate::decide::{self, Action};
 use crate::error::Result;
+use crate::prepare::PreparedImage;
 use crate::report::{self, ImageOutcome, InputsSource};
 use crate::reuse::ImageRegistry;
 use crate::secrets::SecretValues;

@@ -1,0 +1,269 @@
+//! Each image's preparation, before anything is decided: its context walked (once per shared
+//! context) and hashed, its Dockerfile checked, its recipe for each platform, and the Dockerfile
+//! analysis' first guess at what it reads (for `plan` and the summary).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Builder, ConfigError, ImagePlan, Plan};
+use crate::context::{
+    ContextError, ContextFiles, DockerfileSource, SharedWalk, collect_with, own_output_files,
+};
+use crate::decide::{self, Recipe};
+use crate::dockerfile::{self, BuildFacts, ContextInputs, context_inputs};
+
+/// An image whose context has been read: the files to send, its recipe, and the Dockerfile
+/// analysis' first guess at what it reads.
+pub struct PreparedImage {
+    pub plan: ImagePlan,
+    pub files: ContextFiles,
+    /// The first guess's digest (what the analysis says the Dockerfile reads, and the recipe's
+    /// settings); for several platforms, a digest of theirs. `plan` shows it; skips are decided
+    /// by what BuildKit recorded instead.
+    pub digest: String,
+    /// What of the context the Dockerfile reads, by the analysis (for several platforms, the
+    /// first one's).
+    pub inputs: ContextInputs,
+    /// With narrow inputs: each input's short digest, which the built image carries as a label.
+    pub input_digests: BTreeMap<String, String>,
+    /// The recipe of the image (of its only platform).
+    pub recipe: Recipe,
+    /// With several platforms: each one's first-guess digest and recipe (the platform is in both).
+    pub variants: Vec<Variant>,
+}
+
+/// One platform of an image built for several.
+pub struct Variant {
+    pub platform: String,
+    pub digest: String,
+    pub recipe: Recipe,
+}
+
+/// Walks and hashes every image's context, in parallel, off the async threads. The run's own
+/// artifacts and output files are never sent.
+pub async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
+    let mut withheld = plan.artifacts.paths();
+    withheld.extend(own_output_files());
+    // Images that share a context (a monorepo's `context = "."`) share one walk and one hash per
+    // file; contexts are walked in parallel, off the async threads.
+    let mut groups: Vec<(PathBuf, Vec<(usize, ImagePlan)>)> = Vec::new();
+    for (index, image) in plan.images.iter().cloned().enumerate() {
+        let key = fs::canonicalize(&image.context).unwrap_or_else(|_| image.context.clone());
+        match groups.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, images)) => images.push((index, image)),
+            None => groups.push((key, vec![(index, image)])),
+        }
+    }
+    let walks = groups.into_iter().map(|(context, images)| {
+        let builder = plan.builder;
+        let network = plan.network.clone();
+        let withheld = withheld.clone();
+        tokio::task::spawn_blocking(move || {
+            let shared = (images.len() > 1)
+                .then(|| SharedWalk::new(&context, &withheld).ok())
+                .flatten();
+            (images.into_iter())
+                .map(|(index, image)| {
+                    Ok((
+                        index,
+                        prepare_one(
+                            image,
+                            builder,
+                            network.as_deref(),
+                            &withheld,
+                            shared.as_ref(),
+                        )?,
+                    ))
+                })
+                .collect::<crate::error::Result<Vec<_>>>()
+        })
+    });
+    let mut prepared = Vec::with_capacity(plan.images.len());
+    for walk in futures_util::future::join_all(walks).await {
+        prepared.extend(walk.context("context walk panicked")??);
+    }
+    prepared.sort_by_key(|(index, _)| *index);
+    Ok(prepared.into_iter().map(|(_, image)| image).collect())
+}
+
+fn prepare_one(
+    image: ImagePlan,
+    builder: Builder,
+    run_network: Option<&str>,
+    withheld: &[PathBuf],
+    shared: Option<&SharedWalk>,
+) -> crate::error::Result<PreparedImage> {
+    let name = image.name.as_str();
+    let dockerfile = match &image.dockerfile_inline {
+        Some(text) => DockerfileSource::Inline(text),
+        None => DockerfileSource::Path(&image.dockerfile),
+    };
+    let invalid = |err: ContextError| ConfigError::Invalid {
+        origin: format!("image {name}"),
+        message: err.to_string(),
+    };
+    let from_shared = match shared {
+        Some(shared) => shared.image_context(dockerfile).map_err(invalid)?,
+        None => None,
+    };
+    let mut files = match from_shared {
+        Some(files) => files,
+        None => collect_with(&image.context, dockerfile).map_err(invalid)?,
+    };
+    for path in files.withhold(withheld) {
+        tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
+    }
+    let dockerfile_text = (files.dockerfile_text())
+        .with_context(|| format!("image {name}: cannot read its Dockerfile"))?;
+    dockerfile::check(&dockerfile_text, image.target.as_deref()).map_err(|err| {
+        ConfigError::Invalid {
+            origin: format!("image {name}"),
+            message: format!("the Dockerfile {}: {err}", image.dockerfile.display()),
+        }
+    })?;
+    let network = image.network.as_deref().or(run_network);
+    let (digest, inputs, variants) =
+        digest_image(&image, builder, &mut files, &dockerfile_text, network)?;
+    let recipe = match variants.as_slice() {
+        [] => recipe_for(
+            &image,
+            builder,
+            &files,
+            &dockerfile_text,
+            network,
+            image.platforms.first(),
+        ),
+        _ => variants[0].recipe.clone(),
+    };
+    let input_digests = match &inputs {
+        ContextInputs::Paths(patterns) => files.input_digests(patterns).map_err(invalid)?,
+        ContextInputs::WholeContext(_) => BTreeMap::new(),
+    };
+    tracing::debug!(
+        image = name,
+        "context {}: {} files, {} bytes, digest {digest}",
+        image.context.display(),
+        files.len(),
+        files.total_bytes()
+    );
+    Ok(PreparedImage {
+        plan: image,
+        files,
+        digest,
+        inputs,
+        input_digests,
+        recipe,
+        variants,
+    })
+}
+
+/// The image's recipe for `platform` (or none): its settings, and its base images as named.
+fn recipe_for(
+    image: &ImagePlan,
+    builder: Builder,
+    files: &ContextFiles,
+    dockerfile_text: &str,
+    network: Option<&str>,
+    platform: Option<&String>,
+) -> Recipe {
+    let platform = platform.map(String::as_str);
+    let dockerfile = files.dockerfile_in_context();
+    let inputs = decide::digest_inputs(image, builder, dockerfile, platform);
+    let facts = BuildFacts {
+        target: image.target.as_deref(),
+        build_args: &image.build_args,
+        platform,
+    };
+    Recipe {
+        settings: decide::recipe_settings(&inputs, dockerfile_text, files.ignore_rules(), network),
+        bases: dockerfile::base_images(dockerfile_text, &facts),
+    }
+}
+
+/// The first guess's digest for `platform` (or none) and what the analysis says the Dockerfile
+/// reads: the digest covers that where it is proven narrow, else all the context sends.
+fn guess_for(
+    image: &ImagePlan,
+    builder: Builder,
+    files: &mut ContextFiles,
+    dockerfile_text: &str,
+    platform: Option<&str>,
+) -> crate::error::Result<(String, ContextInputs)> {
+    let cannot_hash = || {
+        format!(
+            "image {}: cannot hash the context {}",
+            image.name,
+            image.context.display()
+        )
+    };
+    let dockerfile = files.dockerfile_in_context().to_owned();
+    let extra = decide::digest_inputs(image, builder, &dockerfile, platform);
+    let facts = BuildFacts {
+        target: image.target.as_deref(),
+        build_args: &image.build_args,
+        platform,
+    };
+    let inputs = match context_inputs(dockerfile_text, &facts) {
+        ContextInputs::Paths(patterns) => {
+            match (files.inputs_digest(&extra, &patterns)).with_context(cannot_hash)? {
+                Ok(digest) => return Ok((digest, ContextInputs::Paths(patterns))),
+                Err(reason) => ContextInputs::WholeContext(reason),
+            }
+        }
+        whole => whole,
+    };
+    Ok((files.digest(&extra).with_context(cannot_hash)?, inputs))
+}
+
+/// The image's first-guess digest (for several platforms, a digest of theirs, and each one's
+/// digest and recipe) and what the analysis says its Dockerfile reads.
+fn digest_image(
+    image: &ImagePlan,
+    builder: Builder,
+    files: &mut ContextFiles,
+    dockerfile_text: &str,
+    network: Option<&str>,
+) -> crate::error::Result<(String, ContextInputs, Vec<Variant>)> {
+    let mut guess = |platform| guess_for(image, builder, files, dockerfile_text, platform);
+    let ((digest, inputs), variants) = match image.platforms.as_slice() {
+        [] => (guess(None)?, Vec::new()),
+        [one] => (guess(Some(one))?, Vec::new()),
+        several => {
+            let mut guesses = Vec::new();
+            for platform in several {
+                guesses.push((platform, guess(Some(platform))?));
+            }
+            let all: Vec<&str> = guesses.iter().map(|(_, (d, _))| d.as_str()).collect();
+            let digest = format!("{:x}", Sha256::digest(all.join("\n")));
+            let inputs = guesses[0].1.1.clone();
+            ((digest, inputs), guesses)
+        }
+    };
+    let variants = (variants.into_iter())
+        .map(|(platform, (digest, _))| Variant {
+            platform: platform.clone(),
+            digest,
+            recipe: recipe_for(
+                image,
+                builder,
+                files,
+                dockerfile_text,
+                network,
+                Some(platform),
+            ),
+        })
+        .collect();
+    match &inputs {
+        ContextInputs::Paths(paths) => {
+            tracing::debug!(image = %image.name, "inputs from the context: {}", paths.join(", "))
+        }
+        ContextInputs::WholeContext(reason) => {
+            tracing::debug!(image = %image.name, "the whole context is an input: {reason}")
+        }
+    }
+    Ok((digest, inputs, variants))
+}

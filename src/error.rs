@@ -49,6 +49,15 @@ macro_rules! failed_from {
     )*};
 }
 
+impl From<crate::aws::AwsError> for Error {
+    fn from(err: crate::aws::AwsError) -> Self {
+        match err {
+            crate::aws::AwsError::Config(message) => Error::usage(message),
+            crate::aws::AwsError::Failed(err) => Error::Failed(err),
+        }
+    }
+}
+
 failed_from!(
     crate::docker::DockerError,
     crate::registry::RegistryError,

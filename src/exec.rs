@@ -9,9 +9,8 @@ use std::fmt;
 use std::io;
 use std::os::unix::process::CommandExt as _;
 
-use crate::aws::{self, Secret, ssm};
+use crate::aws::{self, AwsError, Secret, ssm};
 use crate::cli::ExecArgs;
-use crate::error::Result;
 
 /// The variable docker-entrypoint.sh scripts read the prefix from; used when neither `--ssm-path` nor
 /// `ECR_BUILD_SSM_PATH` is given.
@@ -28,12 +27,16 @@ pub enum ExecError {
     /// execvp failed: exit 127 (126 when the file is there but cannot be run), as a shell does.
     #[error("cannot run {command}: {}", describe_exec_error(command, error))]
     Command { command: String, error: io::Error },
+    /// Reading the parameters failed: exit 2 for AWS's configuration, else 1.
+    #[error(transparent)]
+    Aws(#[from] AwsError),
 }
 
 impl ExecError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) | Self::Parameters(_) => 2,
+            Self::Usage(_) | Self::Parameters(_) | Self::Aws(AwsError::Config(_)) => 2,
+            Self::Aws(AwsError::Failed(_)) => 1,
             Self::Command { error, .. } if error.kind() == io::ErrorKind::PermissionDenied => 126,
             Self::Command { .. } => 127,
         }
@@ -197,12 +200,14 @@ pub fn environment_for(
 }
 
 /// Reads the parameters (if a prefix is given) and becomes the command. Returns only on failure.
-pub async fn run(args: ExecArgs) -> Result<Infallible> {
+pub async fn run(args: ExecArgs) -> Result<Infallible, ExecError> {
     let legacy = match std::env::var(LEGACY_PREFIX_VARIABLE) {
         Ok(value) => Some(value),
         Err(std::env::VarError::NotPresent) => None,
         Err(std::env::VarError::NotUnicode(_)) => {
-            return Err(ExecError::Usage(format!("{LEGACY_PREFIX_VARIABLE} is not UTF-8")).into());
+            return Err(ExecError::Usage(format!(
+                "{LEGACY_PREFIX_VARIABLE} is not UTF-8"
+            )));
         }
     };
     let prefix = resolve_prefix(args.ssm_path.as_deref(), legacy.as_deref())?;
@@ -218,10 +223,10 @@ pub async fn run(args: ExecArgs) -> Result<Infallible> {
             )?
         }
     };
-    Err(exec(&args.command, &variables).into())
+    Err(exec(&args.command, &variables))
 }
 
-async fn read_parameters(prefix: &Prefix) -> Result<Vec<(String, Secret)>> {
+async fn read_parameters(prefix: &Prefix) -> Result<Vec<(String, Secret)>, AwsError> {
     let config = aws::load_config(None).await?;
     let region = config.region().map(ToString::to_string).unwrap_or_default();
     let client = aws_sdk_ssm::Client::new(&config);

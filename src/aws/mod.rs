@@ -58,11 +58,21 @@ pub struct Session {
     pub region: String,
 }
 
+/// Why AWS cannot be used: its configuration (exit 2), or a call that failed (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    /// No region, a bad retry setting: one line naming it and the fix.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 /// Logs in to ECR and checks every repository, naming all missing ones at once.
 pub async fn connect(
     configured_registry: Option<&str>,
     repositories: &[&str],
-) -> crate::error::Result<Session> {
+) -> Result<Session, AwsError> {
     let sdk = load_config(configured_registry.and_then(region_of_ecr_host)).await?;
     let region = sdk.region().map(ToString::to_string).unwrap_or_default();
     let ecr = aws_sdk_ecr::Client::from_conf(
@@ -92,7 +102,7 @@ pub async fn connect(
 
 /// Loads the shared SDK configuration. `region_hint` (the region of an ECR registry host) is used only
 /// when the environment names no region.
-pub async fn load_config(region_hint: Option<String>) -> crate::error::Result<SdkConfig> {
+pub async fn load_config(region_hint: Option<String>) -> Result<SdkConfig, AwsError> {
     let region = RegionProviderChain::default_provider().or_else(region_hint.map(Region::new));
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
@@ -100,9 +110,10 @@ pub async fn load_config(region_hint: Option<String>) -> crate::error::Result<Sd
         .load()
         .await;
     if config.region().is_none() {
-        return Err(crate::Error::usage(
+        return Err(AwsError::Config(
             "no AWS region: set AWS_REGION (CodeBuild sets it), or give an ECR registry host such as \
-             123456789012.dkr.ecr.eu-west-1.amazonaws.com with --registry",
+             123456789012.dkr.ecr.eu-west-1.amazonaws.com with --registry"
+                .to_owned(),
         ));
     }
     Ok(config)
@@ -117,7 +128,7 @@ fn max_attempts_from_env() -> Option<String> {
 
 /// Throttling and 5xx are retried in adaptive mode (a client-side rate limiter on top of backoff),
 /// AWS_MAX_ATTEMPTS times in all, 5 unless set: one CodeBuild project's burst must not fail a deploy.
-fn retry_config(max_attempts: Option<&str>) -> crate::error::Result<RetryConfig> {
+fn retry_config(max_attempts: Option<&str>) -> Result<RetryConfig, AwsError> {
     let attempts = match max_attempts.map(str::trim).filter(|v| !v.is_empty()) {
         None => DEFAULT_MAX_ATTEMPTS,
         Some(value) => value
@@ -125,7 +136,7 @@ fn retry_config(max_attempts: Option<&str>) -> crate::error::Result<RetryConfig>
             .ok()
             .filter(|n| *n >= 1)
             .ok_or_else(|| {
-                crate::Error::usage(format!(
+                AwsError::Config(format!(
                     "AWS_MAX_ATTEMPTS / ECR_BUILD_AWS_MAX_ATTEMPTS `{value}` is not a whole number of at least 1"
                 ))
             })?,

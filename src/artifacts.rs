@@ -257,7 +257,7 @@ mod tests {
             name: name.into(),
             repository_uri: format!("1.dkr.ecr.eu-west-1.amazonaws.com/app/{name}"),
             digest: format!("sha256:{}", "c".repeat(64)),
-            result: "pushed",
+            result: crate::report::Outcome::Pushed,
             in_registry,
             seconds: 1.0,
             inputs: crate::report::InputsSource::Recorded,

@@ -17,8 +17,7 @@ pub struct ImageOutcome {
     pub repository_uri: String,
     /// Registry manifest digest; in a dry run, the local image ID.
     pub digest: String,
-    /// `pushed`, `reused`, or `built (dry run, not pushed)`.
-    pub result: &'static str,
+    pub result: Outcome,
     /// Whether `digest` is the registry's (not a dry run's local image ID).
     pub in_registry: bool,
     pub seconds: f64,
@@ -26,6 +25,27 @@ pub struct ImageOutcome {
     pub inputs: InputsSource,
     /// Why, in a few words: what of the context the image reads.
     pub note: String,
+}
+
+/// What a run did with an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Built and pushed.
+    Pushed,
+    /// Found unchanged, re-stamped for this commit and put under the run's tags.
+    Reused,
+    /// Built in a dry run, pushed nowhere.
+    BuiltDryRun,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Pushed => "pushed",
+            Outcome::Reused => "reused",
+            Outcome::BuiltDryRun => "built (dry run, not pushed)",
+        })
+    }
 }
 
 /// Where the inputs that decided an image came from: the summary's `inputs=` field, and
@@ -56,11 +76,11 @@ impl std::fmt::Display for InputsSource {
 /// the context it reads.
 pub fn inputs_note(
     inputs: &ContextInputs,
-    result: &str,
+    result: Outcome,
     changed: Option<&[String]>,
     moved_bases: &[String],
 ) -> String {
-    if result != "reused" && !moved_bases.is_empty() {
+    if result != Outcome::Reused && !moved_bases.is_empty() {
         let moved = moved_bases.iter().map(|base| format!("base {base} moved"));
         let changed = changed
             .unwrap_or_default()
@@ -69,7 +89,7 @@ pub fn inputs_note(
         return moved.chain(changed).collect::<Vec<_>>().join(", ");
     }
     match (inputs, changed) {
-        _ if result == "reused" => "its inputs did not change".to_owned(),
+        _ if result == Outcome::Reused => "its inputs did not change".to_owned(),
         (_, Some([])) => "its Dockerfile or build settings changed".to_owned(),
         (_, Some(changed)) => format!("{} changed", changed.join(", ")),
         (ContextInputs::Paths(paths), None) => format!("it reads {}", paths.join(", ")),
@@ -215,41 +235,41 @@ mod tests {
         let narrow = ContextInputs::Paths(vec!["app".into(), "composer.json".into()]);
         let whole = ContextInputs::WholeContext("`COPY . /x` copies the whole context".into());
         assert_eq!(
-            inputs_note(&narrow, "reused", None, &[]),
+            inputs_note(&narrow, Outcome::Reused, None, &[]),
             "its inputs did not change"
         );
         assert_eq!(
-            inputs_note(&narrow, "pushed", None, &[]),
+            inputs_note(&narrow, Outcome::Pushed, None, &[]),
             "it reads app, composer.json"
         );
         assert_eq!(
-            inputs_note(&whole, "pushed", None, &[]),
+            inputs_note(&whole, Outcome::Pushed, None, &[]),
             "it reads the whole context"
         );
         assert_eq!(
-            inputs_note(&whole, "reused", None, &[]),
+            inputs_note(&whole, Outcome::Reused, None, &[]),
             "its inputs did not change"
         );
         let app = ["app".to_owned()];
         assert_eq!(
-            inputs_note(&narrow, "pushed", Some(&app), &[]),
+            inputs_note(&narrow, Outcome::Pushed, Some(&app), &[]),
             "app changed"
         );
         assert_eq!(
-            inputs_note(&narrow, "pushed", Some(&[]), &[]),
+            inputs_note(&narrow, Outcome::Pushed, Some(&[]), &[]),
             "its Dockerfile or build settings changed"
         );
         let node = ["node:20".to_owned()];
         assert_eq!(
-            inputs_note(&narrow, "pushed", Some(&[]), &node),
+            inputs_note(&narrow, Outcome::Pushed, Some(&[]), &node),
             "base node:20 moved"
         );
         assert_eq!(
-            inputs_note(&narrow, "pushed", Some(&app), &node),
+            inputs_note(&narrow, Outcome::Pushed, Some(&app), &node),
             "base node:20 moved, app changed"
         );
         assert_eq!(
-            inputs_note(&narrow, "reused", None, &node),
+            inputs_note(&narrow, Outcome::Reused, None, &node),
             "its inputs did not change"
         );
     }

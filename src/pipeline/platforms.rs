@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::image;
 use crate::prepare::{PreparedImage, Variant};
 use crate::registry::Manifest;
-use crate::report::{self, ImageOutcome, InputsSource};
+use crate::report::{self, ImageOutcome, InputsSource, Outcome};
 use crate::reuse::{ImageRegistry, ReuseTarget};
 use crate::secrets::SecretValues;
 
@@ -46,7 +46,7 @@ pub(super) async fn build(
                 .await?
                 .id;
         }
-        let result = "built (dry run, not pushed)";
+        let result = Outcome::BuiltDryRun;
         let done = (last, result);
         return Ok(outcome(
             run,
@@ -76,7 +76,11 @@ pub(super) async fn build(
         let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
         put_index(run, &registry, &repository_uri, index, &image).await?;
     }
-    let result = if built { "pushed" } else { "reused" };
+    let result = if built {
+        Outcome::Pushed
+    } else {
+        Outcome::Reused
+    };
     Ok(outcome(
         run,
         &image,

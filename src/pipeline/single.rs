@@ -7,7 +7,7 @@ use crate::bases;
 use crate::decide::{self, Action};
 use crate::error::Result;
 use crate::prepare::PreparedImage;
-use crate::report::{self, ImageOutcome, InputsSource};
+use crate::report::{self, ImageOutcome, InputsSource, Outcome};
 use crate::reuse::ImageRegistry;
 use crate::secrets::SecretValues;
 
@@ -28,7 +28,7 @@ pub(super) async fn build(
     let Some(access) = &run.access else {
         let _slot = run.build_slot().await?;
         let built = build_image(run, &image, secrets, None, spec(run, &image, &recipe)).await?;
-        let result = "built (dry run, not pushed)";
+        let result = Outcome::BuiltDryRun;
         let note = plain_note(result);
         let done = (built.id, result);
         return Ok(outcome(
@@ -63,13 +63,13 @@ pub(super) async fn build(
             registry
                 .put_reused(&target, &put, &repository_uri, &ctx_tag)
                 .await?;
-            let (done, note) = ((digest, "reused"), plain_note("reused"));
+            let (done, note) = ((digest, Outcome::Reused), plain_note(Outcome::Reused));
             Ok(outcome(run, &image, started, done, known.source, note))
         }
         Action::Build { push } => {
             let (digest, note) =
                 build_and_push(run, &registry, &image, secrets, &recipe, &known, push).await?;
-            let done = (digest, "pushed");
+            let done = (digest, Outcome::Pushed);
             Ok(outcome(run, &image, started, done, known.source, note))
         }
     }
@@ -122,6 +122,6 @@ async fn build_and_push(
         format!("{}/{}", run.registry, image.plan.repository),
     );
     let digest = push_tags(run, access, name, &repository_uri, &built.id, &push).await?;
-    let note = report::inputs_note(&image.inputs, "pushed", changed.as_deref(), &moved);
+    let note = report::inputs_note(&image.inputs, Outcome::Pushed, changed.as_deref(), &moved);
     Ok((digest, note))
 }

@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::image::{BASES_LABEL, INPUTS_LABEL, RECIPE_LABEL, REVISION_LABEL};
 use crate::prepare::PreparedImage;
 use crate::reference;
-use crate::report::{ImageOutcome, InputsSource};
+use crate::report::{ImageOutcome, InputsSource, Outcome};
 use crate::retry;
 use crate::reuse::ImageRegistry;
 use crate::secrets::SecretValues;
@@ -91,7 +91,7 @@ pub(super) fn outcome(
     run: &RunContext<'_>,
     image: &PreparedImage,
     started: Instant,
-    (digest, result): (String, &'static str),
+    (digest, result): (String, Outcome),
     inputs: InputsSource,
     note: String,
 ) -> ImageOutcome {

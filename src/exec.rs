@@ -227,7 +227,8 @@ pub async fn run(args: ExecArgs) -> Result<Infallible, ExecError> {
 }
 
 async fn read_parameters(prefix: &Prefix) -> Result<Vec<(String, Secret)>, AwsError> {
-    let config = aws::load_config(None).await?;
+    let env = aws::AwsEnv::from_lookup(&|name| std::env::var(name).ok());
+    let config = aws::load_config(None, &env).await?;
     let region = config.region().map(ToString::to_string).unwrap_or_default();
     let client = aws_sdk_ssm::Client::new(&config);
     match prefix {

@@ -1,5 +1,6 @@
 //! The commands: each turns its arguments into a plan and runs it until done or interrupted.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use crate::cli::{BuildArgs, Cli, Command, PlanArgs};
 use crate::config::{self, ArtifactFlags, ImageUriKind};
 use crate::error::{Error, Result};
-use crate::pipeline::{self, BuildSettings};
+use crate::pipeline::{self, BuildSettings, RunEnvironment};
 
 /// The first SIGINT or SIGTERM.
 async fn interrupted() -> Error {
@@ -47,9 +48,20 @@ fn current_dir() -> Result<PathBuf> {
         .map_err(|err| anyhow::anyhow!("cannot read the current directory: {err}").into())
 }
 
+/// The process environment, read here once: everything below takes it as values.
+fn environment() -> (HashMap<String, String>, RunEnvironment) {
+    // A variable that is not UTF-8 is taken as unset (std::env::vars would panic on it).
+    let variables: HashMap<String, String> = (std::env::vars_os())
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect();
+    let run = RunEnvironment::from_lookup(&|name| variables.get(name).cloned());
+    (variables, run)
+}
+
 async fn plan(args: PlanArgs) -> Result<()> {
-    let plan = config::load(&args, ArtifactFlags::default(), &current_dir()?)?;
-    pipeline::plan(plan, args.sha.as_deref()).await
+    let (variables, environment) = environment();
+    let plan = config::load(&args, ArtifactFlags::default(), &current_dir()?, &variables)?;
+    pipeline::plan(plan, args.sha.as_deref(), &environment).await
 }
 
 /// `--jobs` when not given: the number of CPUs, but at least this.
@@ -60,7 +72,8 @@ async fn build(args: BuildArgs) -> Result<()> {
         output_dir: args.output_dir.as_deref(),
         image_uri: args.image_uri.map(ImageUriKind::from),
     };
-    let plan = config::load(&args.plan, flags, &current_dir()?)?;
+    let (variables, environment) = environment();
+    let plan = config::load(&args.plan, flags, &current_dir()?, &variables)?;
     let jobs = match args.jobs {
         Some(0) => return Err(Error::usage("--jobs must be at least 1")),
         Some(jobs) => jobs,
@@ -77,5 +90,5 @@ async fn build(args: BuildArgs) -> Result<()> {
         jobs,
         docker_timeout: Duration::from_secs(args.docker_timeout),
     };
-    pipeline::build(plan, args.plan.sha.as_deref(), settings).await
+    pipeline::build(plan, args.plan.sha.as_deref(), settings, &environment).await
 }

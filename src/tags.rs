@@ -195,8 +195,9 @@ pub struct BuildEnv {
 }
 
 impl BuildEnv {
-    pub fn from_process() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    /// From the variables `lookup` gives (the process environment, at the edge); empty is unset.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
         Self {
             resolved_source_version: var("CODEBUILD_RESOLVED_SOURCE_VERSION"),
             source_version: var("CODEBUILD_SOURCE_VERSION"),

@@ -143,13 +143,11 @@ impl RegistryAccess {
 pub const DRY_RUN_PLACEHOLDER_REGISTRY: &str = "dry-run.invalid";
 
 /// The registry a dry run or a plan names without asking AWS, and where it came from.
-pub fn offline_registry(configured: Option<&str>) -> (String, &'static str) {
+pub fn offline_registry(configured: Option<&str>, env: &super::AwsEnv) -> (String, &'static str) {
     if let Some(registry) = configured {
         return (registry.to_owned(), "the config or --registry");
     }
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let region = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"));
-    match (var("AWS_ACCOUNT_ID"), region) {
+    match (env.account_id.clone(), env.region.clone()) {
         (Some(account), Some(region)) => (
             format!("{account}.dkr.ecr.{region}.amazonaws.com"),
             "AWS_ACCOUNT_ID and AWS_REGION",

@@ -58,6 +58,28 @@ pub struct Session {
     pub region: String,
 }
 
+/// The variables ecr-build reads for AWS besides the SDK's own, read once at the edge.
+#[derive(Debug, Clone, Default)]
+pub struct AwsEnv {
+    /// AWS_ACCOUNT_ID and AWS_REGION (or AWS_DEFAULT_REGION): a dry run's registry.
+    pub account_id: Option<String>,
+    pub region: Option<String>,
+    /// ECR_BUILD_AWS_MAX_ATTEMPTS, else the SDK's own AWS_MAX_ATTEMPTS.
+    pub max_attempts: Option<String>,
+}
+
+impl AwsEnv {
+    /// From the variables `lookup` gives (the process environment, at the edge); empty is unset.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        Self {
+            account_id: var("AWS_ACCOUNT_ID"),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            max_attempts: var("ECR_BUILD_AWS_MAX_ATTEMPTS").or_else(|| var("AWS_MAX_ATTEMPTS")),
+        }
+    }
+}
+
 /// Why AWS cannot be used: its configuration (exit 2), or a call that failed (exit 1).
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
@@ -72,8 +94,9 @@ pub enum AwsError {
 pub async fn connect(
     configured_registry: Option<&str>,
     repositories: &[&str],
+    env: &AwsEnv,
 ) -> Result<Session, AwsError> {
-    let sdk = load_config(configured_registry.and_then(region_of_ecr_host)).await?;
+    let sdk = load_config(configured_registry.and_then(region_of_ecr_host), env).await?;
     let region = sdk.region().map(ToString::to_string).unwrap_or_default();
     let ecr = aws_sdk_ecr::Client::from_conf(
         aws_sdk_ecr::config::Builder::from(&sdk)
@@ -102,11 +125,11 @@ pub async fn connect(
 
 /// Loads the shared SDK configuration. `region_hint` (the region of an ECR registry host) is used only
 /// when the environment names no region.
-pub async fn load_config(region_hint: Option<String>) -> Result<SdkConfig, AwsError> {
+pub async fn load_config(region_hint: Option<String>, env: &AwsEnv) -> Result<SdkConfig, AwsError> {
     let region = RegionProviderChain::default_provider().or_else(region_hint.map(Region::new));
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
-        .retry_config(retry_config(max_attempts_from_env().as_deref())?)
+        .retry_config(retry_config(env.max_attempts.as_deref())?)
         .load()
         .await;
     if config.region().is_none() {
@@ -117,13 +140,6 @@ pub async fn load_config(region_hint: Option<String>) -> Result<SdkConfig, AwsEr
         ));
     }
     Ok(config)
-}
-
-/// ECR_BUILD_AWS_MAX_ATTEMPTS, else the SDK's own AWS_MAX_ATTEMPTS.
-fn max_attempts_from_env() -> Option<String> {
-    ["ECR_BUILD_AWS_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS"]
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
 }
 
 /// Throttling and 5xx are retried in adaptive mode (a client-side rate limiter on top of backoff),

@@ -1,6 +1,7 @@
 //! A plan from Compose files: the services with `build:` are the images. Settings come from the
 //! flags, then the ecr-build.toml that names the files (if any), then the files' `x-ecr-build:`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -18,7 +19,7 @@ pub(super) fn plan_from_compose(
     toml: Option<(PathBuf, ConfigFile)>,
     args: &PlanArgs,
     flags: ArtifactFlags<'_>,
-    cwd: &Path,
+    (cwd, environment): (&Path, &HashMap<String, String>),
 ) -> Result<Plan, ConfigError> {
     if let Some((path, file)) = &toml
         && file
@@ -32,7 +33,7 @@ pub(super) fn plan_from_compose(
                 .into(),
         });
     }
-    let project = compose::load(&files, std::env::vars().collect(), &args.profiles)?;
+    let project = compose::load(&files, environment.clone(), &args.profiles)?;
     let invalid = |message: String| ConfigError::Invalid {
         origin: project.origin.clone(),
         message,

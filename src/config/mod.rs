@@ -1,6 +1,7 @@
 //! ecr-build.toml and the command line, merged into a validated [`Plan`]. Only reading the config file
 //! touches the outside world; everything after that is pure.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use std::fmt;
@@ -317,8 +318,14 @@ impl ArtifactsPlan {
 }
 
 /// Reads the config file (if any) and merges it with the command line.
-pub fn load(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Plan, ConfigError> {
-    let plan = load_all(args, flags, cwd)?;
+/// `environment` is the process's, read once at the edge: what Compose files interpolate.
+pub fn load(
+    args: &PlanArgs,
+    flags: ArtifactFlags<'_>,
+    cwd: &Path,
+    environment: &HashMap<String, String>,
+) -> Result<Plan, ConfigError> {
+    let plan = load_all(args, flags, cwd, environment)?;
     restrict(plan, &args.only, &args.platforms).map_err(ConfigError::Usage)
 }
 
@@ -355,7 +362,12 @@ fn restrict(mut plan: Plan, only: &[String], platforms: &[String]) -> Result<Pla
     Ok(plan)
 }
 
-fn load_all(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Plan, ConfigError> {
+fn load_all(
+    args: &PlanArgs,
+    flags: ArtifactFlags<'_>,
+    cwd: &Path,
+    environment: &HashMap<String, String>,
+) -> Result<Plan, ConfigError> {
     let compose: Vec<PathBuf> = args
         .compose
         .iter()
@@ -375,7 +387,7 @@ fn load_all(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Pla
     };
     let Some(path) = config_path else {
         return match (compose.is_empty(), crate::compose::default_files(cwd)) {
-            (false, _) => plan_from_compose(compose, None, args, flags, cwd),
+            (false, _) => plan_from_compose(compose, None, args, flags, (cwd, environment)),
             (true, Some(files)) => {
                 tracing::info!(
                     "no {DEFAULT_CONFIG_FILE}: the images are the services of {}",
@@ -385,7 +397,7 @@ fn load_all(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Pla
                         .collect::<Vec<_>>()
                         .join(" and ")
                 );
-                plan_from_compose(files, None, args, flags, cwd)
+                plan_from_compose(files, None, args, flags, (cwd, environment))
             }
             (true, None) => Err(ConfigError::Usage(format!(
                 "no {DEFAULT_CONFIG_FILE} or Compose file in {} and no --repository: give --config FILE, \
@@ -405,8 +417,12 @@ fn load_all(args: &PlanArgs, flags: ArtifactFlags<'_>, cwd: &Path) -> Result<Pla
         .collect();
     match (compose.is_empty(), named.is_empty()) {
         (true, true) => plan_from_file(&path, file, args, flags, cwd),
-        (false, _) => plan_from_compose(compose, Some((path, file)), args, flags, cwd),
-        (true, false) => plan_from_compose(named, Some((path, file)), args, flags, cwd),
+        (false, _) => {
+            plan_from_compose(compose, Some((path, file)), args, flags, (cwd, environment))
+        }
+        (true, false) => {
+            plan_from_compose(named, Some((path, file)), args, flags, (cwd, environment))
+        }
     }
 }
 
@@ -1025,7 +1041,13 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
                        x-ecr-build:\n  ssm_path: /compose\n";
         std::fs::write(dir.path().join("ecr-build.toml"), toml).unwrap();
         std::fs::write(dir.path().join("compose.yaml"), compose).unwrap();
-        let plan = load(&args(&[]), ArtifactFlags::default(), dir.path()).unwrap();
+        let plan = load(
+            &args(&[]),
+            ArtifactFlags::default(),
+            dir.path(),
+            &HashMap::new(),
+        )
+        .unwrap();
         let [web, worker] = &plan.images[..] else {
             panic!("two images: {:?}", plan.images)
         };
@@ -1049,11 +1071,11 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         let compose = "services:\n  web:\n    image: r.example/web\n    build: .\n\
                        x-ecr-build:\n  artifacts:\n    dir: out\n";
         std::fs::write(root.join("deploy/compose.yaml"), compose).unwrap();
-        let plan = load(&args(&[]), ArtifactFlags::default(), &root).unwrap();
+        let plan = load(&args(&[]), ArtifactFlags::default(), &root, &HashMap::new()).unwrap();
         assert_eq!(plan.artifacts.dir, root.join("deploy/out"));
         let toml = "compose = [\"deploy/compose.yaml\"]\n[artifacts]\ndir = \"mine\"\n";
         std::fs::write(root.join("ecr-build.toml"), toml).unwrap();
-        let plan = load(&args(&[]), ArtifactFlags::default(), &root).unwrap();
+        let plan = load(&args(&[]), ArtifactFlags::default(), &root, &HashMap::new()).unwrap();
         assert_eq!(
             plan.artifacts.dir,
             root.join("mine"),
@@ -1101,20 +1123,35 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
     fn config_and_repository_exclude_each_other() {
         let a = args(&["--config", "x.toml", "--repository", "web"]);
         assert!(matches!(
-            load(&a, ArtifactFlags::default(), Path::new("/nonexistent")),
+            load(
+                &a,
+                ArtifactFlags::default(),
+                Path::new("/nonexistent"),
+                &HashMap::new()
+            ),
             Err(ConfigError::Usage(_))
         ));
         let none = args(&[]);
-        let err = load(&none, ArtifactFlags::default(), Path::new("/nonexistent"))
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            &none,
+            ArtifactFlags::default(),
+            Path::new("/nonexistent"),
+            &HashMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("no ecr-build.toml or Compose file in /nonexistent"),
             "{err}"
         );
         let both = args(&["--compose", "compose.yaml", "--repository", "web"]);
         assert!(matches!(
-            load(&both, ArtifactFlags::default(), Path::new("/nonexistent")),
+            load(
+                &both,
+                ArtifactFlags::default(),
+                Path::new("/nonexistent"),
+                &HashMap::new()
+            ),
             Err(ConfigError::Usage(_))
         ));
     }
@@ -1426,7 +1463,7 @@ mod proptests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("ecr-build.toml");
             std::fs::write(&path, &bytes).unwrap();
-            let result = load(&args(&["--config", path.to_str().unwrap()]), ArtifactFlags::default(), dir.path());
+            let result = load(&args(&["--config", path.to_str().unwrap()]), ArtifactFlags::default(), dir.path(), &HashMap::new());
             if let Err(err) = &result {
                 let message = err.to_string();
                 prop_assert!(

@@ -35,8 +35,9 @@ pub struct HostEnv {
 }
 
 impl HostEnv {
-    pub fn from_process() -> Self {
-        let var = |name: &str| std::env::var(name).ok();
+    /// From the variables `lookup` gives (the process environment, at the edge).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name);
         Self {
             docker_host: var("DOCKER_HOST"),
             tls_verify: var("DOCKER_TLS_VERIFY"),
@@ -47,11 +48,6 @@ impl HostEnv {
 }
 
 impl EngineAddr {
-    /// `DOCKER_HOST` as the docker CLI reads it: unset or empty is the local socket.
-    pub fn from_env() -> Result<Self, Error> {
-        Self::parse(&HostEnv::from_process())
-    }
-
     /// `tcp://` is TLS when DOCKER_TLS_VERIFY is set (not empty), with ca.pem, cert.pem and key.pem
     /// from DOCKER_CERT_PATH, else ~/.docker.
     pub fn parse(env: &HostEnv) -> Result<Self, Error> {

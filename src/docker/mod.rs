@@ -8,7 +8,7 @@ mod progress;
 mod session;
 mod tunnel;
 
-pub use host::EngineAddr;
+pub use host::{EngineAddr, HostEnv};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -128,9 +128,9 @@ pub struct Engine {
 }
 
 /// The engine's address for messages, and where it came from.
-fn describe(address: &EngineAddr) -> String {
-    let from = match std::env::var("DOCKER_HOST") {
-        Ok(host) if !host.trim().is_empty() => "DOCKER_HOST",
+fn describe(address: &EngineAddr, env: &HostEnv) -> String {
+    let from = match env.docker_host.as_deref() {
+        Some(host) if !host.trim().is_empty() => "DOCKER_HOST",
         _ => "DOCKER_HOST is not set",
     };
     format!("{address} ({from})")
@@ -139,8 +139,9 @@ fn describe(address: &EngineAddr) -> String {
 impl Engine {
     /// Connects, waiting up to `wait` for a daemon that is still starting, as buildspecs do with
     /// `until docker info; do sleep 1; done`.
-    pub async fn connect(wait: Duration) -> Result<Engine, DockerError> {
-        let configured = EngineAddr::from_env()?;
+    /// `DOCKER_HOST` (and the TLS variables) as the docker CLI reads them, in `env`.
+    pub async fn connect(wait: Duration, env: &HostEnv) -> Result<Engine, DockerError> {
+        let configured = EngineAddr::parse(env)?;
         let (address, tunnel) = match &configured {
             EngineAddr::Remote(remote) => {
                 let tunnel = until_up(&remote.to_string(), wait, || Tunnel::open(remote)).await?;
@@ -148,7 +149,7 @@ impl Engine {
             }
             _ => (configured.clone(), None),
         };
-        let host = describe(&configured);
+        let host = describe(&configured, env);
         let docker = until_up(&host, wait, || async {
             let attempt = async {
                 let docker = address.client(PING_TIMEOUT.as_secs())?;

@@ -17,10 +17,11 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::artifacts;
+use crate::aws::AwsEnv;
 use crate::aws::{self, ecr, ecr::RegistryAccess};
 use crate::config::Plan;
 use crate::decide::TagRules;
-use crate::docker::Engine;
+use crate::docker::{Engine, HostEnv};
 use crate::error::{Error, Result};
 use crate::image::REVISION_LABEL;
 use crate::prepare::{self, PreparedImage};
@@ -29,6 +30,26 @@ use crate::secrets::{self, SecretValues};
 use crate::tags::{self, BuildEnv, RunTags};
 use crate::{bases, git};
 use steps::RunContext;
+
+/// The process environment as a run reads it, once, at the edge (the command): CodeBuild's
+/// variables, the engine's address, AWS's account and region.
+#[derive(Debug, Default)]
+pub struct RunEnvironment {
+    pub build: BuildEnv,
+    pub host: HostEnv,
+    pub aws: AwsEnv,
+}
+
+impl RunEnvironment {
+    /// From the variables `lookup` gives.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+        Self {
+            build: BuildEnv::from_lookup(lookup),
+            host: HostEnv::from_lookup(lookup),
+            aws: AwsEnv::from_lookup(lookup),
+        }
+    }
+}
 
 /// Images whose registry look-ups (and re-tags) go out at once.
 const REGISTRY_FAN_OUT: usize = 32;
@@ -49,6 +70,7 @@ fn run_tags(
     sha_flag: Option<&str>,
     prepared: &[PreparedImage],
     dry_run: bool,
+    environment: &RunEnvironment,
 ) -> Result<RunTags> {
     let stand_in = dry_run.then(|| {
         let mut hasher = Sha256::new();
@@ -60,21 +82,15 @@ fn run_tags(
         format!("{:x}", hasher.finalize())[..40].to_owned()
     });
     let git = |args: &[&str]| git::output(&plan.source_dir, args);
-    tags::resolve_run_tags(
-        &plan.tags,
-        sha_flag,
-        &BuildEnv::from_process(),
-        git,
-        stand_in,
-    )
-    .map_err(|err| Error::usage(err.to_string()))
+    tags::resolve_run_tags(&plan.tags, sha_flag, &environment.build, git, stand_in)
+        .map_err(|err| Error::usage(err.to_string()))
 }
 
 /// `ecr-build plan`: the JSON on stdout, nothing built.
-pub async fn plan(plan: Plan, sha_flag: Option<&str>) -> Result<()> {
+pub async fn plan(plan: Plan, sha_flag: Option<&str>, environment: &RunEnvironment) -> Result<()> {
     let prepared = prepare::prepare(&plan).await?;
-    let run_tags = run_tags(&plan, sha_flag, &prepared, false)?;
-    let (registry, source) = ecr::offline_registry(plan.registry.as_deref());
+    let run_tags = run_tags(&plan, sha_flag, &prepared, false, environment)?;
+    let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), &environment.aws);
     tracing::info!("registry {registry} (from {source})");
     let images = prepared
         .iter()
@@ -112,6 +128,7 @@ async fn build_one(
 async fn remote_side(
     plan: &Plan,
     dry_run: bool,
+    env: &AwsEnv,
 ) -> Result<(
     String,
     Option<RegistryAccess>,
@@ -119,7 +136,7 @@ async fn remote_side(
     Vec<SecretValues>,
 )> {
     if dry_run {
-        let (registry, source) = ecr::offline_registry(plan.registry.as_deref());
+        let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), env);
         tracing::info!(
             "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
         );
@@ -127,16 +144,21 @@ async fn remote_side(
         return Ok((registry, None, HashMap::new(), secrets));
     }
     let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
-    let aws = aws::connect(plan.registry.as_deref(), &repositories).await?;
+    let aws = aws::connect(plan.registry.as_deref(), &repositories, env).await?;
     let secrets = secrets::resolve(plan, Some((&aws.ssm, &aws.region))).await?;
     Ok((aws.registry, Some(aws.access), aws.rules, secrets))
 }
 
 /// `ecr-build build`.
-pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) -> Result<()> {
+pub async fn build(
+    plan: Plan,
+    sha_flag: Option<&str>,
+    settings: BuildSettings,
+    environment: &RunEnvironment,
+) -> Result<()> {
     // A run that pushes knows its tags without the contexts: a missing commit fails before any call.
     let early_tags = match settings.dry_run {
-        false => Some(run_tags(&plan, sha_flag, &[], false)?),
+        false => Some(run_tags(&plan, sha_flag, &[], false, environment)?),
         true => None,
     };
     // No idle waits: the contexts are walked and hashed while ECR logs in, the repositories are
@@ -144,14 +166,14 @@ pub async fn build(plan: Plan, sha_flag: Option<&str>, settings: BuildSettings) 
     let ((prepared, engine), (registry, access, rules, secrets)) = tokio::try_join!(
         async {
             tokio::try_join!(prepare::prepare(&plan), async {
-                Ok(Engine::connect(settings.docker_timeout).await?)
+                Ok(Engine::connect(settings.docker_timeout, &environment.host).await?)
             })
         },
-        remote_side(&plan, settings.dry_run),
+        remote_side(&plan, settings.dry_run, &environment.aws),
     )?;
     let run_tags = match early_tags {
         Some(tags) => tags,
-        None => run_tags(&plan, sha_flag, &prepared, true)?,
+        None => run_tags(&plan, sha_flag, &prepared, true, environment)?,
     };
     let labels = (run_tags.sha.iter())
         .map(|sha| (REVISION_LABEL.to_owned(), sha.clone()))

@@ -17,7 +17,7 @@ const IMAGE_DEFINITIONS_LIMIT: usize = 100 * 1024;
 /// artifacts name (the primary tag's, or the digest's), and its digest (in a dry run, the local
 /// image ID).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageUri {
+pub(crate) struct ImageUri {
     pub name: String,
     pub uri: String,
     pub digest: String,
@@ -45,13 +45,13 @@ struct BuildJson<'a> {
 
 /// A file to write: its name inside the artifacts directory and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Artifact {
+pub(crate) struct Artifact {
     pub file_name: String,
     pub contents: Vec<u8>,
 }
 
 /// The deploy stage's files, only after every image of the run is in place.
-pub fn write_for(
+pub(crate) fn write_for(
     plan: &ArtifactsPlan,
     several_images: bool,
     primary_tag: &str,
@@ -77,7 +77,11 @@ pub fn write_for(
 
 /// The URI each image is deployed by: its primary tag's, or with `digest` its registry digest's
 /// (a dry run has none, and keeps the tag).
-pub fn image_uris(kind: ImageUriKind, primary_tag: &str, images: &[ImageOutcome]) -> Vec<ImageUri> {
+pub(crate) fn image_uris(
+    kind: ImageUriKind,
+    primary_tag: &str,
+    images: &[ImageOutcome],
+) -> Vec<ImageUri> {
     images
         .iter()
         .map(|o| ImageUri {
@@ -93,7 +97,7 @@ pub fn image_uris(kind: ImageUriKind, primary_tag: &str, images: &[ImageOutcome]
 }
 
 /// Renders every enabled artifact. `images` are in config order.
-pub fn render(
+pub(crate) fn render(
     plan: &ArtifactsPlan,
     primary_tag: &str,
     images: &[ImageUri],
@@ -158,7 +162,7 @@ fn to_json_line(value: &impl Serialize) -> Vec<u8> {
 /// Writes every artifact to a temporary file beside its target, syncs them, and only then renames them
 /// into place, so a failure before the renames leaves the previous run's files as they were and a
 /// crash leaves each file either old and whole or new and whole.
-pub fn write_all(dir: &Path, artifacts: &[Artifact]) -> Result<Vec<PathBuf>> {
+pub(crate) fn write_all(dir: &Path, artifacts: &[Artifact]) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create artifacts directory {}", dir.display()))?;
     let mut staged = Vec::with_capacity(artifacts.len());

@@ -23,7 +23,7 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// A reference as BuildKit names it: `node:20` is `docker.io/library/node:20`, `bitnami/redis`
 /// is `docker.io/bitnami/redis:latest`.
-pub fn normalize(reference: &str) -> String {
+pub(crate) fn normalize(reference: &str) -> String {
     let (host, rest) = match split_registry(reference) {
         (Some(host), rest) => (host.to_owned(), rest.to_owned()),
         (None, rest) if rest.contains('/') => ("docker.io".to_owned(), rest.to_owned()),
@@ -42,7 +42,7 @@ pub fn normalize(reference: &str) -> String {
 }
 
 /// A normalized reference as people write it: `docker.io/library/node:20` is `node:20`.
-pub fn familiar(normalized: &str) -> &str {
+pub(crate) fn familiar(normalized: &str) -> &str {
     (normalized.strip_prefix("docker.io/library/"))
         .or_else(|| normalized.strip_prefix("docker.io/"))
         .unwrap_or(normalized)
@@ -71,13 +71,13 @@ fn locate(normalized: &str) -> Option<(&str, &str, &str)> {
 
 /// The run's way to the registries: the run's own (with ECR's token), others anonymously; `None`
 /// in a dry run, which asks no registry.
-pub struct Registries<'a> {
+pub(crate) struct Registries<'a> {
     pub run_registry: &'a str,
     pub access: Option<&'a RegistryAccess>,
 }
 
 /// Every base of `recipes`, each resolved once: normalized reference → digest, or why not.
-pub async fn resolve_all<'r>(
+pub(crate) async fn resolve_all<'r>(
     engine: &Engine,
     registries: &Registries<'_>,
     recipes: impl IntoIterator<Item = &'r Recipe>,
@@ -147,7 +147,7 @@ async fn resolve_one(
 
 /// One recipe's bases, from [`resolve_all`]'s answers: `Err` names the first that did not
 /// resolve, and why.
-pub fn bases_of(
+pub(crate) fn bases_of(
     recipe: &Recipe,
     resolved: &HashMap<String, Result<String, String>>,
 ) -> Result<BTreeMap<String, String>, String> {
@@ -168,7 +168,10 @@ pub fn bases_of(
 
 /// The images BuildKit loaded that `bases` does not name: where the Dockerfile analysis missed
 /// a base, the recipe does not cover it, and the image must not be found by it.
-pub fn unnamed_loaded<'a>(loaded: &'a [String], bases: &BTreeMap<String, String>) -> Vec<&'a str> {
+pub(crate) fn unnamed_loaded<'a>(
+    loaded: &'a [String],
+    bases: &BTreeMap<String, String>,
+) -> Vec<&'a str> {
     (loaded.iter())
         .filter(|image| !bases.contains_key(&normalize(image)))
         .map(String::as_str)

@@ -11,7 +11,7 @@ use crate::config::{Builder, ImagePlan};
 /// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
 /// different inputs can produce the same bytes.
 /// `platform` is the one the image is built for, where the configuration names one.
-pub fn digest_inputs(
+pub(crate) fn digest_inputs(
     image: &ImagePlan,
     builder: Builder,
     dockerfile_in_context: &str,
@@ -43,7 +43,7 @@ pub fn digest_inputs(
 /// What decides an image for one platform besides the files its build reads: its settings and
 /// the images it builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipe {
+pub(crate) struct Recipe {
     /// [`recipe_settings`]'s JSON.
     pub settings: Vec<u8>,
     /// The base images as the Dockerfile names them (`dockerfile::base_images`); `Err(reason)`
@@ -53,7 +53,7 @@ pub struct Recipe {
 
 /// The recipe's settings: [`digest_inputs`], the Dockerfile's and the ignore file's content and
 /// the network RUN steps get. JSON, so no two different settings give the same bytes.
-pub fn recipe_settings(
+pub(crate) fn recipe_settings(
     inputs: &[u8],
     dockerfile_text: &str,
     ignore_rules: &[u8],
@@ -71,7 +71,7 @@ pub fn recipe_settings(
 
 /// The key of a recipe whose bases resolved to `bases` (reference → digest). `None`: they could
 /// not be resolved, and the key is one no resolved recipe has.
-pub fn recipe_key(settings: &[u8], bases: Option<&BTreeMap<String, String>>) -> String {
+pub(crate) fn recipe_key(settings: &[u8], bases: Option<&BTreeMap<String, String>>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"ecr-build recipe v1\n");
     hasher.update((settings.len() as u64).to_be_bytes());
@@ -85,7 +85,7 @@ pub fn recipe_key(settings: &[u8], bases: Option<&BTreeMap<String, String>>) -> 
 
 /// The context digest by which an image is found again: its recipe's key and the digest of what
 /// its build read (the file sync's offer for what BuildKit asked, or the whole tar).
-pub fn context_digest(recipe_key: &str, read_digest: &str) -> String {
+pub(crate) fn context_digest(recipe_key: &str, read_digest: &str) -> String {
     format!(
         "{:x}",
         Sha256::digest(format!(
@@ -95,12 +95,12 @@ pub fn context_digest(recipe_key: &str, read_digest: &str) -> String {
 }
 
 /// The tag of the record of what BuildKit read for a recipe.
-pub fn record_tag(recipe_key: &str) -> String {
+pub(crate) fn record_tag(recipe_key: &str) -> String {
     format!("rcp-{}", &recipe_key[..20])
 }
 
 /// The base images whose digest differs from an earlier image's: what the summary says moved.
-pub fn moved_bases(
+pub(crate) fn moved_bases(
     previous: &BTreeMap<String, String>,
     current: &BTreeMap<String, String>,
 ) -> Vec<String> {
@@ -112,7 +112,7 @@ pub fn moved_bases(
 
 /// The inputs whose digests differ from an earlier image's, or that it did not read: what the
 /// summary says changed.
-pub fn changed_inputs(
+pub(crate) fn changed_inputs(
     previous: &BTreeMap<String, String>,
     current: &BTreeMap<String, String>,
 ) -> Vec<String> {
@@ -123,25 +123,25 @@ pub fn changed_inputs(
 }
 
 /// The tag that marks an image by the digest of everything that decided it.
-pub fn context_tag(context_digest: &str) -> String {
+pub(crate) fn context_tag(context_digest: &str) -> String {
     format!("ctx-{}", &context_digest[..20])
 }
 
 /// Which tags of a repository cannot be moved once they exist: ECR's `imageTagMutability`, with
 /// the exclusion filters of `IMMUTABLE_WITH_EXCLUSION` and `MUTABLE_WITH_EXCLUSION`.
 #[derive(Debug, Clone, Default)]
-pub struct TagRules {
+pub(crate) struct TagRules {
     immutable_by_default: bool,
     /// Tags matching one of these have the other mutability.
     exclusions: Vec<Regex>,
 }
 
 impl TagRules {
-    pub fn mutable() -> Self {
+    pub(crate) fn mutable() -> Self {
         Self::default()
     }
 
-    pub fn immutable() -> Self {
+    pub(crate) fn immutable() -> Self {
         Self {
             immutable_by_default: true,
             exclusions: Vec::new(),
@@ -150,7 +150,7 @@ impl TagRules {
 
     /// `filters` are ECR's WILDCARD filters: `*` stands for any run of characters, everything else
     /// for itself, and a filter matches a whole tag.
-    pub fn with_exclusions(immutable_by_default: bool, filters: &[&str]) -> Self {
+    pub(crate) fn with_exclusions(immutable_by_default: bool, filters: &[&str]) -> Self {
         let exclusions = filters
             .iter()
             .map(|filter| {
@@ -165,14 +165,14 @@ impl TagRules {
         }
     }
 
-    pub fn is_immutable(&self, tag: &str) -> bool {
+    pub(crate) fn is_immutable(&self, tag: &str) -> bool {
         self.immutable_by_default != self.exclusions.iter().any(|filter| filter.is_match(tag))
     }
 }
 
 /// What the registry holds for one image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RegistryState {
+pub(crate) struct RegistryState {
     /// The image to reuse when one was built from the same inputs: the one under the `ctx-` tag,
     /// re-stamped with this run's commit.
     pub unchanged: Option<String>,
@@ -183,7 +183,7 @@ pub struct RegistryState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Put the unchanged image's manifest under `put`; the run's other tags already point at it.
     Reuse { digest: String, put: Vec<String> },
     /// Build, then push `push` in order: the run's tags. The `ctx-` tag, known once the build
@@ -196,7 +196,7 @@ pub enum Action {
 #[error(
     "{tag} already exists ({existing}) and the repository's tags are immutable; this run {wants}"
 )]
-pub struct Conflict {
+pub(crate) struct Conflict {
     pub tag: String,
     pub existing: String,
     /// What the run would have put there, for the message.
@@ -205,7 +205,11 @@ pub struct Conflict {
 
 /// The tags whose current digest the decision needs: every run tag when the image may be reused
 /// (a tag already in place needs no PUT), else only those that cannot move.
-pub fn tags_to_look_up<'a>(tags: &'a [String], rules: &TagRules, may_reuse: bool) -> Vec<&'a str> {
+pub(crate) fn tags_to_look_up<'a>(
+    tags: &'a [String],
+    rules: &TagRules,
+    may_reuse: bool,
+) -> Vec<&'a str> {
     tags.iter()
         .map(String::as_str)
         .filter(|tag| may_reuse || rules.is_immutable(tag))
@@ -216,7 +220,7 @@ pub fn tags_to_look_up<'a>(tags: &'a [String], rules: &TagRules, may_reuse: bool
 /// already names other content is a conflict either way, found before any work is done. When
 /// reusing, a mutable tag moves to the re-stamped image; an immutable one that names the same
 /// content for an earlier commit stays where it is.
-pub fn decide(
+pub(crate) fn decide(
     tags: &[String],
     state: &RegistryState,
     rules: &TagRules,

@@ -64,7 +64,7 @@ failed_from!(
     crate::context::ContextError
 );
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {

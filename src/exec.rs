@@ -14,7 +14,7 @@ use crate::cli::ExecArgs;
 
 /// The variable docker-entrypoint.sh scripts read the prefix from; used when neither `--ssm-path` nor
 /// `ECR_BUILD_SSM_PATH` is given.
-pub const LEGACY_PREFIX_VARIABLE: &str = "PARAMETER_STORE_PREFIX";
+pub(crate) const LEGACY_PREFIX_VARIABLE: &str = "PARAMETER_STORE_PREFIX";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -54,7 +54,7 @@ fn describe_exec_error(command: &str, error: &io::Error) -> String {
 /// Where the parameters are: a hierarchy (`/app/prod`, read with GetParametersByPath) or a dotted
 /// prefix of single-level names (`kptboard.prod`, listed with DescribeParameters).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Prefix {
+pub(crate) enum Prefix {
     /// Starts with `/`, no trailing `/`.
     Path(String),
     /// No `/` at all, no trailing `.`.
@@ -72,7 +72,7 @@ impl fmt::Display for Prefix {
 
 /// The prefix to read: `--ssm-path`/`ECR_BUILD_SSM_PATH`, else `PARAMETER_STORE_PREFIX`. An empty or
 /// blank value counts as not given (like the shell's `${VAR:-...}`); none at all means no SSM.
-pub fn resolve_prefix(
+pub(crate) fn resolve_prefix(
     flag: Option<&str>,
     legacy: Option<&str>,
 ) -> Result<Option<Prefix>, ExecError> {
@@ -85,7 +85,7 @@ pub fn resolve_prefix(
     }
 }
 
-pub fn parse_prefix(raw: &str) -> Result<Option<Prefix>, ExecError> {
+pub(crate) fn parse_prefix(raw: &str) -> Result<Option<Prefix>, ExecError> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Ok(None);
@@ -119,7 +119,7 @@ pub fn parse_prefix(raw: &str) -> Result<Option<Prefix>, ExecError> {
 /// uppercased, anything outside `[A-Za-z0-9_]` as `_`, and a leading `_` before a digit.
 /// `/app/prod/db/PASSWORD` under `/app/prod` → `DB_PASSWORD`; `kptboard.prod.secret.key.base` under
 /// `kptboard.prod` → `SECRET_KEY_BASE`.
-pub fn variable_name(prefix: &Prefix, parameter: &str) -> Result<String, String> {
+pub(crate) fn variable_name(prefix: &Prefix, parameter: &str) -> Result<String, String> {
     let (rest, separator) = match prefix {
         Prefix::Path(path) => (
             parameter
@@ -167,7 +167,7 @@ pub fn variable_name(prefix: &Prefix, parameter: &str) -> Result<String, String>
 /// The variables to set for the command, sorted by name: every parameter under its
 /// [`variable_name`], except those already set in the environment (`existing`) unless
 /// `override_existing`. Two parameters for one variable are an error that names both.
-pub fn environment_for(
+pub(crate) fn environment_for(
     existing: impl Fn(&str) -> bool,
     parameters: &[(String, Secret)],
     prefix: &Prefix,
@@ -200,7 +200,7 @@ pub fn environment_for(
 }
 
 /// Reads the parameters (if a prefix is given) and becomes the command. Returns only on failure.
-pub async fn run(args: ExecArgs) -> Result<Infallible, ExecError> {
+pub(crate) async fn run(args: ExecArgs) -> Result<Infallible, ExecError> {
     let legacy = match std::env::var(LEGACY_PREFIX_VARIABLE) {
         Ok(value) => Some(value),
         Err(std::env::VarError::NotPresent) => None,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 /// `git -C DIR ARGS...`'s trimmed output, or why there is none.
-pub fn output(dir: &Path, args: &[&str]) -> Result<String, String> {
+pub(crate) fn output(dir: &Path, args: &[&str]) -> Result<String, String> {
     let output = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)

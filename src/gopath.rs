@@ -2,7 +2,7 @@
 //! asking the disk. A leaf: the context walk, the ignore rules and the Dockerfile analysis share it.
 
 /// Go's `filepath.Clean` on Unix: the shortest equivalent path, "." for nothing.
-pub fn clean(path: &str) -> String {
+pub(crate) fn clean(path: &str) -> String {
     let rooted = path.starts_with('/');
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
@@ -30,7 +30,7 @@ pub fn clean(path: &str) -> String {
 }
 
 /// The directories above `path` (relative, '/'-separated), nearest first.
-pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     fn parent(path: &str) -> Option<&str> {
         path.rfind('/').map(|slash| &path[..slash])
     }
@@ -39,7 +39,7 @@ pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
 
 /// A path as BuildKit resolves it against the context: `.` and `..` resolved, never above the
 /// root; empty for the root itself.
-pub fn within_context(path: &str) -> String {
+pub(crate) fn within_context(path: &str) -> String {
     clean(&format!("/{path}"))
         .trim_start_matches('/')
         .to_owned()

@@ -8,33 +8,33 @@ use serde_json::Value;
 use crate::registry::{DOCKER_MANIFEST_LIST, Manifest, OCI_INDEX, sha256_digest};
 
 /// The OCI label (and, on an index, annotation) that names the commit an image was built from.
-pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+pub(crate) const REVISION_LABEL: &str = "org.opencontainers.image.revision";
 /// The label that names an image's recipe: everything but its context files that decided it
 /// (see `decide::recipe`).
-pub const RECIPE_LABEL: &str = "dev.ecr-build.recipe";
+pub(crate) const RECIPE_LABEL: &str = "dev.ecr-build.recipe";
 /// The artifact type of a record: what BuildKit read from the context for one recipe.
-pub const RECORD_ARTIFACT_TYPE: &str = "application/vnd.ecr-build.record.v1+json";
+pub(crate) const RECORD_ARTIFACT_TYPE: &str = "application/vnd.ecr-build.record.v1+json";
 /// The annotation of a record's manifest that holds it, so that one GET reads it.
-pub const RECORD_ANNOTATION: &str = "dev.ecr-build.record";
+pub(crate) const RECORD_ANNOTATION: &str = "dev.ecr-build.record";
 /// OCI's empty descriptor content (`{}`): a record's config and only layer.
-pub const EMPTY_BLOB: &[u8] = b"{}";
+pub(crate) const EMPTY_BLOB: &[u8] = b"{}";
 const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The digests of the base images an image was built on (JSON), for a later build to say which
 /// moved.
-pub const BASES_LABEL: &str = "dev.ecr-build.bases";
+pub(crate) const BASES_LABEL: &str = "dev.ecr-build.bases";
 /// What a built image read from its context: each input's short digest (JSON), for a later build
 /// to say which input changed.
-pub const INPUTS_LABEL: &str = "dev.ecr-build.inputs";
+pub(crate) const INPUTS_LABEL: &str = "dev.ecr-build.inputs";
 
 /// An image labelled for another commit: the config blob to push and the manifest to put.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Restamped {
+pub(crate) struct Restamped {
     pub config: Bytes,
     pub manifest: Manifest,
 }
 
 /// The digest of an image manifest's config blob; `None` for an index, which has none.
-pub fn config_digest(manifest: &Manifest) -> Result<Option<String>, String> {
+pub(crate) fn config_digest(manifest: &Manifest) -> Result<Option<String>, String> {
     if is_index(manifest) {
         return Ok(None);
     }
@@ -49,7 +49,7 @@ pub fn config_digest(manifest: &Manifest) -> Result<Option<String>, String> {
 /// `manifest`'s image with `label` set to `revision` in its config (`config` is that blob).
 /// `None` when it already carries that revision, so that a re-run of a commit, or the commit the
 /// image was built for, keeps its digest. Deterministic: the same inputs give the same bytes.
-pub fn restamp(
+pub(crate) fn restamp(
     manifest: &Manifest,
     config: &[u8],
     label: &str,
@@ -83,7 +83,7 @@ pub fn restamp(
 
 /// Whether two image configs describe the same image but for the commit they are stamped with:
 /// what a re-stamp changes, and all it changes.
-pub fn same_but_revision(config: &[u8], other: &[u8]) -> bool {
+pub(crate) fn same_but_revision(config: &[u8], other: &[u8]) -> bool {
     let without_revision = |bytes: &[u8]| -> Option<Value> {
         let mut image: Value = serde_json::from_slice(bytes).ok()?;
         if let Some(labels) = object_at(&mut image, &["config", "Labels"]) {
@@ -99,7 +99,7 @@ pub fn same_but_revision(config: &[u8], other: &[u8]) -> bool {
 
 /// A record's manifest: an OCI artifact whose annotation holds `record` (JSON), with OCI's empty
 /// blob as config and layer (push [`EMPTY_BLOB`] first). The same record gives the same bytes.
-pub fn record_manifest(record: &str) -> Manifest {
+pub(crate) fn record_manifest(record: &str) -> Manifest {
     let empty = serde_json::json!({
         "mediaType": EMPTY_MEDIA_TYPE,
         "digest": sha256_digest(EMPTY_BLOB),
@@ -122,7 +122,7 @@ pub fn record_manifest(record: &str) -> Manifest {
 }
 
 /// The record a manifest holds; `None` where it is no record of ours.
-pub fn record_in(manifest: &Manifest) -> Option<String> {
+pub(crate) fn record_in(manifest: &Manifest) -> Option<String> {
     let value: Value = serde_json::from_slice(&manifest.bytes).ok()?;
     if value.get("artifactType")?.as_str()? != RECORD_ARTIFACT_TYPE {
         return None;
@@ -137,7 +137,7 @@ pub fn record_in(manifest: &Manifest) -> Option<String> {
 }
 
 /// A label of an image config, if it has it.
-pub fn label(config: &[u8], name: &str) -> Option<String> {
+pub(crate) fn label(config: &[u8], name: &str) -> Option<String> {
     let image: Value = serde_json::from_slice(config).ok()?;
     image
         .get("config")?
@@ -166,7 +166,10 @@ fn object_at<'a>(
 
 /// An OCI image index of `children` (platform, manifest), with the run's commit as an annotation:
 /// a new commit is a new index, even where no platform's image changed.
-pub fn index(children: &[(String, Manifest)], revision: Option<&str>) -> Result<Manifest, String> {
+pub(crate) fn index(
+    children: &[(String, Manifest)],
+    revision: Option<&str>,
+) -> Result<Manifest, String> {
     let manifests: Vec<Value> = (children.iter())
         .map(|(platform, manifest)| {
             let (os, architecture, variant) = crate::reference::platform_parts(platform);
@@ -198,7 +201,7 @@ pub fn index(children: &[(String, Manifest)], revision: Option<&str>) -> Result<
     })
 }
 
-pub fn is_index(manifest: &Manifest) -> bool {
+pub(crate) fn is_index(manifest: &Manifest) -> bool {
     let essence = manifest
         .media_type
         .split(';')

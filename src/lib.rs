@@ -1,32 +1,37 @@
 //! ecr-build: the build stage of an AWS CodePipeline: ECR login, BuildKit builds through the Docker Engine
 //! API, tags from the commit, pushes, and the deploy stage's artifacts.
+//!
+//! The library exports what main needs; everything else is the crate's own, and the lints below
+//! keep it so: an item nothing reaches is an error, not a hidden `pub`.
 
-pub mod artifacts;
-pub mod aws;
-pub mod bases;
+#![warn(unreachable_pub)]
+
+mod artifacts;
+mod aws;
+mod bases;
 pub mod cli;
-pub mod compose;
-pub mod config;
-pub mod context;
-pub mod decide;
-pub mod docker;
-pub mod dockerfile;
-pub mod error;
-pub mod exec;
-pub mod git;
-pub mod gopath;
-pub mod image;
+mod compose;
+mod config;
+mod context;
+mod decide;
+mod docker;
+mod dockerfile;
+mod error;
+mod exec;
+mod git;
+mod gopath;
+mod image;
 pub mod output;
-pub mod pipeline;
-pub mod prepare;
-pub mod reference;
-pub mod registry;
-pub mod report;
-pub mod retry;
-pub mod reuse;
+mod pipeline;
+mod prepare;
+mod reference;
+mod registry;
+mod report;
+mod retry;
+mod reuse;
 mod run;
-pub mod secrets;
-pub mod tags;
+mod secrets;
+mod tags;
 
 pub use error::Error;
 pub use run::run;

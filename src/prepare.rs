@@ -18,7 +18,7 @@ use crate::dockerfile::{self, BuildFacts, ContextInputs, context_inputs};
 
 /// An image whose context has been read: the files to send, its recipe, and the Dockerfile
 /// analysis' first guess at what it reads.
-pub struct PreparedImage {
+pub(crate) struct PreparedImage {
     pub plan: ImagePlan,
     pub files: ContextFiles,
     /// The first guess's digest (what the analysis says the Dockerfile reads, and the recipe's
@@ -37,7 +37,7 @@ pub struct PreparedImage {
 }
 
 /// One platform of an image built for several.
-pub struct Variant {
+pub(crate) struct Variant {
     pub platform: String,
     pub digest: String,
     pub recipe: Recipe,
@@ -45,7 +45,7 @@ pub struct Variant {
 
 /// Walks and hashes every image's context, in parallel, off the async threads. The run's own
 /// artifacts and output files are never sent.
-pub async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
+pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
     let mut withheld = plan.artifacts.paths();
     withheld.extend(own_output_files());
     // Images that share a context (a monorepo's `context = "."`) share one walk and one hash per

@@ -21,16 +21,16 @@ static DIGEST: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})$").expect("valid pattern")
 });
 
-pub fn is_valid_tag(tag: &str) -> bool {
+pub(crate) fn is_valid_tag(tag: &str) -> bool {
     TAG.is_match(tag)
 }
 
-pub fn is_digest(text: &str) -> bool {
+pub(crate) fn is_digest(text: &str) -> bool {
     DIGEST.is_match(text)
 }
 
 /// ECR's rule: lowercase components separated by `/`, each `[a-z0-9]+([._-][a-z0-9]+)*`.
-pub fn check_repository(repository: &str) -> Result<(), String> {
+pub(crate) fn check_repository(repository: &str) -> Result<(), String> {
     if (2..=256).contains(&repository.len()) && REPOSITORY.is_match(repository) {
         Ok(())
     } else {
@@ -42,7 +42,7 @@ pub fn check_repository(repository: &str) -> Result<(), String> {
 }
 
 /// A tag as a registry takes it, or a digest.
-pub fn check_reference(reference: &str) -> Result<(), String> {
+pub(crate) fn check_reference(reference: &str) -> Result<(), String> {
     if reference.contains(':') {
         return if is_digest(reference) {
             Ok(())
@@ -60,7 +60,7 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
 }
 
 /// `host[:port]`, tolerating a scheme and a trailing slash as ECR's proxyEndpoint has them.
-pub fn normalize_registry(registry: &str) -> Result<String, String> {
+pub(crate) fn normalize_registry(registry: &str) -> Result<String, String> {
     let host = registry
         .trim()
         .trim_start_matches("https://")
@@ -75,7 +75,7 @@ pub fn normalize_registry(registry: &str) -> Result<String, String> {
 }
 
 /// `host[:port]` → the host name or address (IPv6 without brackets).
-pub fn host_name(host: &str) -> Result<&str, &'static str> {
+pub(crate) fn host_name(host: &str) -> Result<&str, &'static str> {
     if host.contains("://") {
         return Err("expected host[:port] without a scheme");
     }
@@ -116,7 +116,7 @@ pub fn host_name(host: &str) -> Result<&str, &'static str> {
 
 /// The registry host a reference names, and the rest: the first component is a host when it has
 /// a `.` or a `:` in it, or is `localhost`, as Docker reads references.
-pub fn split_registry(reference: &str) -> (Option<&str>, &str) {
+pub(crate) fn split_registry(reference: &str) -> (Option<&str>, &str) {
     match reference.split_once('/') {
         Some((first, rest))
             if first.contains('.') || first.contains(':') || first == "localhost" =>
@@ -128,7 +128,7 @@ pub fn split_registry(reference: &str) -> (Option<&str>, &str) {
 }
 
 /// `myapp/web:latest` is in the run's registry; `host.example:5000/x:y` or `localhost/x` names its own.
-pub fn qualify_reference(registry: &str, reference: &str) -> String {
+pub(crate) fn qualify_reference(registry: &str, reference: &str) -> String {
     match split_registry(reference) {
         (Some(_), _) => reference.to_owned(),
         (None, _) => format!("{registry}/{reference}"),
@@ -136,7 +136,7 @@ pub fn qualify_reference(registry: &str, reference: &str) -> String {
 }
 
 /// The platforms ecr-build builds for, as Docker writes them.
-pub const PLATFORMS: [&str; 8] = [
+pub(crate) const PLATFORMS: [&str; 8] = [
     "linux/amd64",
     "linux/arm64",
     "linux/arm64/v8",
@@ -147,7 +147,7 @@ pub const PLATFORMS: [&str; 8] = [
     "linux/s390x",
 ];
 
-pub fn check_platform(platform: &str) -> Result<(), String> {
+pub(crate) fn check_platform(platform: &str) -> Result<(), String> {
     if PLATFORMS.contains(&platform) {
         Ok(())
     } else {
@@ -159,7 +159,7 @@ pub fn check_platform(platform: &str) -> Result<(), String> {
 }
 
 /// `linux/arm64/v8` → `("linux", "arm64", Some("v8"))`.
-pub fn platform_parts(platform: &str) -> (&str, &str, Option<&str>) {
+pub(crate) fn platform_parts(platform: &str) -> (&str, &str, Option<&str>) {
     let mut parts = platform.splitn(3, '/');
     let os = parts.next().unwrap_or_default();
     let architecture = parts.next().unwrap_or_default();
@@ -167,7 +167,7 @@ pub fn platform_parts(platform: &str) -> (&str, &str, Option<&str>) {
 }
 
 /// 127.0.0.0/8, `localhost` and `::1` (the IPv6 address without brackets).
-pub fn is_loopback(name: &str) -> bool {
+pub(crate) fn is_loopback(name: &str) -> bool {
     name.eq_ignore_ascii_case("localhost")
         || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -12,7 +12,7 @@ use crate::output;
 use crate::prepare::PreparedImage;
 
 /// How one image's run ended.
-pub struct ImageOutcome {
+pub(crate) struct ImageOutcome {
     pub name: String,
     pub repository_uri: String,
     /// Registry manifest digest; in a dry run, the local image ID.
@@ -29,7 +29,7 @@ pub struct ImageOutcome {
 
 /// What a run did with an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Built and pushed.
     Pushed,
     /// Found unchanged, re-stamped for this commit and put under the run's tags.
@@ -52,7 +52,7 @@ impl std::fmt::Display for Outcome {
 /// `inputs_source` in the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum InputsSource {
+pub(crate) enum InputsSource {
     /// What BuildKit read for the same recipe, as an earlier build recorded it.
     Recorded,
     /// Nothing recorded for this recipe yet (or `--rebuild`): built, and recorded now.
@@ -74,7 +74,7 @@ impl std::fmt::Display for InputsSource {
 /// The summary's note on an image: a reused one's inputs did not change; a built one names the
 /// inputs that `changed` since the image the run's tags named (where that is known), else what of
 /// the context it reads.
-pub fn inputs_note(
+pub(crate) fn inputs_note(
     inputs: &ContextInputs,
     result: Outcome,
     changed: Option<&[String]>,
@@ -99,7 +99,7 @@ pub fn inputs_note(
 
 /// Prints one line per image, failed or not, in plan order; the outcomes when every image
 /// succeeded, else the run's verdict: "N of M images failed".
-pub fn summarize(
+pub(crate) fn summarize(
     outcomes: Vec<(String, Result<ImageOutcome>)>,
     tags: &[String],
 ) -> Result<Vec<ImageOutcome>> {
@@ -150,7 +150,7 @@ fn print_summary_line(name: &str, outcome: Option<&ImageOutcome>, tags: &[String
 }
 
 #[derive(Serialize)]
-pub struct PlanOutput<'a> {
+pub(crate) struct PlanOutput<'a> {
     pub registry: &'a str,
     pub sha: Option<&'a str>,
     pub tags: &'a [String],
@@ -158,7 +158,7 @@ pub struct PlanOutput<'a> {
 }
 
 #[derive(Serialize)]
-pub struct PlannedImage<'a> {
+pub(crate) struct PlannedImage<'a> {
     pub name: &'a str,
     pub repository: &'a str,
     pub context: &'a Path,
@@ -187,7 +187,7 @@ pub struct PlannedImage<'a> {
 }
 
 impl<'a> PlannedImage<'a> {
-    pub fn new(prepared: &'a PreparedImage, uris: Vec<String>) -> Self {
+    pub(crate) fn new(prepared: &'a PreparedImage, uris: Vec<String>) -> Self {
         let image = &prepared.plan;
         let pairs = |pairs: &'a [(String, String)]| {
             pairs
@@ -221,7 +221,7 @@ impl<'a> PlannedImage<'a> {
     }
 }
 
-pub fn print_plan(plan: &PlanOutput<'_>) -> serde_json::Result<()> {
+pub(crate) fn print_plan(plan: &PlanOutput<'_>) -> serde_json::Result<()> {
     println!("{}", serde_json::to_string_pretty(plan)?);
     Ok(())
 }

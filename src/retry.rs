@@ -10,7 +10,7 @@ const MAX_DELAY: Duration = Duration::from_secs(8);
 
 /// The delay before retry number `attempt` (1-based): doubling from 0.5 s, capped at 8 s, then
 /// "equal jitter": half fixed, half random, so parallel images don't retry in lockstep.
-pub fn delay(attempt: u32, random: f64) -> Duration {
+pub(crate) fn delay(attempt: u32, random: f64) -> Duration {
     let exponential = FIRST_DELAY.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
     let capped = exponential.min(MAX_DELAY);
     capped / 2 + capped.mul_f64(random.clamp(0.0, 1.0) / 2.0)
@@ -29,7 +29,7 @@ fn random_fraction() -> f64 {
 }
 
 /// Runs `operation` until it succeeds, fails permanently, or the next retry would end after `budget`.
-pub async fn with_backoff<T, E, F, Fut>(
+pub(crate) async fn with_backoff<T, E, F, Fut>(
     image: &str,
     what: &str,
     budget: Duration,

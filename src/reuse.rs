@@ -17,7 +17,7 @@ use crate::registry::{Manifest, RegistryError};
 use crate::retry;
 
 /// One image's registry calls, each retried while its faults are transient.
-pub struct ImageRegistry<'a> {
+pub(crate) struct ImageRegistry<'a> {
     pub access: &'a RegistryAccess,
     pub image: &'a str,
     pub repository: &'a str,
@@ -25,7 +25,7 @@ pub struct ImageRegistry<'a> {
 }
 
 /// What an earlier image under one of the run's tags was built from.
-pub struct Previous {
+pub(crate) struct Previous {
     /// Each input's short digest, by the analysis' paths.
     pub inputs: BTreeMap<String, String>,
     /// Each base image's digest.
@@ -40,7 +40,7 @@ struct Record {
 }
 
 /// The image a reuse puts under the run's tags, and the config blob it needs first, if new.
-pub struct ReuseTarget {
+pub(crate) struct ReuseTarget {
     pub manifest: Manifest,
     pub new_config: Option<Bytes>,
 }
@@ -57,7 +57,7 @@ impl ImageRegistry<'_> {
 
     /// What the decision needs: the image built from the same inputs (its context digest, where
     /// that is known before the build) re-stamped for `revision`, unless `rebuild`; the tags' digests; and which of those hold the same content.
-    pub async fn look_up(
+    pub(crate) async fn look_up(
         &self,
         context_digest: Option<&str>,
         tags: &[String],
@@ -89,7 +89,7 @@ impl ImageRegistry<'_> {
     /// What the image the first of `tags` that exists names was built from: what the image
     /// this run replaces read, and its bases. `None` where there is none, or it cannot be read
     /// (the build goes on).
-    pub async fn previous(&self, tags: &[String]) -> Option<Previous> {
+    pub(crate) async fn previous(&self, tags: &[String]) -> Option<Previous> {
         for tag in tags {
             let Ok(Some(manifest)) = self.manifest(tag).await else {
                 continue;
@@ -110,7 +110,7 @@ impl ImageRegistry<'_> {
 
     /// What BuildKit read of the context for the recipe `recipe_key`, as recorded by the build
     /// that first met it: one manifest GET. `None` where nothing is recorded.
-    pub async fn record(&self, recipe_key: &str) -> Result<Option<Vec<SyncRequest>>> {
+    pub(crate) async fn record(&self, recipe_key: &str) -> Result<Option<Vec<SyncRequest>>> {
         let Some(manifest) = self.manifest(&decide::record_tag(recipe_key)).await? else {
             return Ok(None);
         };
@@ -130,7 +130,11 @@ impl ImageRegistry<'_> {
 
     /// Records what BuildKit read for `recipe_key`. A repository that refuses the tag (an
     /// immutable one that holds another record) costs a rebuild next time, not this run.
-    pub async fn put_record(&self, recipe_key: &str, requests: &[SyncRequest]) -> Result<()> {
+    pub(crate) async fn put_record(
+        &self,
+        recipe_key: &str,
+        requests: &[SyncRequest],
+    ) -> Result<()> {
         let mut requests = requests.to_vec();
         requests.sort();
         requests.dedup();
@@ -188,7 +192,7 @@ impl ImageRegistry<'_> {
     }
 
     /// The manifest under `tag`, if there is one.
-    pub async fn manifest(&self, tag: &str) -> Result<Option<Manifest>> {
+    pub(crate) async fn manifest(&self, tag: &str) -> Result<Option<Manifest>> {
         let (client, repository) = (&self.access.client, self.repository);
         self.access.current().await?;
         Ok((self.call(&format!("looking up {repository}:{tag}"), || {
@@ -198,7 +202,7 @@ impl ImageRegistry<'_> {
     }
 
     /// What the run's tags hold, for putting `target` (an index) under them.
-    pub async fn tags_state(
+    pub(crate) async fn tags_state(
         &self,
         target: &str,
         tags: &[String],
@@ -299,7 +303,7 @@ impl ImageRegistry<'_> {
     }
 
     /// An unchanged image (re-stamped for this commit if it named another) under `tags`, logged.
-    pub async fn put_reused(
+    pub(crate) async fn put_reused(
         &self,
         target: &ReuseTarget,
         tags: &[String],
@@ -324,7 +328,7 @@ impl ImageRegistry<'_> {
 
     /// Puts the reused image under `tags`: its new config blob first (unless the repository has
     /// it), then the manifest.
-    pub async fn put(&self, target: &ReuseTarget, tags: &[String]) -> Result<()> {
+    pub(crate) async fn put(&self, target: &ReuseTarget, tags: &[String]) -> Result<()> {
         let (client, repository) = (&self.access.client, self.repository);
         if tags.is_empty() {
             return Ok(());

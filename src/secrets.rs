@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::output::redactor;
 
 /// Secret values of one image, by id.
-pub type SecretValues = HashMap<String, Vec<u8>>;
+pub(crate) type SecretValues = HashMap<String, Vec<u8>>;
 
 /// BuildKit refuses secrets over 500 KiB; say so before the build instead of in the middle of it.
 const MAX_SECRET_BYTES: usize = 500 * 1024;
@@ -26,7 +26,7 @@ struct SsmValues {
 
 /// Every image's secrets, in plan order. `ssm` is `None` in a dry run, where `ssm:` sources must
 /// have been replaced with `--secret` and `ssm_path` is not read.
-pub async fn resolve(
+pub(crate) async fn resolve(
     plan: &Plan,
     ssm: Option<(&aws_sdk_ssm::Client, &str)>,
 ) -> Result<Vec<SecretValues>> {

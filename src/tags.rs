@@ -5,7 +5,7 @@ use std::fmt;
 use crate::reference::is_valid_tag;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TagError {
+pub(crate) enum TagError {
     #[error(
         "tag template `{template}`: unknown placeholder `{{{name}}}` (known: {{sha}}, {{short_sha}}, {{build_number}}, {{build_id}}, {{branch}})"
     )]
@@ -81,13 +81,13 @@ enum Segment {
 
 /// A parsed tag template such as `{short_sha}-{build_number}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagTemplate {
+pub(crate) struct TagTemplate {
     source: String,
     segments: Vec<Segment>,
 }
 
 impl TagTemplate {
-    pub fn parse(template: &str) -> Result<Self, TagError> {
+    pub(crate) fn parse(template: &str) -> Result<Self, TagError> {
         let unbalanced = || TagError::Unbalanced {
             template: template.to_owned(),
         };
@@ -126,13 +126,13 @@ impl TagTemplate {
         })
     }
 
-    pub fn uses_sha(&self) -> bool {
+    pub(crate) fn uses_sha(&self) -> bool {
         self.segments
             .iter()
             .any(|s| matches!(s, Segment::Value(Placeholder::Sha | Placeholder::ShortSha)))
     }
 
-    pub fn render(&self, vars: &TagVars) -> Result<String, TagError> {
+    pub(crate) fn render(&self, vars: &TagVars) -> Result<String, TagError> {
         let mut rendered = String::new();
         for segment in &self.segments {
             match segment {
@@ -165,7 +165,7 @@ impl fmt::Display for TagTemplate {
 
 /// The values placeholders render from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TagVars {
+pub(crate) struct TagVars {
     pub sha: Option<String>,
     pub build_number: Option<String>,
     pub build_id: Option<String>,
@@ -186,7 +186,7 @@ impl TagVars {
 
 /// The CodeBuild variables tags are made from, read once at the edge.
 #[derive(Debug, Clone, Default)]
-pub struct BuildEnv {
+pub(crate) struct BuildEnv {
     pub resolved_source_version: Option<String>,
     pub source_version: Option<String>,
     pub build_number: Option<String>,
@@ -196,7 +196,7 @@ pub struct BuildEnv {
 
 impl BuildEnv {
     /// From the variables `lookup` gives (the process environment, at the edge); empty is unset.
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
         Self {
             resolved_source_version: var("CODEBUILD_RESOLVED_SOURCE_VERSION"),
@@ -210,7 +210,7 @@ impl BuildEnv {
 
 /// Where the commit SHA came from; logged so nobody has to guess.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShaSource {
+pub(crate) enum ShaSource {
     Flag,
     ResolvedSourceVersion,
     SourceVersion,
@@ -228,13 +228,13 @@ impl fmt::Display for ShaSource {
     }
 }
 
-pub fn is_full_sha(value: &str) -> bool {
+pub(crate) fn is_full_sha(value: &str) -> bool {
     value.len() == 40 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The commit SHA in the order design.md fixes. `git_head` is only asked when nothing else gives one;
 /// `Err(reason)` from it is carried into the error so a missing git checkout is explained.
-pub fn resolve_sha(
+pub(crate) fn resolve_sha(
     flag: Option<&str>,
     env: &BuildEnv,
     git_head: impl FnOnce() -> Result<String, String>,
@@ -273,7 +273,7 @@ pub fn resolve_sha(
 
 /// The branch for `{branch}`: from a webhook trigger `branch/NAME`, else from a non-SHA
 /// CODEBUILD_SOURCE_VERSION such as `refs/heads/main`, else from git.
-pub fn resolve_branch(
+pub(crate) fn resolve_branch(
     env: &BuildEnv,
     git_branch: impl FnOnce() -> Option<String>,
 ) -> Option<String> {
@@ -296,7 +296,7 @@ pub fn resolve_branch(
 }
 
 /// Maps a branch name onto Docker's tag alphabet: `feature/Login#2` → `feature-Login-2`.
-pub fn sanitize_branch(branch: &str) -> String {
+pub(crate) fn sanitize_branch(branch: &str) -> String {
     let mapped: String = branch
         .chars()
         .map(|c| {
@@ -312,7 +312,7 @@ pub fn sanitize_branch(branch: &str) -> String {
 }
 
 /// `{build_id}` is the part of CODEBUILD_BUILD_ID after `project:`.
-pub fn build_id_suffix(build_id: &str) -> String {
+pub(crate) fn build_id_suffix(build_id: &str) -> String {
     build_id
         .split_once(':')
         .map_or(build_id, |(_, id)| id)
@@ -321,7 +321,7 @@ pub fn build_id_suffix(build_id: &str) -> String {
 
 /// The tags of a run and the commit they came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunTags {
+pub(crate) struct RunTags {
     /// `None` only when no template needs a commit and none was found.
     pub sha: Option<String>,
     /// Rendered; the first is the primary tag.
@@ -330,7 +330,7 @@ pub struct RunTags {
 
 /// Resolves the commit and renders every template. `git` answers `git ARGS...` in the source
 /// folder; `stand_in` (a dry run's hash of the contexts) replaces a commit that cannot be found.
-pub fn resolve_run_tags(
+pub(crate) fn resolve_run_tags(
     templates: &[TagTemplate],
     flag: Option<&str>,
     env: &BuildEnv,

@@ -11,7 +11,7 @@ use aws_sdk_ecr::types::{ImageTagMutability, ImageTagMutabilityExclusionFilter, 
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 
-pub use super::Secret;
+pub(crate) use super::Secret;
 use crate::decide::TagRules;
 use crate::output::redactor;
 use crate::reference::normalize_registry;
@@ -19,7 +19,7 @@ use crate::registry::RegistryClient;
 
 /// The registry credentials ECR hands out (valid 12 hours) and the registry they are for.
 #[derive(Debug, Clone)]
-pub struct EcrLogin {
+pub(crate) struct EcrLogin {
     pub username: String,
     pub password: Secret,
     /// The registry host of the caller's account, from the token's proxy endpoint.
@@ -28,7 +28,7 @@ pub struct EcrLogin {
 
 impl EcrLogin {
     /// Credentials for the Engine API's X-Registry-Auth header: the only place the password goes.
-    pub fn docker_credentials(&self, registry: &str) -> DockerCredentials {
+    pub(crate) fn docker_credentials(&self, registry: &str) -> DockerCredentials {
         DockerCredentials {
             username: Some(self.username.clone()),
             password: Some(self.password.expose().to_owned()),
@@ -40,7 +40,7 @@ impl EcrLogin {
 
 /// ecr:GetAuthorizationToken. The token and the password inside it are registered with the log redactor
 /// before anything else can see them.
-pub async fn login(client: &Client, region: &str) -> Result<EcrLogin> {
+pub(crate) async fn login(client: &Client, region: &str) -> Result<EcrLogin> {
     let output = client.get_authorization_token().send().await.map_err(|err| {
         let message = if super::is_access_denied(&err) {
             format!(
@@ -84,19 +84,19 @@ pub async fn login(client: &Client, region: &str) -> Result<EcrLogin> {
 /// ECR tokens last 12 hours; a build that outlives one renews it before pushing.
 const TOKEN_RENEWAL_AGE: Duration = Duration::from_secs(11 * 3600);
 
-pub fn needs_renewal(age: Duration) -> bool {
+pub(crate) fn needs_renewal(age: Duration) -> bool {
     age >= TOKEN_RENEWAL_AGE
 }
 
 /// The run's ECR login, renewed when it is older than 11 hours.
-pub struct EcrAuth {
+pub(crate) struct EcrAuth {
     client: Client,
     region: String,
     current: tokio::sync::Mutex<(EcrLogin, Instant)>,
 }
 
 impl EcrAuth {
-    pub async fn login(client: Client, region: String) -> Result<Self> {
+    pub(crate) async fn login(client: Client, region: String) -> Result<Self> {
         let first = login(&client, &region).await?;
         Ok(Self {
             client,
@@ -106,7 +106,7 @@ impl EcrAuth {
     }
 
     /// The login to use now.
-    pub async fn current(&self) -> Result<EcrLogin> {
+    pub(crate) async fn current(&self) -> Result<EcrLogin> {
         let mut current = self.current.lock().await;
         if needs_renewal(current.1.elapsed()) {
             tracing::info!(
@@ -121,17 +121,17 @@ impl EcrAuth {
 
 /// The ECR login and the registry API client, one of each for the whole run; `current` keeps both
 /// on a token young enough for the next call.
-pub struct RegistryAccess {
+pub(crate) struct RegistryAccess {
     auth: EcrAuth,
     pub client: RegistryClient,
 }
 
 impl RegistryAccess {
-    pub fn new(auth: EcrAuth, client: RegistryClient) -> Self {
+    pub(crate) fn new(auth: EcrAuth, client: RegistryClient) -> Self {
         Self { auth, client }
     }
 
-    pub async fn current(&self) -> Result<EcrLogin> {
+    pub(crate) async fn current(&self) -> Result<EcrLogin> {
         let login = self.auth.current().await?;
         self.client
             .set_login(&login.username, login.password.expose());
@@ -140,10 +140,13 @@ impl RegistryAccess {
 }
 
 /// Used when a dry run has no registry from the config, the flags or AWS_ACCOUNT_ID + region.
-pub const DRY_RUN_PLACEHOLDER_REGISTRY: &str = "dry-run.invalid";
+pub(crate) const DRY_RUN_PLACEHOLDER_REGISTRY: &str = "dry-run.invalid";
 
 /// The registry a dry run or a plan names without asking AWS, and where it came from.
-pub fn offline_registry(configured: Option<&str>, env: &super::AwsEnv) -> (String, &'static str) {
+pub(crate) fn offline_registry(
+    configured: Option<&str>,
+    env: &super::AwsEnv,
+) -> (String, &'static str) {
     if let Some(registry) = configured {
         return (registry.to_owned(), "the config or --registry");
     }
@@ -162,7 +165,7 @@ pub fn offline_registry(configured: Option<&str>, env: &super::AwsEnv) -> (Strin
 /// Fails, naming every missing repository at once, before a single image is built; a missing
 /// repository that a creation template applied to CREATE_ON_PUSH covers is fine: the push creates it.
 /// Returns each repository's tag rules (for one still to be created, its template's).
-pub async fn check_repositories(
+pub(crate) async fn check_repositories(
     client: &Client,
     region: &str,
     repositories: &[&str],
@@ -278,7 +281,7 @@ fn tag_rules(
 
 /// A repository creation template: which repositories it creates on push, with which tag rules.
 #[derive(Debug, Clone)]
-pub struct CreationTemplate {
+pub(crate) struct CreationTemplate {
     /// `ROOT`, or a namespace such as `prod` (for `prod/...`).
     pub prefix: String,
     pub create_on_push: bool,
@@ -287,7 +290,7 @@ pub struct CreationTemplate {
 
 /// The template ECR creates `repository` from on push: the one with the longest matching prefix
 /// among those applied to CREATE_ON_PUSH, else `ROOT`'s.
-pub fn template_for<'a>(
+pub(crate) fn template_for<'a>(
     repository: &str,
     templates: &'a [CreationTemplate],
 ) -> Option<&'a CreationTemplate> {

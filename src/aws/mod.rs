@@ -1,8 +1,8 @@
 //! AWS clients. Endpoints, credentials and retries come from the standard chain (AWS_ENDPOINT_URL,
 //! AWS_MAX_ATTEMPTS, AWS_RETRY_MODE, ...), so ecr-build behaves like the aws CLI it replaces.
 
-pub mod ecr;
-pub mod ssm;
+pub(crate) mod ecr;
+pub(crate) mod ssm;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,15 +24,16 @@ use crate::registry::RegistryClient;
 /// A value that must not be printed: `Debug` shows `***`, and there is no `Display`. Whoever reads one
 /// from AWS registers it with [`crate::output::redactor`] first.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    /// Wraps a value that is already registered with the redactor (or a test value).
-    pub fn new(value: impl Into<String>) -> Self {
+    /// Wraps a test value (values from SSM are registered with the redactor as they come).
+    #[cfg(test)]
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -45,10 +46,10 @@ impl fmt::Debug for Secret {
 
 /// The SDK's own error, kept whole as the source of ours: the message says what failed and the
 /// fix; `-v` shows the SDK's details.
-pub type SdkFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type SdkFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What a run that pushes needs from AWS, ready before anything is built.
-pub struct Session {
+pub(crate) struct Session {
     /// The registry pushed to: the configured one, or the ECR login's.
     pub registry: String,
     pub access: ecr::RegistryAccess,
@@ -60,7 +61,7 @@ pub struct Session {
 
 /// The variables ecr-build reads for AWS besides the SDK's own, read once at the edge.
 #[derive(Debug, Clone, Default)]
-pub struct AwsEnv {
+pub(crate) struct AwsEnv {
     /// AWS_ACCOUNT_ID and AWS_REGION (or AWS_DEFAULT_REGION): a dry run's registry.
     pub account_id: Option<String>,
     pub region: Option<String>,
@@ -70,7 +71,7 @@ pub struct AwsEnv {
 
 impl AwsEnv {
     /// From the variables `lookup` gives (the process environment, at the edge); empty is unset.
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         Self {
             account_id: var("AWS_ACCOUNT_ID"),
@@ -91,7 +92,7 @@ pub enum AwsError {
 }
 
 /// Logs in to ECR and checks every repository, naming all missing ones at once.
-pub async fn connect(
+pub(crate) async fn connect(
     configured_registry: Option<&str>,
     repositories: &[&str],
     env: &AwsEnv,
@@ -125,7 +126,10 @@ pub async fn connect(
 
 /// Loads the shared SDK configuration. `region_hint` (the region of an ECR registry host) is used only
 /// when the environment names no region.
-pub async fn load_config(region_hint: Option<String>, env: &AwsEnv) -> Result<SdkConfig, AwsError> {
+pub(crate) async fn load_config(
+    region_hint: Option<String>,
+    env: &AwsEnv,
+) -> Result<SdkConfig, AwsError> {
     let region = RegionProviderChain::default_provider().or_else(region_hint.map(Region::new));
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
@@ -166,7 +170,7 @@ const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// (no answer, throttling, a server error), else at debug level, as the caller reports the error
 /// (a missing repository is an expected answer, not a warning).
 #[derive(Debug)]
-pub struct LogFailedAttempts;
+pub(crate) struct LogFailedAttempts;
 
 impl Intercept for LogFailedAttempts {
     fn name(&self) -> &'static str {
@@ -201,7 +205,7 @@ impl Intercept for LogFailedAttempts {
 
 /// AWS answers AccessDeniedException (JSON services) or AccessDenied (query services, and IAM-enforcing
 /// emulators), always with HTTP 403.
-pub fn is_access_denied<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+pub(crate) fn is_access_denied<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     matches!(err.code(), Some("AccessDeniedException" | "AccessDenied"))
         || err
             .raw_response()
@@ -209,7 +213,7 @@ pub fn is_access_denied<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>
 }
 
 /// The region inside an ECR registry host: `123456789012.dkr.ecr.eu-west-1.amazonaws.com` → `eu-west-1`.
-pub fn region_of_ecr_host(host: &str) -> Option<String> {
+pub(crate) fn region_of_ecr_host(host: &str) -> Option<String> {
     let mut parts = host.split('.');
     let (_account, dkr, ecr, region) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     (dkr == "dkr" && ecr.starts_with("ecr") && parts.next() == Some("amazonaws"))

@@ -15,14 +15,14 @@ use super::Secret;
 use crate::output::redactor;
 
 /// GetParameters takes 1 to 10 names per call (the SDK does not check; an 11th is a ValidationException).
-pub const MAX_NAMES_PER_CALL: usize = 10;
+pub(crate) const MAX_NAMES_PER_CALL: usize = 10;
 
 /// GetParameters calls in flight at once: well under SSM's default throughput quota.
 const CONCURRENT_CALLS: usize = 4;
 
 /// The failures a caller may want to tell apart; anything else is a plain `anyhow` error.
 #[derive(Debug, thiserror::Error)]
-pub enum SsmError {
+pub(crate) enum SsmError {
     /// Every name that does not exist (or whose version or label does not), from all calls at once.
     #[error("SSM parameters not found in {region}: {}", names.join(", "))]
     Missing { region: String, names: Vec<String> },
@@ -52,7 +52,7 @@ const KMS_HINT: &str = "SecureString values also need kms:Decrypt on the KMS key
 /// ssm:GetParameters with decryption: the values of `names`, keyed by the names as asked (`name`,
 /// `name:version`, `name:label` or an ARN), in the order asked, each asked once. Unknown names fail the
 /// call with one [`SsmError::Missing`] that lists every one of them.
-pub async fn get_parameters(
+pub(crate) async fn get_parameters(
     client: &Client,
     region: &str,
     names: &[String],
@@ -133,7 +133,7 @@ async fn get_parameters_batch(
 
 /// ssm:GetParametersByPath, recursive, with decryption, every page: `(name, value)` of each parameter
 /// below `path` (which must start with `/`; dotted names have no path: see [`names_beginning_with`]).
-pub async fn get_parameters_by_path(
+pub(crate) async fn get_parameters_by_path(
     client: &Client,
     region: &str,
     path: &str,
@@ -176,7 +176,7 @@ pub async fn get_parameters_by_path(
 
 /// ssm:DescribeParameters with the filter `Name BeginsWith prefix`, every page: the names only (no
 /// values). This is how single-level dotted names (`app.prod.db.password`) are found.
-pub async fn names_beginning_with(
+pub(crate) async fn names_beginning_with(
     client: &Client,
     region: &str,
     prefix: &str,

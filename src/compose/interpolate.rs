@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 
 /// Where values come from: the process environment first, then the `.env` file.
-pub struct Variables {
+pub(crate) struct Variables {
     environment: HashMap<String, String>,
     dotenv: HashMap<String, String>,
 }
 
 /// Why a value could not be interpolated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InterpolationError {
+pub(crate) enum InterpolationError {
     /// Unset, with no default (or empty, with `:?`): the variable, and its `?` message if any.
     Missing {
         variable: String,
@@ -25,7 +25,10 @@ pub enum InterpolationError {
 }
 
 impl Variables {
-    pub fn new(environment: HashMap<String, String>, dotenv: HashMap<String, String>) -> Self {
+    pub(crate) fn new(
+        environment: HashMap<String, String>,
+        dotenv: HashMap<String, String>,
+    ) -> Self {
         Self {
             environment,
             dotenv,
@@ -39,13 +42,13 @@ impl Variables {
     }
 
     /// `text` with every variable replaced; a variable unset without a default is an error.
-    pub fn interpolate(&self, text: &str) -> Result<String, InterpolationError> {
+    pub(crate) fn interpolate(&self, text: &str) -> Result<String, InterpolationError> {
         self.interpolate_in(text, &mut None)
     }
 
     /// `text` with every variable replaced, as Compose does it: one unset without a default is
     /// the empty string, and is returned with the text (`${VAR?message}` is still an error).
-    pub fn interpolate_leniently(
+    pub(crate) fn interpolate_leniently(
         &self,
         text: &str,
     ) -> Result<(String, Vec<String>), InterpolationError> {
@@ -156,12 +159,12 @@ impl Variables {
     }
 
     /// A variable's value: the environment's, else the `.env` file's.
-    pub fn lookup(&self, name: &str) -> Option<&str> {
+    pub(crate) fn lookup(&self, name: &str) -> Option<&str> {
         self.get(name)
     }
 
     /// The environment alone (what an included project's own `.env` is read against).
-    pub fn environment(&self) -> &HashMap<String, String> {
+    pub(crate) fn environment(&self) -> &HashMap<String, String> {
         &self.environment
     }
 }
@@ -205,7 +208,7 @@ fn closing_brace(text: &str) -> Option<usize> {
 /// `\$`, …). Either kind of quotes may span lines. Unquoted and double-quoted values are
 /// interpolated, from the environment first and then the values above them; a variable unset
 /// there is the empty string, as Compose has it.
-pub fn parse_dotenv(
+pub(crate) fn parse_dotenv(
     text: &str,
     environment: &HashMap<String, String>,
 ) -> Result<HashMap<String, String>, String> {

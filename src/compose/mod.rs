@@ -4,7 +4,7 @@
 //! error, so nothing silently differs from `docker compose build`; runtime keys are ignored.
 //! ecr-build's own settings go in `x-ecr-build:`, at the top or in a service.
 
-pub mod interpolate;
+pub(crate) mod interpolate;
 mod model;
 mod resolve;
 
@@ -41,7 +41,7 @@ const DEFAULT_FILES: [&str; 4] = [
 ];
 
 /// The first of Compose's default files in `dir`, and its override file if there is one.
-pub fn default_files(dir: &Path) -> Option<Vec<PathBuf>> {
+pub(crate) fn default_files(dir: &Path) -> Option<Vec<PathBuf>> {
     let main = DEFAULT_FILES
         .iter()
         .map(|name| dir.join(name))
@@ -112,7 +112,7 @@ struct SecretDefinition {
 
 /// A service that Compose builds, as ecr-build takes it.
 #[derive(Debug)]
-pub struct Service {
+pub(crate) struct Service {
     /// The service's name in the Compose file.
     pub service: String,
     /// `image:` split: registry host (if it names one), repository, tag (if it names one).
@@ -137,7 +137,7 @@ pub struct Service {
 
 /// What ecr-build takes from a set of Compose files.
 #[derive(Debug)]
-pub struct Project {
+pub(crate) struct Project {
     /// The first file, which errors name.
     pub origin: String,
     /// The folder of the first file: relative paths start there, as in Compose.
@@ -149,7 +149,7 @@ pub struct Project {
 
 /// Reads, interpolates and merges `files` (in order) and takes every service with `build:` that
 /// an active profile enables (`profiles`, else `COMPOSE_PROFILES` from the environment or `.env`).
-pub fn load(
+pub(crate) fn load(
     files: &[PathBuf],
     environment: HashMap<String, String>,
     profiles: &[String],
@@ -318,7 +318,7 @@ fn take_service(
 
 /// `REGISTRY/REPOSITORY[:TAG]` → its parts, the registry as [`crate::reference::split_registry`]
 /// finds it.
-pub fn split_image(image: &str) -> Result<(Option<String>, String, Option<String>), String> {
+pub(crate) fn split_image(image: &str) -> Result<(Option<String>, String, Option<String>), String> {
     if image.contains('@') {
         return Err(format!(
             "image {image} names a digest: give a tag (or none); ecr-build pushes what it builds"

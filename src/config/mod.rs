@@ -20,7 +20,7 @@ use checks::{artifacts_plan, check_image};
 
 use from_compose::plan_from_compose;
 
-pub const DEFAULT_CONFIG_FILE: &str = "ecr-build.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "ecr-build.toml";
 const DEFAULT_TAG: &str = "{sha}";
 
 /// Bad usage or bad configuration: the run stops before any build, with exit status 2.
@@ -72,7 +72,7 @@ fn escape_controls(text: &str) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Builder {
+pub(crate) enum Builder {
     Buildkit,
     Legacy,
 }
@@ -80,7 +80,7 @@ pub enum Builder {
 /// How the deploy artifacts name an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ImageUriKind {
+pub(crate) enum ImageUriKind {
     /// `REGISTRY/REPO:TAG`, the primary tag.
     #[default]
     Tag,
@@ -99,7 +99,7 @@ impl From<ImageUriArg> for ImageUriKind {
 
 /// What `build` alone says about the artifacts.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ArtifactFlags<'a> {
+pub(crate) struct ArtifactFlags<'a> {
     pub output_dir: Option<&'a Path>,
     pub image_uri: Option<ImageUriKind>,
 }
@@ -133,7 +133,7 @@ struct ConfigFile {
 /// `[artifacts]`, or `artifacts:` in a Compose file's `x-ecr-build:`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ArtifactsSection {
+pub(crate) struct ArtifactsSection {
     dir: Option<PathBuf>,
     image_uri: Option<ImageUriKind>,
     imagedefinitions: Option<FileSetting>,
@@ -200,7 +200,7 @@ struct ImageSection {
 
 /// Where a build secret's value comes from: `ssm:NAME`, `env:VAR` or `file:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
+pub(crate) enum SecretSource {
     /// An SSM parameter (SecureString decrypted); `name:version` and `name:label` work too.
     Ssm(String),
     Env(String),
@@ -209,7 +209,7 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// `base` is the folder relative `file:` paths start from.
-    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let (kind, value) = text
             .split_once(':')
             .filter(|(_, value)| !value.is_empty())
@@ -239,7 +239,7 @@ impl fmt::Display for SecretSource {
 
 /// Everything a run needs to know, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Set by --registry or the config; `None` means "the ECR login's endpoint".
     pub registry: Option<String>,
     pub tags: Vec<TagTemplate>,
@@ -255,7 +255,7 @@ pub struct Plan {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImagePlan {
+pub(crate) struct ImagePlan {
     /// The container name in the ECS task definition.
     pub name: String,
     pub repository: String,
@@ -284,13 +284,13 @@ pub struct ImagePlan {
 }
 
 impl ImagePlan {
-    pub fn has_secrets(&self) -> bool {
+    pub(crate) fn has_secrets(&self) -> bool {
         !self.secrets.is_empty() || self.ssm_path.is_some()
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArtifactsPlan {
+pub(crate) struct ArtifactsPlan {
     pub dir: PathBuf,
     pub image_uri: ImageUriKind,
     pub imagedefinitions: Option<String>,
@@ -299,11 +299,11 @@ pub struct ArtifactsPlan {
     pub build_json: Option<String>,
 }
 
-pub const IMAGE_DETAIL_FILE: &str = "imageDetail.json";
+pub(crate) const IMAGE_DETAIL_FILE: &str = "imageDetail.json";
 
 impl ArtifactsPlan {
     /// Every file a successful run writes.
-    pub fn paths(&self) -> Vec<PathBuf> {
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
         let image_detail = self.image_detail.as_ref().map(|_| IMAGE_DETAIL_FILE);
         [
             self.imagedefinitions.as_deref(),
@@ -319,7 +319,7 @@ impl ArtifactsPlan {
 
 /// Reads the config file (if any) and merges it with the command line.
 /// `environment` is the process's, read once at the edge: what Compose files interpolate.
-pub fn load(
+pub(crate) fn load(
     args: &PlanArgs,
     flags: ArtifactFlags<'_>,
     cwd: &Path,

@@ -28,7 +28,7 @@ impl ContextFiles {
     /// Independent of mtimes, uid/gid, the order the filesystem lists entries, and the absolute
     /// path of context_dir. Reads each file once, on up to 2 threads, in 64 KiB chunks, and keeps
     /// each file's hash, so that the tar stream can prove it sends what was hashed. Blocking.
-    pub fn digest(&mut self, extra: &[u8]) -> Result<String, ContextError> {
+    pub(crate) fn digest(&mut self, extra: &[u8]) -> Result<String, ContextError> {
         // Each file is read once: a second digest (another platform) reuses the hashes.
         self.hash_contents()?;
         let mut hasher = Sha256::new();
@@ -43,7 +43,7 @@ impl ContextFiles {
     /// patterns; a matched directory takes everything below it), the directories above them, and
     /// the Dockerfile; plus the patterns and `extra`. `Ok(Err(reason))` where that cannot stand for
     /// the image: a symlink among the inputs or on the way to them (BuildKit follows it).
-    pub fn inputs_digest(
+    pub(crate) fn inputs_digest(
         &mut self,
         extra: &[u8],
         patterns: &[String],
@@ -184,7 +184,7 @@ fn hash_file(path: &Path, size: u64, buffer: &mut [u8]) -> Result<[u8; 32], Cont
 impl ContextFiles {
     /// For each pattern, a short digest of what it matches: what a later build compares to say
     /// which of an image's inputs changed. Call after a digest (files hashed).
-    pub fn input_digests(
+    pub(crate) fn input_digests(
         &self,
         patterns: &[String],
     ) -> Result<BTreeMap<String, String>, ContextError> {

@@ -24,7 +24,7 @@ const POSIX_CLASSES: [&str; 14] = [
 ];
 
 /// Compiles a Go regular expression as Go would read it; the error says why Go refuses it.
-pub fn compile(go: &str) -> Result<Regex, String> {
+pub(super) fn compile(go: &str) -> Result<Regex, String> {
     let translated = translate(go)?;
     Regex::new(&translated).map_err(|err| format!("invalid regular expression: {err}"))
 }

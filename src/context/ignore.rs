@@ -12,7 +12,7 @@ use crate::gopath::clean;
 
 /// Parsed .dockerignore with Docker's semantics.
 #[derive(Debug, Clone, Default)]
-pub struct DockerIgnore {
+pub(crate) struct DockerIgnore {
     patterns: Vec<Pattern>,
     /// How many of `patterns` the file wrote; those after it are exceptions added for build files.
     written: usize,
@@ -21,7 +21,7 @@ pub struct DockerIgnore {
 impl DockerIgnore {
     /// Reads the file the way ignorefile.ReadAll does: a UTF-8 BOM dropped, lines starting with `#`
     /// skipped, whitespace trimmed, each pattern cleaned and stripped of a leading `/`.
-    pub fn parse(text: &str) -> Result<DockerIgnore, ContextError> {
+    pub(crate) fn parse(text: &str) -> Result<DockerIgnore, ContextError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut patterns = Vec::new();
         for line in text.lines() {
@@ -48,7 +48,7 @@ impl DockerIgnore {
     /// Patterns as a list, the way patternmatcher.New takes BuildKit's include patterns and follow
     /// paths: each trimmed and cleaned, a leading `/` dropped, and none a comment (`#notes.txt`
     /// names a file).
-    pub fn from_patterns<'a>(
+    pub(crate) fn from_patterns<'a>(
         patterns: impl IntoIterator<Item = &'a str>,
     ) -> Result<DockerIgnore, ContextError> {
         let mut parsed = Vec::new();
@@ -74,7 +74,7 @@ impl DockerIgnore {
     /// the path's ancestors first: an excluded directory hides everything below it unless an
     /// exception pattern names the directory or something in it literally (`!docs/keep.md`
     /// re-includes `docs/keep.md` after `docs`; `!**/keep.md` does not).
-    pub fn is_excluded(&self, rel_path: &str) -> bool {
+    pub(crate) fn is_excluded(&self, rel_path: &str) -> bool {
         let path = clean(rel_path);
         if path == "." {
             return false;

@@ -24,7 +24,7 @@ impl ContextFiles {
     /// normalized: uid/gid 0, no user/group names, mtime 0, mode = permission bits; entries in
     /// path order, so the same tree always gives the same bytes. A read failure ends the stream
     /// with an error naming the file.
-    pub fn into_tar_stream(
+    pub(crate) fn into_tar_stream(
         self,
     ) -> impl futures_util::Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
         let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT);

@@ -23,7 +23,7 @@ use super::{ContextError, ContextFiles, Entry, EntryKind, Sent};
 use crate::gopath::{ancestors, clean, within_context};
 
 /// The name the Dockerfile has in the "dockerfile" directory: the build's `dockerfile` option.
-pub const SYNCED_DOCKERFILE: &str = "Dockerfile";
+pub(crate) const SYNCED_DOCKERFILE: &str = "Dockerfile";
 /// File content goes out in pieces of this size, as fsutil's sender sends them.
 const CHUNK_SIZE: usize = 32 * 1024;
 /// Go's `os.FileMode` bits, which fsutil puts in a stat's mode.
@@ -42,7 +42,7 @@ const MAX_LINK_HOPS: usize = 40;
 #[derive(
     Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
-pub struct SyncRequest {
+pub(crate) struct SyncRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub include: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -55,7 +55,7 @@ pub struct SyncRequest {
 const REQUESTS_DIGEST_DOMAIN: &[u8] = b"ecr-build file sync digest v1\n";
 
 /// What one build's session serves.
-pub struct SyncDirs {
+pub(crate) struct SyncDirs {
     pub context: SyncDir,
     pub dockerfile: SyncDir,
     /// Keys the engine's kept copy of the context: the same context folder finds it again.
@@ -63,12 +63,12 @@ pub struct SyncDirs {
 }
 
 /// One directory, in fsutil's walk order.
-pub struct SyncDir {
+pub(crate) struct SyncDir {
     items: Vec<SyncItem>,
 }
 
 /// One entry as fsutil's stat describes it.
-pub struct SyncItem {
+pub(crate) struct SyncItem {
     /// '/'-separated, relative to the directory.
     pub path: String,
     /// Go's `os.FileMode`.
@@ -91,7 +91,7 @@ enum Content {
 
 impl SyncItem {
     /// Whether the receiver may ask for this entry's content (a regular file).
-    pub fn has_content(&self) -> bool {
+    pub(crate) fn has_content(&self) -> bool {
         self.content.is_some()
     }
 
@@ -133,7 +133,7 @@ impl SyncItem {
 impl ContextFiles {
     /// The two directories a BuildKit build reads through the session. Blocking (hashes any file
     /// not hashed yet).
-    pub fn into_sync_dirs(mut self) -> Result<SyncDirs, ContextError> {
+    pub(crate) fn into_sync_dirs(mut self) -> Result<SyncDirs, ContextError> {
         self.hash_contents()?;
         let root = self.root.clone();
         let dockerfile = (self.entries.iter())
@@ -184,7 +184,7 @@ impl ContextFiles {
     /// it selects (path, Go mode, size, symlink target, content hash), as [`SyncDir::select`]
     /// serves them. The same requests over the same files give the same digest; any byte, mode or
     /// name BuildKit would receive that differs gives another. Blocking (hashes unhashed files).
-    pub fn requests_digest(&self, requests: &[SyncRequest]) -> Result<String, ContextError> {
+    pub(crate) fn requests_digest(&self, requests: &[SyncRequest]) -> Result<String, ContextError> {
         let dirs = self.clone().into_sync_dirs()?;
         let mut requests = requests.to_vec();
         requests.sort();
@@ -228,23 +228,15 @@ impl SyncItem {
 }
 
 impl SyncDir {
-    pub fn item(&self, index: usize) -> &SyncItem {
+    pub(crate) fn item(&self, index: usize) -> &SyncItem {
         &self.items[index]
-    }
-
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 
     /// The entries a request for `include_patterns` and `follow_paths` gets, by index, in order:
     /// those the patterns (Docker's syntax; a match of a directory takes all below it) or paths
     /// (with the symlinks on their way followed) name, and the directories above them. Neither
     /// given: all. Where a path cannot be resolved here (a wildcard through a symlink), all.
-    pub fn select(
+    pub(crate) fn select(
         &self,
         include_patterns: &[String],
         follow_paths: &[String],
@@ -303,7 +295,7 @@ impl SyncDir {
 
     /// Sends entry `index`'s content to `sink` in pieces, checking that it is what was hashed: a
     /// file changed since is an error naming it. Blocking.
-    pub fn read(
+    pub(crate) fn read(
         &self,
         index: usize,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
@@ -406,7 +398,7 @@ mod tests {
     }
 
     fn all(dir: &SyncDir) -> Vec<String> {
-        paths(dir, &(0..dir.len()).collect::<Vec<_>>())
+        paths(dir, &(0..dir.items.len()).collect::<Vec<_>>())
     }
 
     fn content(dir: &SyncDir, index: usize) -> io::Result<Vec<u8>> {

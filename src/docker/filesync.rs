@@ -28,7 +28,7 @@ const PACKETS_IN_FLIGHT: usize = 64;
 const LOGGED_PATHS: usize = 20;
 
 /// Serves one build's context and Dockerfile.
-pub struct ContextSync {
+pub(super) struct ContextSync {
     image: String,
     dirs: Arc<SyncDirs>,
     failure: Arc<Mutex<Option<String>>>,
@@ -37,7 +37,7 @@ pub struct ContextSync {
 }
 
 impl ContextSync {
-    pub fn new(image: &str, dirs: SyncDirs) -> Self {
+    pub(super) fn new(image: &str, dirs: SyncDirs) -> Self {
         Self {
             image: image.to_owned(),
             dirs: Arc::new(dirs),
@@ -47,20 +47,20 @@ impl ContextSync {
     }
 
     /// What BuildKit asked of the context so far, in the order it asked.
-    pub fn requests(&self) -> Vec<SyncRequest> {
+    pub(super) fn requests(&self) -> Vec<SyncRequest> {
         self.requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn shared_key(&self) -> &str {
+    pub(super) fn shared_key(&self) -> &str {
         &self.dirs.shared_key
     }
 
     /// Why a file could not be served (it changed after it was hashed): the build's real cause,
     /// which BuildKit only reports wrapped.
-    pub fn failure(&self) -> Option<String> {
+    pub(super) fn failure(&self) -> Option<String> {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())

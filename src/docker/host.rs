@@ -17,7 +17,7 @@ use super::tunnel::Remote;
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EngineAddr {
+pub(crate) enum EngineAddr {
     Unix(PathBuf),
     /// `host:port`, plain HTTP.
     Tcp(String),
@@ -27,7 +27,7 @@ pub enum EngineAddr {
 
 /// What the docker CLI reads to find the engine.
 #[derive(Debug, Default)]
-pub struct HostEnv {
+pub(crate) struct HostEnv {
     pub docker_host: Option<String>,
     pub tls_verify: Option<String>,
     pub cert_path: Option<String>,
@@ -36,7 +36,7 @@ pub struct HostEnv {
 
 impl HostEnv {
     /// From the variables `lookup` gives (the process environment, at the edge).
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
         let var = |name: &str| lookup(name);
         Self {
             docker_host: var("DOCKER_HOST"),
@@ -50,7 +50,7 @@ impl HostEnv {
 impl EngineAddr {
     /// `tcp://` is TLS when DOCKER_TLS_VERIFY is set (not empty), with ca.pem, cert.pem and key.pem
     /// from DOCKER_CERT_PATH, else ~/.docker.
-    pub fn parse(env: &HostEnv) -> Result<Self, Error> {
+    pub(crate) fn parse(env: &HostEnv) -> Result<Self, Error> {
         let unsupported = |uri: &str| Error::UnsupportedURISchemeError {
             uri: uri.to_owned(),
         };
@@ -95,7 +95,7 @@ impl EngineAddr {
     }
 
     /// bollard's client for this address; requests time out after `timeout_seconds`.
-    pub fn client(&self, timeout_seconds: u64) -> Result<Docker, Error> {
+    pub(crate) fn client(&self, timeout_seconds: u64) -> Result<Docker, Error> {
         let version = bollard::API_DEFAULT_VERSION;
         match self {
             EngineAddr::Unix(path) => {
@@ -110,7 +110,7 @@ impl EngineAddr {
 
     /// One HTTP/1.1 request on a fresh connection; the connection lives (with upgrades) as long
     /// as the response or the upgraded stream does.
-    pub async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Error>
+    pub(crate) async fn send<B>(&self, request: Request<B>) -> Result<Response<Incoming>, Error>
     where
         B: Body + Send + 'static,
         B::Data: Send,

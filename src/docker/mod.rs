@@ -8,7 +8,7 @@ mod progress;
 mod session;
 mod tunnel;
 
-pub use host::{EngineAddr, HostEnv};
+pub(crate) use host::{EngineAddr, HostEnv};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -118,7 +118,7 @@ fn push_hint(message: &str) -> &'static str {
     }
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     docker: Docker,
     /// For the requests bollard 0.21.1 cannot make: BuildKit builds with our own session.
     address: EngineAddr,
@@ -140,7 +140,7 @@ impl Engine {
     /// Connects, waiting up to `wait` for a daemon that is still starting, as buildspecs do with
     /// `until docker info; do sleep 1; done`.
     /// `DOCKER_HOST` (and the TLS variables) as the docker CLI reads them, in `env`.
-    pub async fn connect(wait: Duration, env: &HostEnv) -> Result<Engine, DockerError> {
+    pub(crate) async fn connect(wait: Duration, env: &HostEnv) -> Result<Engine, DockerError> {
         let configured = EngineAddr::parse(env)?;
         let (address, tunnel) = match &configured {
             EngineAddr::Remote(remote) => {
@@ -173,7 +173,7 @@ impl Engine {
     /// Builds one image, streaming its output to the log with the image's name, and returns the
     /// image ID. BuildKit reads the context through the build session (as the docker CLI sends
     /// it); the legacy builder gets it as a tar.
-    pub async fn build(
+    pub(crate) async fn build(
         &self,
         request: BuildRequest<'_>,
         context: ContextFiles,
@@ -291,7 +291,7 @@ impl Engine {
     /// The identity of the image the engine has under `reference`, as a build would use it: the
     /// registry digest it was pulled by (its repo digest for that name), else its image ID.
     /// `None` where the engine has no such image.
-    pub async fn local_image(&self, reference: &str) -> Result<Option<String>, DockerError> {
+    pub(crate) async fn local_image(&self, reference: &str) -> Result<Option<String>, DockerError> {
         let inspected = match self.docker.inspect_image(reference).await {
             Ok(inspected) => inspected,
             Err(BollardError::DockerResponseServerError {
@@ -314,7 +314,7 @@ impl Engine {
         Ok(pulled_as.or(inspected.id))
     }
 
-    pub async fn tag(
+    pub(crate) async fn tag(
         &self,
         image_id: &str,
         repository: &str,
@@ -335,7 +335,7 @@ impl Engine {
     }
 
     /// Pushes `repository:tag`; returns the manifest digest the registry stored.
-    pub async fn push(
+    pub(crate) async fn push(
         &self,
         image: &str,
         repository: &str,
@@ -450,7 +450,7 @@ fn digest_in_status(status: &str) -> Option<&str> {
     (digest.starts_with("sha256:") && digest.len() == 71).then_some(digest)
 }
 
-pub struct BuildRequest<'a> {
+pub(crate) struct BuildRequest<'a> {
     pub image: &'a str,
     pub reference: &'a str,
     pub dockerfile: &'a str,
@@ -469,7 +469,7 @@ pub struct BuildRequest<'a> {
 }
 
 /// An image the engine built.
-pub struct BuiltImage {
+pub(crate) struct BuiltImage {
     pub id: String,
     /// BuildKit: what it asked of the context, every DiffCopy; `None` for the legacy builder.
     pub context_requests: Option<Vec<SyncRequest>>,

@@ -173,13 +173,13 @@ impl Auth for SessionAuth {
 ///
 /// An id the store does not have is answered with gRPC NOT_FOUND, BuildKit's convention: a mount
 /// without `required` is then left out (the file is absent) and a `required` one fails its step.
-pub struct SecretStore {
+pub(super) struct SecretStore {
     values: HashMap<String, Vec<u8>>,
     missing: Mutex<BTreeSet<String>>,
 }
 
 impl SecretStore {
-    pub fn new(values: HashMap<String, Vec<u8>>) -> Self {
+    pub(super) fn new(values: HashMap<String, Vec<u8>>) -> Self {
         Self {
             values,
             missing: Mutex::default(),
@@ -187,7 +187,7 @@ impl SecretStore {
     }
 
     /// Ids the build asked for that the store does not have.
-    pub fn missing(&self) -> Vec<String> {
+    pub(super) fn missing(&self) -> Vec<String> {
         self.missing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -241,18 +241,18 @@ impl Secrets for SecretStore {
 // ---------------------------------------------------------------------------------------------
 
 /// An open build session. Dropping it closes the connection, and the engine forgets the session.
-pub struct BuildSession {
+pub(super) struct BuildSession {
     secrets: Arc<SecretStore>,
     context: Arc<ContextSync>,
     conn: tokio::task::JoinHandle<()>,
 }
 
 impl BuildSession {
-    pub fn secrets(&self) -> &SecretStore {
+    pub(super) fn secrets(&self) -> &SecretStore {
         &self.secrets
     }
 
-    pub fn context(&self) -> &ContextSync {
+    pub(super) fn context(&self) -> &ContextSync {
         &self.context
     }
 }
@@ -268,7 +268,7 @@ impl Drop for BuildSession {
 /// table before it releases the lock it holds across the 101 answer), so `/build` can follow.
 ///
 /// `api_prefix` is `""` (unversioned, what bollard 0.21.1 sends) or `"/v1.41"`.
-pub async fn open_session(
+pub(super) async fn open_session(
     engine: &EngineAddr,
     api_prefix: &str,
     id: &str,
@@ -329,7 +329,7 @@ pub async fn open_session(
 /// Sends `/build` with `options` (which must carry `version=2`, the session id and
 /// `remote=client-session`) and no body; yields the engine's JSON messages as `BuildInfo`, an
 /// `errorDetail` as `Err(Error::DockerStreamError)`, exactly like bollard's `build_image`.
-pub async fn post_build(
+pub(super) async fn post_build(
     engine: &EngineAddr,
     api_prefix: &str,
     options: &BuildImageOptions,

@@ -23,7 +23,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A remote engine and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Remote {
+pub(crate) enum Remote {
     /// `host:port`, with the folder holding ca.pem, cert.pem and key.pem.
     Tls { addr: String, cert_path: PathBuf },
     /// `[user@]host`, and a port when DOCKER_HOST names one.
@@ -36,7 +36,7 @@ pub enum Remote {
 /// Why a remote engine cannot be reached: `Starting` may pass (nothing listens yet, or the remote
 /// daemon is not up), `Refused` will not (a certificate, a key or ssh said no).
 #[derive(Debug)]
-pub enum ProbeError {
+pub(super) enum ProbeError {
     Starting(String),
     Refused(String),
 }
@@ -56,7 +56,7 @@ impl std::fmt::Display for Remote {
 
 impl Remote {
     /// `ssh://[user@]host[:port]`.
-    pub fn ssh(rest: &str) -> Result<Remote, String> {
+    pub(crate) fn ssh(rest: &str) -> Result<Remote, String> {
         let rest = rest.trim_end_matches('/');
         let (destination, port) = match rest.rsplit_once(':') {
             Some((destination, port)) if !destination.ends_with(']') || rest.starts_with('[') => {
@@ -241,7 +241,7 @@ async fn ping_on<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<()
 
 /// The relay: a unix socket in a private folder that reaches the remote engine. Dropping it stops
 /// it and removes the folder.
-pub struct Tunnel {
+pub(super) struct Tunnel {
     dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -253,12 +253,12 @@ impl Drop for Tunnel {
 }
 
 impl Tunnel {
-    pub fn socket(&self) -> PathBuf {
+    pub(super) fn socket(&self) -> PathBuf {
         self.dir.path().join("engine.sock")
     }
 
     /// Checks that the remote engine answers, then starts relaying.
-    pub async fn open(remote: &Remote) -> Result<Tunnel, ProbeError> {
+    pub(super) async fn open(remote: &Remote) -> Result<Tunnel, ProbeError> {
         let tls = match remote {
             Remote::Tls { cert_path, .. } => {
                 Some(tls_connector(cert_path).map_err(ProbeError::Refused)?)

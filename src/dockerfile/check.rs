@@ -8,7 +8,7 @@ use super::{Base, BuildFacts, Vars, Whole, declare_args, expand, platform_args};
 
 /// A Dockerfile BuildKit would refuse before it builds anything, or a target it does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DockerfileError {
+pub(crate) enum DockerfileError {
     #[error("{0}")]
     Parse(String),
     #[error("there is no stage named `{target}`; its stages are: {stages}")]
@@ -40,7 +40,7 @@ const INSTRUCTIONS: [&str; 18] = [
 /// What the built-in frontend refuses before a build: an unknown instruction, one before the
 /// first FROM (but ARG), a FROM without an image, no FROM at all, a heredoc without its end; and
 /// a `target` no stage is named. A `# syntax=` frontend has rules of its own: not checked here.
-pub fn check(dockerfile: &str, target: Option<&str>) -> Result<(), DockerfileError> {
+pub(crate) fn check(dockerfile: &str, target: Option<&str>) -> Result<(), DockerfileError> {
     let parse_error = |line: usize, message: String| {
         Err(DockerfileError::Parse(format!("line {line}: {message}")))
     };
@@ -111,7 +111,7 @@ pub fn check(dockerfile: &str, target: Option<&str>) -> Result<(), DockerfileErr
 /// `scratch` nor a stage, each `COPY --from` and `RUN --mount=…,from=` that names no stage, and a
 /// `# syntax=` frontend; as written, with ARGs expanded. `Err(reason)` where one cannot be named
 /// before the build.
-pub fn base_images(dockerfile: &str, facts: &BuildFacts<'_>) -> Result<Vec<String>, String> {
+pub(crate) fn base_images(dockerfile: &str, facts: &BuildFacts<'_>) -> Result<Vec<String>, String> {
     let mut images: Vec<String> = syntax_frontend(dockerfile).into_iter().collect();
     let instructions = parse(dockerfile).map_err(|Whole(reason)| reason)?;
     let build_args: HashMap<&str, &str> = (facts.build_args.iter())

@@ -11,14 +11,14 @@ mod parse;
 
 use std::collections::HashMap;
 
-pub use check::{DockerfileError, base_images, check};
+pub(crate) use check::{base_images, check};
 use parse::{Instruction, parse, syntax_frontend};
 
 /// What a build of one target can read from the context. In `plan` JSON: `{"paths": [...]}` or
 /// `{"whole_context": "why"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ContextInputs {
+pub(crate) enum ContextInputs {
     /// Only these paths: Docker patterns relative to the context (`*`, `?`, `[...]` within one
     /// component; a directory stands for everything below it). Sorted, without duplicates.
     Paths(Vec<String>),
@@ -27,7 +27,7 @@ pub enum ContextInputs {
 }
 
 /// What the analysis knows beyond the text.
-pub struct BuildFacts<'a> {
+pub(crate) struct BuildFacts<'a> {
     /// The stage to build; `None`: the last.
     pub target: Option<&'a str>,
     pub build_args: &'a [(String, String)],
@@ -36,7 +36,7 @@ pub struct BuildFacts<'a> {
 }
 
 /// The context paths that can reach the image `facts` describes.
-pub fn context_inputs(dockerfile: &str, facts: &BuildFacts<'_>) -> ContextInputs {
+pub(crate) fn context_inputs(dockerfile: &str, facts: &BuildFacts<'_>) -> ContextInputs {
     match analyse(dockerfile, facts) {
         Ok(mut paths) => {
             paths.sort();

@@ -34,7 +34,7 @@ use steps::RunContext;
 /// The process environment as a run reads it, once, at the edge (the command): CodeBuild's
 /// variables, the engine's address, AWS's account and region.
 #[derive(Debug, Default)]
-pub struct RunEnvironment {
+pub(crate) struct RunEnvironment {
     pub build: BuildEnv,
     pub host: HostEnv,
     pub aws: AwsEnv,
@@ -42,7 +42,7 @@ pub struct RunEnvironment {
 
 impl RunEnvironment {
     /// From the variables `lookup` gives.
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Self {
         Self {
             build: BuildEnv::from_lookup(lookup),
             host: HostEnv::from_lookup(lookup),
@@ -54,7 +54,7 @@ impl RunEnvironment {
 /// Images whose registry look-ups (and re-tags) go out at once.
 const REGISTRY_FAN_OUT: usize = 32;
 
-pub struct BuildSettings {
+pub(crate) struct BuildSettings {
     pub dry_run: bool,
     /// Build even where the registry has an image of the same context digest.
     pub rebuild: bool,
@@ -87,7 +87,11 @@ fn run_tags(
 }
 
 /// `ecr-build plan`: the JSON on stdout, nothing built.
-pub async fn plan(plan: Plan, sha_flag: Option<&str>, environment: &RunEnvironment) -> Result<()> {
+pub(crate) async fn plan(
+    plan: Plan,
+    sha_flag: Option<&str>,
+    environment: &RunEnvironment,
+) -> Result<()> {
     let prepared = prepare::prepare(&plan).await?;
     let run_tags = run_tags(&plan, sha_flag, &prepared, false, environment)?;
     let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), &environment.aws);
@@ -150,7 +154,7 @@ async fn remote_side(
 }
 
 /// `ecr-build build`.
-pub async fn build(
+pub(crate) async fn build(
     plan: Plan,
     sha_flag: Option<&str>,
     settings: BuildSettings,

@@ -12,7 +12,11 @@ const MAX_REDIRECTS: usize = 3;
 
 impl RegistryClient {
     /// Whether the repository holds the blob.
-    pub async fn has_blob(&self, repository: &str, digest: &str) -> Result<bool, RegistryError> {
+    pub(crate) async fn has_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
         let target = self.target(Operation::HeadBlob, repository, digest)?;
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
         let resp = self
@@ -27,7 +31,11 @@ impl RegistryClient {
 
     /// The blob's bytes, checked against its digest. A redirect to storage elsewhere is followed
     /// without the registry's credentials, which belong to the registry alone.
-    pub async fn get_blob(&self, repository: &str, digest: &str) -> Result<Bytes, RegistryError> {
+    pub(crate) async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Bytes, RegistryError> {
         let target = self.target(Operation::GetBlob, repository, digest)?;
         let mut url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
         let mut authorized = true;
@@ -60,7 +68,11 @@ impl RegistryClient {
 
     /// Uploads `bytes` as one blob: POST for an upload, then one PUT with the digest. Returns the
     /// digest.
-    pub async fn push_blob(&self, repository: &str, bytes: Bytes) -> Result<String, RegistryError> {
+    pub(crate) async fn push_blob(
+        &self,
+        repository: &str,
+        bytes: Bytes,
+    ) -> Result<String, RegistryError> {
         let digest = sha256_digest(&bytes);
         let target = self.target(Operation::PushBlob, repository, &digest)?;
         let start = self.url(&format!("/v2/{repository}/blobs/uploads/"));

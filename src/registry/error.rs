@@ -166,7 +166,7 @@ impl RegistryError {
 /// The request timeout, as the `source` of a [`RegistryError::Transport`].
 #[derive(Debug, thiserror::Error)]
 #[error("no complete response within {:?}", .0)]
-pub struct Timeout(pub Duration);
+pub(crate) struct Timeout(pub Duration);
 
 /// Code and message from a distribution error body `{"errors":[{"code","message"}]}`.
 /// Several errors are joined with "; "; the code is the first one's.

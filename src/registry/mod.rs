@@ -33,19 +33,21 @@ mod error;
 mod token;
 
 use error::classify;
-pub use error::{Operation, RegistryError, Target, Timeout};
+pub(crate) use error::{Operation, RegistryError, Target, Timeout};
 use token::bearer_challenge;
 
 use crate::reference::{self, is_digest, is_loopback};
 
 /// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+#[cfg(test)]
+pub(crate) const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list (multi-platform).
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 /// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index (multi-platform).
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// The `Accept` header of every manifest request. Never leave it out: see the module docs.
 const MANIFEST_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -63,7 +65,7 @@ const USER_AGENT_VALUE: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_
 
 /// A manifest exactly as the registry stores it. PUT `bytes` unchanged to keep the digest.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub bytes: Bytes,
     /// The `Content-Type` the registry served, e.g. [`DOCKER_MANIFEST_V2`].
     pub media_type: String,
@@ -83,7 +85,7 @@ impl fmt::Debug for Manifest {
 
 /// Client for one registry. Cloning is cheap and shares the connection pool and cached tokens.
 #[derive(Clone)]
-pub struct RegistryClient {
+pub(crate) struct RegistryClient {
     inner: Arc<Inner>,
 }
 
@@ -123,7 +125,7 @@ impl RegistryClient {
     /// `host` is `host[:port]` (no scheme, no path). Loopback hosts (127.0.0.0/8, `localhost`,
     /// `[::1]`) use plain http, everything else https with the platform's root certificates.
     /// Anonymous until [`RegistryClient::set_login`].
-    pub fn new(host: &str) -> Result<Self, RegistryError> {
+    pub(crate) fn new(host: &str) -> Result<Self, RegistryError> {
         let invalid = |reason| RegistryError::InvalidHost {
             host: host.to_owned(),
             reason,
@@ -174,7 +176,7 @@ impl RegistryClient {
     }
 
     /// Basic auth for every later call (ECR: `AWS` and the token's password).
-    pub fn set_login(&self, username: &str, password: &str) {
+    pub(crate) fn set_login(&self, username: &str, password: &str) {
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
         let mut value =
@@ -183,14 +185,9 @@ impl RegistryClient {
         *self.inner.basic.write().unwrap_or_else(|e| e.into_inner()) = Some(value);
     }
 
-    /// The `host[:port]` this client talks to.
-    pub fn host(&self) -> &str {
-        &self.inner.host
-    }
-
     /// HEAD the manifest. `Ok(None)` on 404 (MANIFEST_UNKNOWN / NAME_UNKNOWN), otherwise the
     /// `Docker-Content-Digest` (falling back to a GET if a registry leaves the header out).
-    pub async fn manifest_digest(
+    pub(crate) async fn manifest_digest(
         &self,
         repository: &str,
         reference: &str,
@@ -212,7 +209,7 @@ impl RegistryClient {
 
     /// GET the manifest: its exact bytes, media type and digest. `Ok(None)` on 404. The digest the
     /// registry reports (and a digest reference) is checked against the sha256 of the bytes.
-    pub async fn get_manifest(
+    pub(crate) async fn get_manifest(
         &self,
         repository: &str,
         reference: &str,
@@ -258,7 +255,7 @@ impl RegistryClient {
     /// PUT `manifest.bytes` unchanged, with `manifest.media_type` as Content-Type, under `tag`.
     /// Returns the digest the registry reports (which equals `manifest.digest` unless the registry
     /// altered the manifest).
-    pub async fn put_manifest(
+    pub(crate) async fn put_manifest(
         &self,
         repository: &str,
         tag: &str,
@@ -462,12 +459,12 @@ impl RegistryClient {
 }
 
 /// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// Checks `bytes` against a `sha256:` or `sha512:` digest; `Err` carries what the bytes hash to.
-pub fn verify_digest(expected: &str, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn verify_digest(expected: &str, bytes: &[u8]) -> Result<(), String> {
     let actual = match expected.split_once(':') {
         Some(("sha256", _)) => sha256_digest(bytes),
         Some(("sha512", _)) => format!("sha512:{:x}", Sha512::digest(bytes)),

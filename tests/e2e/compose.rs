@@ -257,15 +257,7 @@ fn compose_config(dir: &Path, files: &[&str]) -> BTreeMap<String, Value> {
     for (name, value) in ENV {
         command.env(name, value);
     }
-    let output = command
-        .args(["config", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = output_of(command.args(["config", "--format", "json"]));
     let model: Value = serde_json::from_slice(&output.stdout).unwrap();
     let services = model["services"].as_object().unwrap();
     (services.iter())
@@ -450,25 +442,15 @@ fn profiles_extends_and_include_build_what_docker_compose_builds() {
     }
 
     // What Docker Compose builds: the images it tags `:latest`.
-    let config = tempfile::tempdir().unwrap();
-    let buildx = std::env::var("ECR_BUILD_TEST_BUILDX").unwrap_or_default();
-    if !buildx.is_empty() {
-        std::fs::create_dir_all(config.path().join("cli-plugins")).unwrap();
-        std::os::unix::fs::symlink(&buildx, config.path().join("cli-plugins/docker-buildx"))
-            .unwrap();
-    }
-    let output = std::process::Command::new(required("ECR_BUILD_TEST_COMPOSE"))
-        .current_dir(ws.path())
-        .env("DOCKER_HOST", &services().docker_host)
-        .env("DOCKER_CONFIG", config.path())
-        .env_remove("COMPOSE_PROFILES")
-        .args(["build"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "docker compose build: {}",
-        String::from_utf8_lossy(&output.stderr)
+    // Without buildx (Docker 20.10), Compose builds through the Engine API.
+    let config = buildx_config().unwrap_or_else(|| tempfile::tempdir().unwrap());
+    output_of(
+        std::process::Command::new(required("ECR_BUILD_TEST_COMPOSE"))
+            .current_dir(ws.path())
+            .env("DOCKER_HOST", &services().docker_host)
+            .env("DOCKER_CONFIG", config.path())
+            .env_remove("COMPOSE_PROFILES")
+            .args(["build"]),
     );
     let composed = |service: &str| format!("{registry}/{prefix}/{service}:latest");
     let built_by_compose: Vec<&str> = (built.iter().chain(&["debug"]))

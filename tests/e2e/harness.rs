@@ -1186,3 +1186,28 @@ pub fn container_ids() -> BTreeSet<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A docker client config folder with Docker 28's buildx plugin, where the services have it
+/// (`ECR_BUILD_TEST_BUILDX` is empty for Docker 20.10): `None` without it.
+pub fn buildx_config() -> Option<tempfile::TempDir> {
+    let buildx = std::env::var("ECR_BUILD_TEST_BUILDX").unwrap_or_default();
+    if buildx.is_empty() {
+        return None;
+    }
+    let config = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(config.path().join("cli-plugins")).unwrap();
+    std::os::unix::fs::symlink(&buildx, config.path().join("cli-plugins/docker-buildx")).unwrap();
+    Some(config)
+}
+
+/// Runs `command`, which must succeed; its output.
+#[track_caller]
+pub fn output_of(command: &mut std::process::Command) -> Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}

@@ -262,26 +262,15 @@ fn a_dockerfile_s_own_ignore_file_decides_what_is_sent() {
     // What the root .dockerignore would have sent instead is no input: no rebuild.
     app.ws.write("secret.txt", "still not for the image\n");
     assert_eq!(build(&app).result("app"), "reused");
-    let buildx = std::env::var("ECR_BUILD_TEST_BUILDX").unwrap_or_default();
-    if let Ok(cli) = std::env::var("ECR_BUILD_TEST_DOCKER_CLI")
-        && !buildx.is_empty()
-    {
+    if let Some(config) = buildx_config() {
         // The same files as `docker buildx build` (Docker 28's client) sends.
         let tag = format!("buildx-own-ignore:{}", &new_sha()[..12]);
-        let config = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(config.path().join("cli-plugins")).unwrap();
-        std::fs::copy(&buildx, config.path().join("cli-plugins/docker-buildx")).unwrap();
-        let output = std::process::Command::new(cli)
-            .env("DOCKER_CONFIG", config.path())
-            .args(["buildx", "build", "--network", "none", "-t", &tag])
-            .args(["-f", "web.Dockerfile", "."])
-            .current_dir(app.ws.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        output_of(
+            std::process::Command::new(required("ECR_BUILD_TEST_DOCKER_CLI"))
+                .env("DOCKER_CONFIG", config.path())
+                .args(["buildx", "build", "--network", "none", "-t", &tag])
+                .args(["-f", "web.Dockerfile", "."])
+                .current_dir(app.ws.path()),
         );
         assert_eq!(
             docker_run(&tag, &["ls", "-R", "/x"]),

@@ -1,0 +1,222 @@
+//! The engine, through the docker client of the engine's own version: images, processes, a
+//! dockerd of one test's own.
+
+use super::*;
+
+/// Docker's client (an observer here: it inspects and runs what ecr-build built).
+#[track_caller]
+pub fn docker(args: &[&str]) -> String {
+    String::from_utf8_lossy(&docker_bytes(args)).into_owned()
+}
+
+/// Runs an image's default command with no network and returns its stdout.
+pub fn docker_run(image: &str, command: &[&str]) -> String {
+    let mut args = vec!["run", "--rm", "--network", "none", image];
+    args.extend_from_slice(command);
+    docker(&args)
+}
+
+/// The docker client's raw stdout (for `docker save`).
+#[track_caller]
+pub fn docker_bytes(args: &[&str]) -> Vec<u8> {
+    let output = Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", &services().docker_host)
+        .output()
+        .expect("docker client runs");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+pub fn image_exists(reference: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", reference])
+        .env("DOCKER_HOST", &services().docker_host)
+        .output()
+        .expect("docker client runs")
+        .status
+        .success()
+}
+
+/// A dockerd of one test's own, started in the background after a delay exactly as
+/// scripts/services.sh starts the shared one, and stopped (with everything it started) on drop.
+pub struct PrivateDockerd {
+    dir: PathBuf,
+    starter: Option<std::thread::JoinHandle<Output>>,
+}
+
+fn services_sh(script: &str, dir: &Path) -> Command {
+    let mut command = Command::new("bash");
+    command
+        .arg("-c")
+        .arg(format!(
+            "source {}/scripts/services.sh && {script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("services.sh")
+        .arg(dir)
+        // Its own data-root, never a reused one that the shared dockerd may hold.
+        .env_remove("ECR_BUILD_DOCKER_DATA")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// Runs a function of scripts/services.sh against the shared engine; panics with its output if it fails.
+#[track_caller]
+pub fn services_function(script: &str) {
+    let output = services_sh(script, Path::new(env!("CARGO_MANIFEST_DIR")))
+        .env("DOCKER_HOST", &services().docker_host)
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl PrivateDockerd {
+    /// Starts it after `delay` on a thread; `docker_host()` is known at once.
+    pub fn start_after(delay: std::time::Duration) -> Self {
+        // Short: dockerd's and containerd's unix sockets live below it.
+        let dir = tempfile::Builder::new()
+            .prefix("ecrf.")
+            .tempdir_in("/tmp")
+            .expect("temp dir")
+            .keep();
+        let start_dir = dir.clone();
+        let starter = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            services_sh("ecr_build_start_dockerd \"$1\"", &start_dir)
+                .output()
+                .expect("bash runs")
+        });
+        Self {
+            dir,
+            starter: Some(starter),
+        }
+    }
+
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.display())
+    }
+
+    /// Waits for the start to finish; panics with its log if it failed.
+    #[track_caller]
+    pub fn wait_started(&mut self) {
+        if let Some(starter) = self.starter.take() {
+            let output = starter.join().expect("the start thread");
+            assert!(
+                output.status.success(),
+                "ecr_build_start_dockerd failed:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        // A start still under way must end first, or it would start a dockerd after the stop.
+        if let Some(starter) = self.starter.take() {
+            let _ = starter.join();
+        }
+        let _ = services_sh("ecr_build_stop_services \"$1\"", &self.dir).output();
+    }
+}
+
+/// Pids of the processes whose argument vector is exactly `argv` (the program's file name is
+/// compared, not its path), anywhere on the machine: BuildKit's RUN steps are not containers that
+/// `docker ps` lists, but their processes are in /proc.
+pub fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .strip_suffix(b"\0")
+            .unwrap_or(&cmdline)
+            .split(|b| *b == 0)
+            .collect();
+        let matches = args.len() == argv.len()
+            && args.iter().zip(argv).enumerate().all(|(i, (have, want))| {
+                let have = if i == 0 {
+                    have.rsplit(|b| *b == b'/').next().unwrap_or(have)
+                } else {
+                    have
+                };
+                have == want.as_bytes()
+            });
+        // A zombie has an empty cmdline, so it never matches: only live processes count.
+        if matches {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The shared dockerd's pid (scripts/services.sh has it write a pidfile).
+pub fn dockerd_pid() -> u32 {
+    let path = PathBuf::from(required("ECR_BUILD_TEST_DIR")).join("docker.pid");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// How many descriptors a process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Every container the shared engine has, running or not.
+pub fn container_ids() -> BTreeSet<String> {
+    docker(&["ps", "-aq", "--no-trunc"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A docker client config folder with Docker 28's buildx plugin, where the services have it
+/// (`ECR_BUILD_TEST_BUILDX` is empty for Docker 20.10): `None` without it.
+pub fn buildx_config() -> Option<tempfile::TempDir> {
+    let buildx = std::env::var("ECR_BUILD_TEST_BUILDX").unwrap_or_default();
+    if buildx.is_empty() {
+        return None;
+    }
+    let config = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(config.path().join("cli-plugins")).unwrap();
+    std::os::unix::fs::symlink(&buildx, config.path().join("cli-plugins/docker-buildx")).unwrap();
+    Some(config)
+}
+
+/// Runs `command`, which must succeed; its output.
+#[track_caller]
+pub fn output_of(command: &mut std::process::Command) -> Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::{
     ArtifactFlags, ArtifactsSection, ArtifactsSettings, Builder, ConfigError, ConfigFile,
-    DEFAULT_TAG, ImagePlan, Plan, PlanParts, SecretSource, finish, parse_secret_overrides,
+    DEFAULT_TAG, ImagePlan, Plan, PlanParts, RunSettings, SecretSource, finish,
+    parse_secret_overrides,
 };
 use crate::cli::PlanArgs;
 use crate::compose::{self, Project, Service};
@@ -53,11 +54,19 @@ pub(super) fn plan_from_compose(
     let images = (project.services.iter())
         .map(|service| image_plan(service, &project, &defaults).map_err(&invalid))
         .collect::<Result<Vec<_>, _>>()?;
-    let tags = run_tags(args, file.as_ref(), &project, &settings).map_err(&invalid)?;
-    let registry = (args.registry.clone())
-        .or_else(|| file.as_ref().and_then(|f| f.registry.clone()))
-        .or_else(|| settings.registry.clone())
-        .or(one_registry(&project).map_err(&invalid)?);
+    // The flags, then ecr-build.toml, then x-ecr-build, then what the services' image: names.
+    let mut merged = (RunSettings::from_flags(args))
+        .over(
+            file.as_ref()
+                .map(RunSettings::from_file)
+                .unwrap_or_default(),
+        )
+        .over(RunSettings::from_compose(&settings))
+        .over(RunSettings {
+            registry: one_registry(&project).map_err(&invalid)?,
+            ..RunSettings::default()
+        });
+    merged.tags = Some(with_image_tag(merged.tags.take(), &project).map_err(&invalid)?);
     let artifacts = artifacts_settings(
         flags,
         file.as_ref(),
@@ -65,20 +74,10 @@ pub(super) fn plan_from_compose(
         (&project, &settings),
         cwd,
     );
-    let builder = (args.builder.map(Builder::from))
-        .or(file.as_ref().and_then(|f| f.builder))
-        .or(settings.builder)
-        .unwrap_or(Builder::Buildkit);
-    let network = (args.network.clone())
-        .or_else(|| file.as_ref().and_then(|f| f.network.clone()))
-        .or_else(|| settings.network.clone());
     finish(
         PlanParts {
-            registry,
+            settings: merged,
             secret_overrides: parse_secret_overrides(args, cwd)?,
-            tags,
-            network,
-            builder,
             artifacts,
             images,
             source_dir: project.dir.clone(),
@@ -112,6 +111,18 @@ struct ServiceSettings {
     ssm_path: Option<String>,
     #[serde(default)]
     allow_secret_build_args: bool,
+}
+
+impl RunSettings {
+    /// What a Compose project's `x-ecr-build:` says of the run.
+    fn from_compose(settings: &ProjectSettings) -> Self {
+        Self {
+            registry: settings.registry.clone(),
+            tags: settings.tags.clone(),
+            network: settings.network.clone(),
+            builder: settings.builder,
+        }
+    }
 }
 
 /// `x-ecr-build:` (at the top or in a service) read as `T`; none is `T`'s default.
@@ -189,11 +200,11 @@ fn image_plan(
         secrets.retain(|(known, _): &(String, SecretSource)| known != id);
         secrets.push((id.clone(), source));
     }
+    let (context, dockerfile) = (
+        resolve_dots(&service.context),
+        resolve_dots(&service.context.join(&service.dockerfile)),
+    );
     Ok(ImagePlan {
-        name,
-        repository: service.repository.clone(),
-        context: resolve_dots(&service.context),
-        dockerfile: resolve_dots(&service.context.join(&service.dockerfile)),
         target: service.target.clone(),
         build_args: service.args.clone(),
         secrets,
@@ -207,23 +218,13 @@ fn image_plan(
             _ => service.platforms.clone(),
         },
         labels: service.labels.clone(),
+        ..ImagePlan::new(name, service.repository.clone(), context, dockerfile)
     })
 }
 
 /// The configured tag templates, after the tag the services' `image:` names (their primary tag).
-fn run_tags(
-    args: &PlanArgs,
-    file: Option<&ConfigFile>,
-    project: &Project,
-    settings: &ProjectSettings,
-) -> Result<Vec<String>, String> {
-    let mut tags = if args.tags.is_empty() {
-        (file.and_then(|f| f.tags.clone()))
-            .or_else(|| settings.tags.clone())
-            .unwrap_or_else(|| vec![DEFAULT_TAG.into()])
-    } else {
-        args.tags.clone()
-    };
+fn with_image_tag(tags: Option<Vec<String>>, project: &Project) -> Result<Vec<String>, String> {
+    let mut tags = tags.unwrap_or_else(|| vec![DEFAULT_TAG.into()]);
     let mut named = project.services.iter().filter(|s| s.tag.is_some());
     if let Some(first) = named.next() {
         let tag = first.tag.clone().expect("filtered");

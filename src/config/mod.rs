@@ -6,19 +6,22 @@ use std::path::{Path, PathBuf};
 
 use std::fmt;
 
-use indexmap::IndexMap;
 use serde::Deserialize;
 
-use crate::cli::{BuilderArg, ImageUriArg, PlanArgs, SingleImageArgs};
+use crate::cli::{BuilderArg, ImageUriArg, PlanArgs};
 use crate::reference::normalize_registry;
 use crate::tags::TagTemplate;
 
 mod checks;
 mod from_compose;
+mod from_file;
+mod from_flags;
 
 use checks::{artifacts_plan, check_image};
 
 use from_compose::plan_from_compose;
+use from_file::{ConfigFile, parse_config_file, plan_from_file};
+use from_flags::plan_from_flags;
 
 pub(crate) const DEFAULT_CONFIG_FILE: &str = "ecr-build.toml";
 const DEFAULT_TAG: &str = "{sha}";
@@ -113,23 +116,6 @@ impl From<BuilderArg> for Builder {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    /// Compose files that list the images, relative to this file.
-    compose: Option<Vec<PathBuf>>,
-    /// Every image's platforms, unless the image names its own.
-    platforms: Option<Vec<String>>,
-    registry: Option<String>,
-    ssm_path: Option<String>,
-    tags: Option<Vec<String>>,
-    network: Option<String>,
-    builder: Option<Builder>,
-    #[serde(default)]
-    artifacts: ArtifactsSection,
-    images: Option<IndexMap<String, ImageSection>>,
-}
-
 /// `[artifacts]`, or `artifacts:` in a Compose file's `x-ecr-build:`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,25 +163,6 @@ impl ArtifactsSection {
 enum FileSetting {
     Enabled(bool),
     Value(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImageSection {
-    repository: String,
-    context: Option<PathBuf>,
-    dockerfile: Option<PathBuf>,
-    target: Option<String>,
-    #[serde(default)]
-    build_args: IndexMap<String, toml::Value>,
-    #[serde(default)]
-    secrets: IndexMap<String, String>,
-    ssm_path: Option<String>,
-    #[serde(default)]
-    allow_secret_build_args: bool,
-    #[serde(default)]
-    cache_from: Vec<String>,
-    platforms: Option<Vec<String>>,
 }
 
 /// Where a build secret's value comes from: `ssm:NAME`, `env:VAR` or `file:PATH`.
@@ -284,6 +251,27 @@ pub(crate) struct ImagePlan {
 }
 
 impl ImagePlan {
+    /// An image with nothing but its name, repository and build files: each source of a plan sets
+    /// what it gives over this.
+    fn new(name: String, repository: String, context: PathBuf, dockerfile: PathBuf) -> Self {
+        Self {
+            name,
+            repository,
+            context,
+            dockerfile,
+            target: None,
+            build_args: Vec::new(),
+            secrets: Vec::new(),
+            ssm_path: None,
+            allow_secret_build_args: false,
+            cache_from: Vec::new(),
+            dockerfile_inline: None,
+            network: None,
+            platforms: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
     pub(crate) fn has_secrets(&self) -> bool {
         !self.secrets.is_empty() || self.ssm_path.is_some()
     }
@@ -426,186 +414,37 @@ fn load_all(
     }
 }
 
-fn parse_config_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
-    toml::from_str(text).map_err(|err| syntax_error(path, text, &err))
+/// The run's settings as one source gives them; `None` where it says nothing. Every source has a
+/// reader (`from_flags`, `from_file`, and `from_compose` in from_compose.rs), and [`Self::over`]
+/// merges them in the documented order, the flags first, then ecr-build.toml, then Compose's
+/// `x-ecr-build:`; [`finish`] applies the defaults once.
+#[derive(Debug, Clone, Default)]
+struct RunSettings {
+    registry: Option<String>,
+    tags: Option<Vec<String>>,
+    network: Option<String>,
+    builder: Option<Builder>,
 }
 
-fn plan_from_file(
-    path: &Path,
-    mut file: ConfigFile,
-    args: &PlanArgs,
-    flags: ArtifactFlags<'_>,
-    cwd: &Path,
-) -> Result<Plan, ConfigError> {
-    let origin = path.display().to_string();
-    let invalid = |message: String| ConfigError::Invalid {
-        origin: origin.clone(),
-        message,
-    };
-    let base = path.parent().unwrap_or(cwd).to_path_buf();
-
-    let sections = file.images.take().unwrap_or_default();
-    if sections.is_empty() {
-        return Err(invalid(
-            "no images: add at least one [images.NAME] table with a repository".into(),
-        ));
-    }
-    let images = sections
-        .into_iter()
-        .map(|(name, section)| image_from_section(name, section, &base, &file).map_err(&invalid))
-        .collect::<Result<Vec<_>, _>>()?;
-
-    let artifacts = file.artifacts.settings(flags, &base, cwd);
-    let tags = if args.tags.is_empty() {
-        file.tags.unwrap_or_else(|| vec![DEFAULT_TAG.into()])
-    } else {
-        args.tags.clone()
-    };
-    finish(
-        PlanParts {
-            registry: args.registry.clone().or(file.registry),
-            secret_overrides: parse_secret_overrides(args, cwd)?,
-            tags,
-            network: args.network.clone().or(file.network),
-            builder: args
-                .builder
-                .map(Builder::from)
-                .or(file.builder)
-                .unwrap_or(Builder::Buildkit),
-            artifacts,
-            images,
-            source_dir: base,
-        },
-        &origin,
-    )
-}
-
-/// One `[images.NAME]` table; relative paths start at `base`, the file's folder.
-fn image_from_section(
-    name: String,
-    section: ImageSection,
-    base: &Path,
-    file: &ConfigFile,
-) -> Result<ImagePlan, String> {
-    let build_args = section
-        .build_args
-        .into_iter()
-        .map(|(key, value)| {
-            scalar_to_string(&value)
-                .map(|v| (key.clone(), v))
-                .ok_or_else(|| {
-                    format!("images.{name}.build_args.{key}: must be a string, number or boolean")
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let context = clean(&base.join(section.context.unwrap_or_else(|| PathBuf::from("."))));
-    let dockerfile = clean(
-        &context.join(
-            section
-                .dockerfile
-                .unwrap_or_else(|| PathBuf::from("Dockerfile")),
-        ),
-    );
-    let secrets = section
-        .secrets
-        .into_iter()
-        .map(|(id, source)| {
-            SecretSource::parse(&source, base)
-                .map(|source| (id.clone(), source))
-                .map_err(|m| format!("images.{name}.secrets.{id}: {m}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ImagePlan {
-        name,
-        repository: section.repository,
-        context,
-        dockerfile,
-        target: section.target,
-        build_args,
-        secrets,
-        ssm_path: section.ssm_path.or_else(|| file.ssm_path.clone()),
-        allow_secret_build_args: section.allow_secret_build_args,
-        cache_from: section.cache_from,
-        dockerfile_inline: None,
-        network: None,
-        platforms: (section.platforms)
-            .or_else(|| file.platforms.clone())
-            .unwrap_or_default(),
-        labels: Vec::new(),
-    })
-}
-
-fn plan_from_flags(
-    args: &PlanArgs,
-    flags: ArtifactFlags<'_>,
-    cwd: &Path,
-) -> Result<Plan, ConfigError> {
-    let SingleImageArgs {
-        name,
-        repository,
-        context,
-        dockerfile,
-        target,
-        build_args,
-        cache_from,
-    } = &args.single;
-    let repository = repository.clone().unwrap_or_default();
-    let name = name.clone().unwrap_or_else(|| {
-        repository
-            .rsplit('/')
-            .next()
-            .unwrap_or(&repository)
-            .to_owned()
-    });
-    let context = clean(&cwd.join(context.clone().unwrap_or_else(|| PathBuf::from("."))));
-    let dockerfile = clean(
-        &context.join(
-            dockerfile
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("Dockerfile")),
-        ),
-    );
-    let build_args = build_args
-        .iter()
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| ConfigError::Usage(format!("--build-arg `{pair}` is not KEY=VALUE")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let tags = if args.tags.is_empty() {
-        vec![DEFAULT_TAG.into()]
-    } else {
-        args.tags.clone()
-    };
-    finish(
-        PlanParts {
+impl RunSettings {
+    fn from_flags(args: &PlanArgs) -> Self {
+        Self {
             registry: args.registry.clone(),
-            secret_overrides: parse_secret_overrides(args, cwd)?,
-            tags,
+            tags: (!args.tags.is_empty()).then(|| args.tags.clone()),
             network: args.network.clone(),
-            builder: args.builder.map(Builder::from).unwrap_or(Builder::Buildkit),
-            artifacts: ArtifactsSection::default().settings(flags, cwd, cwd),
-            images: vec![ImagePlan {
-                name,
-                repository,
-                context: context.clone(),
-                dockerfile,
-                target: target.clone(),
-                build_args,
-                secrets: Vec::new(),
-                ssm_path: None,
-                allow_secret_build_args: false,
-                cache_from: cache_from.clone(),
-                dockerfile_inline: None,
-                network: None,
-                platforms: Vec::new(),
-                labels: Vec::new(),
-            }],
-            source_dir: context,
-        },
-        "command line",
-    )
+            builder: args.builder.map(Builder::from),
+        }
+    }
+
+    /// These settings, with what they leave unset taken from `lower`.
+    fn over(self, lower: RunSettings) -> Self {
+        Self {
+            registry: self.registry.or(lower.registry),
+            tags: self.tags.or(lower.tags),
+            network: self.network.or(lower.network),
+            builder: self.builder.or(lower.builder),
+        }
+    }
 }
 
 struct ArtifactsSettings {
@@ -617,11 +456,9 @@ struct ArtifactsSettings {
 }
 
 struct PlanParts {
-    registry: Option<String>,
+    /// Merged from every source, defaults not yet applied.
+    settings: RunSettings,
     secret_overrides: Vec<(String, SecretSource)>,
-    tags: Vec<String>,
-    network: Option<String>,
-    builder: Builder,
     artifacts: ArtifactsSettings,
     images: Vec<ImagePlan>,
     source_dir: PathBuf,
@@ -633,6 +470,16 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         origin: origin.to_owned(),
         message,
     };
+    let RunSettings {
+        registry,
+        tags,
+        network,
+        builder,
+    } = parts.settings;
+    let (tags, builder) = (
+        tags.unwrap_or_else(|| vec![DEFAULT_TAG.into()]),
+        builder.unwrap_or(Builder::Buildkit),
+    );
     for (id, source) in &parts.secret_overrides {
         for image in &mut parts.images {
             match image.secrets.iter_mut().find(|(known, _)| known == id) {
@@ -641,26 +488,23 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
             }
         }
     }
-    let registry = parts
-        .registry
+    let registry = registry
         .map(|r| normalize_registry(&r).map_err(invalid))
         .transpose()?;
-    if parts.tags.is_empty() {
+    if tags.is_empty() {
         return Err(invalid(
             "tags is empty: give at least one tag template".into(),
         ));
     }
-    let tags = parts
-        .tags
-        .iter()
+    let templates = (tags.iter())
         .map(|t| TagTemplate::parse(t).map_err(|e| invalid(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(duplicate) = first_duplicate(parts.tags.iter()) {
+    if let Some(duplicate) = first_duplicate(tags.iter()) {
         return Err(invalid(format!(
             "tag template `{duplicate}` is listed twice"
         )));
     }
-    if let Some(network) = &parts.network
+    if let Some(network) = &network
         && (network.is_empty() || network.contains(char::is_whitespace))
     {
         return Err(invalid(format!(
@@ -668,7 +512,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         )));
     }
     for image in &parts.images {
-        check_image(image, parts.builder).map_err(invalid)?;
+        check_image(image, builder).map_err(invalid)?;
     }
     if let Some(duplicate) = first_duplicate(parts.images.iter().map(|i| &i.repository)) {
         return Err(invalid(format!(
@@ -680,9 +524,9 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
 
     Ok(Plan {
         registry,
-        tags,
-        network: parts.network,
-        builder: parts.builder,
+        tags: templates,
+        network,
+        builder,
         artifacts,
         images: parts.images,
         source_dir: parts.source_dir,
@@ -693,29 +537,6 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
 /// `/src/app/./docker/Dockerfile` → `/src/app/docker/Dockerfile`, so messages name paths as people write them.
 fn clean(path: &Path) -> PathBuf {
     path.components().collect()
-}
-
-fn syntax_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
-    let offset = err.span().map_or(0, |span| span.start);
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    ConfigError::Syntax {
-        path: path.to_path_buf(),
-        line,
-        column,
-        message: err.message().trim().to_owned(),
-    }
-}
-
-fn scalar_to_string(value: &toml::Value) -> Option<String> {
-    match value {
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Float(f) => Some(f.to_string()),
-        toml::Value::Boolean(b) => Some(b.to_string()),
-        _ => None,
-    }
 }
 
 fn first_duplicate<'a>(items: impl Iterator<Item = &'a String>) -> Option<&'a String> {

@@ -153,6 +153,28 @@ async fn remote_side(
     Ok((aws.registry, Some(aws.access), aws.rules, secrets))
 }
 
+/// Every image, at most [`REGISTRY_FAN_OUT`] at once (builds wait for a `--jobs` slot): each
+/// one's name and outcome, in plan order.
+async fn build_all(
+    run: &RunContext<'_>,
+    prepared: Vec<PreparedImage>,
+    secrets: Vec<SecretValues>,
+) -> Vec<(String, Result<ImageOutcome>)> {
+    let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
+        futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())
+            .map(|(index, (image, secrets))| async move {
+                let name = image.plan.name.clone();
+                (index, name, build_one(run, image, secrets).await)
+            })
+            .buffer_unordered(REGISTRY_FAN_OUT)
+            .collect()
+            .await;
+    outcomes.sort_by_key(|(index, _, _)| *index);
+    (outcomes.into_iter())
+        .map(|(_, name, outcome)| (name, outcome))
+        .collect()
+}
+
 /// `ecr-build build`.
 pub(crate) async fn build(
     plan: Plan,
@@ -205,23 +227,7 @@ pub(crate) async fn build(
         partial: plan.partial,
         bases: resolved_bases,
     };
-    let mut outcomes: Vec<(usize, String, Result<ImageOutcome>)> =
-        futures_util::stream::iter(prepared.into_iter().zip(secrets).enumerate())
-            .map(|(index, (image, secrets))| {
-                let run = &run;
-                async move {
-                    let name = image.plan.name.clone();
-                    (index, name, build_one(run, image, secrets).await)
-                }
-            })
-            .buffer_unordered(REGISTRY_FAN_OUT)
-            .collect()
-            .await;
-    outcomes.sort_by_key(|(index, _, _)| *index);
-    let outcomes = outcomes
-        .into_iter()
-        .map(|(_, name, outcome)| (name, outcome));
-    let succeeded = report::summarize(outcomes.collect(), &run_tags.tags)?;
+    let succeeded = report::summarize(build_all(&run, prepared, secrets).await, &run_tags.tags)?;
     if plan.partial {
         tracing::info!(
             "a part (--only, --platform): pushed under ctx- tags only, no artifact written; a full run \

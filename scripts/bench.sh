@@ -18,7 +18,8 @@
 #   --engine V         the engine (and its docker CLI) to measure on: 20.10 (Debian 12's, the default)
 #                      or 28 (Docker 28.5, as CodeBuild's current images ship it)
 #
-# Prints a table (median seconds per tool, ecr-build/shell ratio, the target) and writes it as
+# Prints a table (median seconds per tool, ecr-build/shell ratio, the target; scripts/bench/report.py
+# computes them) and writes it as
 # Markdown to target/bench/results.md; raw times go to target/bench/times.tsv and every run's
 # output to target/bench/logs/. Needs root (dockerd), like scripts/test.sh. On 2 cores a full run
 # takes ~5 minutes and --quick ~2.5, plus the release build (~11 minutes from nothing). Run it on an
@@ -192,21 +193,21 @@ install_deps() {
         die "cargo is not installed; see https://rustup.rs (then: . \"\$HOME/.cargo/env\")"
     # shellcheck disable=SC2119 # no arguments: moto is needed
     ecr_build_install
-    if [[ ! -x /usr/bin/time ]] || ! _ecr_build_pkg_installed time; then
-        _ecr_build_apt_install time
+    if [[ ! -x /usr/bin/time ]] || ! ecr_build_pkg_installed time; then
+        ecr_build_apt_install time
     fi
     [[ -x $DOCKER_CLI ]] || die "$DOCKER_CLI is missing (Debian's docker.io)"
-    BUILDX=$(_ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx
+    BUILDX=$(ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx
     [[ -x $BUILDX ]] || die "$BUILDX is missing (scripts/services.sh fetches it with Docker 28)"
     if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
-        DOCKER_CLI=$(_ecr_build_engine_cli)
+        DOCKER_CLI=$(ecr_build_engine_cli)
     fi
     local have
     have=$("$AWSCLI_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("awscli"))' 2>/dev/null) || have=
     if [[ $have != "$AWSCLI_VERSION" || ! -x $AWSCLI_VENV/bin/aws ]]; then
         log "installing awscli==$AWSCLI_VERSION into $AWSCLI_VENV"
         mkdir -p "$(dirname "$AWSCLI_VENV")"
-        "$(_ecr_build_python)" -m venv --clear "$AWSCLI_VENV"
+        "$(ecr_build_python)" -m venv --clear "$AWSCLI_VENV"
         "$AWSCLI_VENV/bin/python" -m pip install -q --disable-pip-version-check "awscli==$AWSCLI_VERSION"
     fi
 }
@@ -322,7 +323,7 @@ verify_run() {
     for name in "$@"; do
         want+=("$name=$registry/$prefix/$name:$tag")
     done
-    if ! "$(_ecr_build_python)" - "$app/imagedefinitions.json" "${want[@]}" <<'EOF'; then
+    if ! "$(ecr_build_python)" - "$app/imagedefinitions.json" "${want[@]}" <<'EOF'; then
 import json, sys
 got = [f'{d["name"]}={d["imageUri"]}' for d in json.load(open(sys.argv[1]))]
 if got != sys.argv[2:]:
@@ -331,7 +332,7 @@ EOF
         die "$tool wrote a wrong imagedefinitions.json (log: $logf)"
     fi
     for name in "$@"; do
-        code=$(_ecr_build_http_code -I -u "$ECR_BUILD_TEST_REGISTRY_USER:$ECR_BUILD_TEST_REGISTRY_PASSWORD" \
+        code=$(ecr_build_http_code -I -u "$ECR_BUILD_TEST_REGISTRY_USER:$ECR_BUILD_TEST_REGISTRY_PASSWORD" \
             -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
             "http://$registry/v2/$prefix/$name/manifests/$tag")
         [[ $code == 200 ]] || die "$tool: $registry/$prefix/$name:$tag is not in the registry (HTTP $code; log: $logf)"
@@ -381,13 +382,13 @@ run_round_for() {
     reset_engine
     timed first "$tool" "$round" "$app" "$prefix" "$sha1" "${APP_IMAGES[@]}"
     timed rerun "$tool" "$round" "$app" "$prefix" "$sha1" "${APP_IMAGES[@]}"
-    "$(_ecr_build_python)" scripts/bench/fixtures.py change "$app" "$CHANGED_IMAGE" --nonce "$sha2" >/dev/null
+    "$(ecr_build_python)" scripts/bench/fixtures.py change "$app" "$CHANGED_IMAGE" --nonce "$sha2" >/dev/null
     timed one-changed "$tool" "$round" "$app" "$prefix" "$sha2" "${APP_IMAGES[@]}"
     # The same change on a new host, as CodeBuild gives every build by default: no build cache, no
     # images. The shell rebuilds all three images; ecr-build finds two unchanged in the registry.
     local sha3
     sha3=$(new_sha)
-    "$(_ecr_build_python)" scripts/bench/fixtures.py change "$app" "$CHANGED_IMAGE" --nonce "$sha3" >/dev/null
+    "$(ecr_build_python)" scripts/bench/fixtures.py change "$app" "$CHANGED_IMAGE" --nonce "$sha3" >/dev/null
     reset_engine
     timed one-changed-fresh "$tool" "$round" "$app" "$prefix" "$sha3" "${APP_IMAGES[@]}"
 
@@ -401,7 +402,7 @@ run_round_for() {
     reset_engine
     timed large-first "$tool" "$round" "$work/large" "$prefix" "$sha1" "${LARGE_IMAGES[@]}"
     timed large-rerun "$tool" "$round" "$work/large" "$prefix" "$sha1" "${LARGE_IMAGES[@]}"
-    "$(_ecr_build_python)" scripts/bench/fixtures.py change-large "$work/large/big" --nonce "$sha2" >/dev/null
+    "$(ecr_build_python)" scripts/bench/fixtures.py change-large "$work/large/big" --nonce "$sha2" >/dev/null
     timed large-one-changed "$tool" "$round" "$work/large" "$prefix" "$sha2" "${LARGE_IMAGES[@]}"
 
     local mono=$work/mono-r$round-$tool
@@ -410,7 +411,7 @@ run_round_for() {
     reset_engine
     LAYOUT=monorepo timed mono-first "$tool" "$round" "$mono" "$prefix" "$sha1" "${MONOREPO_IMAGES[@]}"
     LAYOUT=monorepo timed mono-rerun "$tool" "$round" "$mono" "$prefix" "$sha1" "${MONOREPO_IMAGES[@]}"
-    "$(_ecr_build_python)" scripts/bench/fixtures.py change-service "$mono" "${MONOREPO_IMAGES[0]}" --nonce "$sha2" >/dev/null
+    "$(ecr_build_python)" scripts/bench/fixtures.py change-service "$mono" "${MONOREPO_IMAGES[0]}" --nonce "$sha2" >/dev/null
     LAYOUT=monorepo timed mono-one-changed "$tool" "$round" "$mono" "$prefix" "$sha2" "${MONOREPO_IMAGES[@]}"
     rm -rf "$app" "$mono"
 }
@@ -487,33 +488,17 @@ measure_platforms() {
     done
 }
 
-# The multi-platform table, as Markdown lines.
-platforms_table() {
-    echo "| multi-platform (linux/amd64 + linux/arm64 under QEMU) | ecr-build s (min–max) | target | met |"
-    echo "| --- | --- | --- | --- |"
-    local row scenario label target m
-    for row in "platforms-one-run|two platforms in one run|" \
-        "platforms-fan-out|fanned out over two engines: both parts at once, then the final run|" \
-        "platforms-final|the final run alone (finds both parts, puts the index)|1.00"; do
-        IFS='|' read -r scenario label target <<<"$row"
-        m=$(stat_of "$scenario" ecr-build median)
-        printf '| %s | %.2f (%.2f–%.2f) | %s | %s |\n' "$label" "$m" "$(stat_of "$scenario" ecr-build min)" \
-            "$(stat_of "$scenario" ecr-build max)" "${target:+< $target s}" \
-            "$([[ -n $target ]] && awk -v m="$m" -v t="$target" 'BEGIN { print (m < t) ? "yes" : "no" }' || echo -)"
-    done
-}
-
 make_fixtures() {
     log "generating the large context ($large_files files, ~$large_mb MB) and the hashing context (~$hash_mb MB sent)"
-    large_summary=$("$(_ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big" \
+    large_summary=$("$(ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big" \
         --files "$large_files" --mb "$large_mb" --nonce 0)
-    "$(_ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big2" \
+    "$(ecr_build_python)" scripts/bench/fixtures.py large "$work/large/big2" \
         --files $((large_files / 4)) --mb $((large_mb / 4)) --nonce 0 >/dev/null
     local n
     for ((n = 1; n <= MONOREPO_SIZE; n++)); do
         MONOREPO_IMAGES+=("$(printf 's%02d' "$n")")
     done
-    hash_summary=$("$(_ecr_build_python)" scripts/bench/fixtures.py hashing "$work/hash/data" --mb "$hash_mb")
+    hash_summary=$("$(ecr_build_python)" scripts/bench/fixtures.py hashing "$work/hash/data" --mb "$hash_mb")
     cat >"$work/hash/ecr-build.toml" <<'EOF'
 # Written by scripts/bench.sh: the context hashing / peak RSS fixture.
 tags = ["{short_sha}"]
@@ -529,7 +514,7 @@ EOF
 # seconds_between T0 T1: seconds from one $EPOCHREALTIME to another, to the millisecond.
 seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
-json_field() { "$(_ecr_build_python)" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+json_field() { "$(ecr_build_python)" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
 # Peak RSS in MB from a GNU time -v report.
 max_rss_mb() { awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$1"; }
@@ -616,23 +601,8 @@ measure_shell_login() {
     log "shell login alone: median $shell_login_secs s"
 }
 
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# stat_of SCENARIO TOOL FIELD: the median / min / max seconds of a scenario for a tool.
-stat_of() {
-    local values
-    values=$(awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t { print $4 }' "$times")
-    case $3 in
-    median) median <<<"$values" ;;
-    min) sort -g <<<"$values" | head -n1 ;;
-    max) sort -g <<<"$values" | tail -n1 ;;
-    esac
-}
-
-# stat_range SCENARIO TOOL: "median (min–max)" seconds.
-stat_range() { printf '%.2f (%.2f–%.2f)' "$(stat_of "$1" "$2" median)" "$(stat_of "$1" "$2" min)" "$(stat_of "$1" "$2" max)"; }
+# The median of the numbers on stdin.
+median() { "$(ecr_build_python)" scripts/bench/report.py --median; }
 
 # How busy the CPUs are (all of them, in percent) over the next second, from /proc/stat.
 cpu_busy_percent() {
@@ -661,115 +631,35 @@ machine_line() {
         "$("$bin" --version | awk '{ print $2 }')" "$source" "$load_at_start" "$load_at_end"
 }
 
-# report: the table on stdout and as Markdown in target/bench/results.md.
+# The run's facts besides times.tsv, as JSON, for scripts/bench/report.py: NAME VALUE pairs.
+facts_json() {
+    "$(ecr_build_python)" -c '
+import json, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+for key in ("large_summary", "hash_summary"):
+    args[key] = json.loads(args[key]) if args.get(key) else {}
+for key in ("hash_warm_mbs", "plan_rss", "dry_rss"):
+    args[key] = float(args[key]) if args.get(key) else 0.0
+args["nproc"] = int(args["nproc"])
+args["monorepo_size"] = int(args["monorepo_size"])
+print(json.dumps(args))
+' "$@"
+}
+
+# report [--platforms-only]: the table on stdout and as Markdown in target/bench/results.md;
+# scripts/bench/report.py computes the statistics.
 report() {
-    local large_desc hash_desc
-    large_desc="$(json_field "$large_summary" files) files, $(($(json_field "$large_summary" bytes) / 1000000)) MB, $(($(json_field "$large_summary" sent_bytes) / 1000)) kB sent"
-    hash_desc="$(json_field "$hash_summary" sent_files) files, $(($(json_field "$hash_summary" sent_bytes) / 1000000)) MB sent"
-
-    # scenario | label | target ecr-build/shell | target ecr-build/bake | target seconds (empty: none)
-    local -a rows=(
-        "first|first build (3 images)|1.00||"
-        "rerun|re-run, nothing changed|0.05|0.05|"
-        "one-changed|one of three images changed, same host (warm build cache)|0.50||"
-        "one-changed-fresh|one of three images changed, new host (CodeBuild's default)|0.50||"
-        "large-first|large contexts, first build (2 images)||0.80|"
-        "large-rerun|large contexts, re-run|0.05|0.05|"
-        "large-one-changed|large contexts, one image changed||0.60|"
-        "mono-first|monorepo, first build ($MONOREPO_SIZE images, one context)|||"
-        "mono-rerun|monorepo, nothing changed|0.05|0.05|0.30"
-        "mono-one-changed|monorepo, one service changed|||"
-    )
-    local -a md=() txt=()
-    md+=("| scenario | ecr-build s (min–max) | shell s (min–max) | bake s (min–max) | ecr-build / shell | ecr-build / bake | target | met |")
-    md+=("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    txt+=("$(printf '%-60s %18s %18s %18s %6s %6s  %s' scenario 'ecr-build s' 'shell s' 'bake s' /shell /bake 'target (met)')")
-    local row scenario label shell_target bake_target secs_target e s b vs_shell vs_bake targets met
-    for row in "${rows[@]}"; do
-        IFS='|' read -r scenario label shell_target bake_target secs_target <<<"$row"
-        e=$(stat_of "$scenario" ecr-build median)
-        s=$(stat_of "$scenario" shell median)
-        b=$(stat_of "$scenario" bake median)
-        vs_shell=$(awk -v e="$e" -v s="$s" 'BEGIN { printf "%.2f", e / s }')
-        vs_bake=$(awk -v e="$e" -v s="$b" 'BEGIN { printf "%.2f", e / s }')
-        targets=()
-        met=()
-        if [[ -n $shell_target ]]; then
-            targets+=("shell ≤ $shell_target")
-            met+=("$(awk -v r="$vs_shell" -v t="$shell_target" 'BEGIN { print (r <= t) ? "yes" : "no" }')")
-        fi
-        if [[ -n $bake_target ]]; then
-            targets+=("bake ≤ $bake_target")
-            met+=("$(awk -v r="$vs_bake" -v t="$bake_target" 'BEGIN { print (r <= t) ? "yes" : "no" }')")
-        fi
-        if [[ -n $secs_target ]]; then
-            targets+=("< $secs_target s")
-            met+=("$(awk -v v="$e" -v t="$secs_target" 'BEGIN { print (v < t) ? "yes" : "no" }')")
-        fi
-        local target_text met_text
-        target_text=$(IFS=,; echo "${targets[*]:-}" | sed 's/,/, /g')
-        met_text=$(IFS=,; echo "${met[*]:-}" | sed 's/,/, /g')
-        md+=("| $label | $(stat_range "$scenario" ecr-build) | $(stat_range "$scenario" shell) | $(stat_range "$scenario" bake) | $vs_shell | $vs_bake | ${target_text:--} | ${met_text:--} |")
-        txt+=("$(printf '%-60s %18s %18s %18s %6s %6s  %s' "$label" "$(stat_range "$scenario" ecr-build | sed 's/–/-/g')" \
-            "$(stat_range "$scenario" shell | sed 's/–/-/g')" "$(stat_range "$scenario" bake | sed 's/–/-/g')" "$vs_shell" "$vs_bake" \
-            "${target_text:+$target_text ($met_text)}")")
-    done
-
-    local hash_met rss_met
-    hash_met=$(awk -v v="$hash_warm_mbs" 'BEGIN { print (v >= 300) ? "yes" : "no" }')
-    rss_met=$(awk -v a="$plan_rss" -v b="$dry_rss" 'BEGIN { print (a < 100 && b < 100) ? "yes" : "no" }')
-    local cold_txt="not measured (page cache not dropped)"
-    [[ -n $hash_cold_mbs ]] && cold_txt="$hash_cold_mbs MB/s (page cache dropped before each run)"
-    local machine outcomes
-    machine=$(machine_line)
-    # What ecr-build reported per image in the last round, per scenario.
-    outcomes=$(awk -F'\t' -v r="$rounds" '$2 == "ecr-build" && $3 == r && $5 != "" { printf "%s%s: %s", sep, $1, $5; sep = "; " }' "$times")
-
-    local -a notes=(
-        "$rounds rounds; median seconds of the whole build stage (login, builds, pushes, imagedefinitions.json), min–max in brackets."
-        "Same engine (dockerd $(docker_cli version --format '{{.Server.Version}}' 2>/dev/null), BuildKit), registry (docker-registry 2.8, basic auth) and moto for all three; each tool pushes to its own repositories."
-        "BuildKit's cache is engine-wide, so before each tool's first builds the engine is reset (docker builder prune -af, every image but the base removed); re-run and one-changed follow that tool's own first build; one-changed on a new host resets the engine first."
-        "shell: scripts/bench/buildspec.sh (aws ecr get-login-password | docker login, docker build --network none one image after another with DOCKER_BUILDKIT=1, docker push, printf). bake: scripts/bench/bake.sh (the same login, \`docker buildx bake --push\` of every image at once with buildx $("$BUILDX" version 2>/dev/null | awk '{ print $2 }') on the engine's own BuildKit, printf). ecr-build: \`ecr-build build --registry\`, default --jobs ($(($(nproc) > 4 ? $(nproc) : 4)))."
-        "Large contexts: big has $large_desc, big2 a quarter of that (node_modules, dist and .cache are .dockerignored); the change edits one sent source file of big."
-        "Monorepo: $MONOREPO_SIZE services under one shared context, 940 sent files and 4,000 ignored; the change edits one file of one service; each image's context digest covers what its Dockerfile reads, so ecr-build rebuilds that service alone."
-        "The shell's login alone (aws ecr get-login-password | docker login) takes $shell_login_secs s (median): a floor under every shell run."
-        "ecr-build's own summary in the last round: $outcomes."
-    )
-
-    local -a extra_txt=(
-        "context hashing, ecr-build plan over $hash_desc: warm $hash_warm_mbs MB/s (target >= 300: $hash_met); cold $cold_txt"
-        "peak RSS: ecr-build plan $plan_rss MB; ecr-build build --dry-run (streams the tar) $dry_rss MB in $dry_secs s (target < 100 MB: $rss_met)"
-        "machine: $machine"
-    )
-
-    {
-        printf '\n'
-        printf '%s\n' "${txt[@]}"
-        printf '\n'
-        printf '%s\n' "${extra_txt[@]}"
-        printf '\n'
-        printf '%s\n' "${notes[@]}"
-    }
-
-    mkdir -p "$out_dir"
-    {
-        echo "## Benchmark: ecr-build vs. the buildspec shell and buildx bake"
-        echo
-        echo "\`$invocation\` on $(date -u +%Y-%m-%d). Machine: $machine."
-        echo
-        printf '%s\n' "${md[@]}"
-        echo
-        echo "| measure | value | target | met |"
-        echo "| --- | --- | --- | --- |"
-        echo "| context hashing, warm cache ($hash_desc, \`ecr-build plan\`) | $hash_warm_mbs MB/s | ≥ 300 MB/s | $hash_met |"
-        echo "| context hashing, cold cache | ${hash_cold_mbs:-not measured} ${hash_cold_mbs:+MB/s} | | |"
-        echo "| peak RSS, \`ecr-build plan\` of that context | $plan_rss MB | < 100 MB | $(awk -v a="$plan_rss" 'BEGIN { print (a < 100) ? "yes" : "no" }') |"
-        echo "| peak RSS, \`ecr-build build --dry-run\` of that context ($dry_secs s) | $dry_rss MB | < 100 MB | $(awk -v a="$dry_rss" 'BEGIN { print (a < 100) ? "yes" : "no" }') |"
-        echo
-        printf -- '- %s\n' "${notes[@]}"
-        echo
-        platforms_table
-    } >"$out_dir/results.md"
+    local facts=$out_dir/facts.json
+    facts_json \
+        invocation "$invocation" date "$(date -u +%Y-%m-%d)" machine "$(machine_line)" \
+        rounds "$rounds" monorepo_size "$MONOREPO_SIZE" nproc "$(nproc)" \
+        docker_version "$(docker_cli version --format '{{.Server.Version}}' 2>/dev/null)" \
+        buildx_version "$("$BUILDX" version 2>/dev/null | awk '{ print $2 }')" \
+        large_summary "${large_summary:-}" hash_summary "${hash_summary:-}" \
+        hash_warm_mbs "${hash_warm_mbs:-}" hash_cold_mbs "${hash_cold_mbs:-}" \
+        plan_rss "${plan_rss:-}" dry_rss "${dry_rss:-}" dry_secs "${dry_secs:-}" \
+        shell_login_secs "${shell_login_secs:-}" >"$facts"
+    "$(ecr_build_python)" scripts/bench/report.py "$times" "$facts" "$out_dir/results.md" "$@"
     log "wrote $out_dir/results.md, $times and $out_dir/logs/"
 }
 
@@ -795,14 +685,7 @@ main() {
     if ((platforms_only)); then
         measure_platforms
         load_at_end=$(cpu_busy_percent)
-        {
-            echo "## Benchmark: multi-platform images"
-            echo
-            echo "\`$invocation\` on $(date -u +%Y-%m-%d). Machine: $(machine_line)."
-            echo
-            platforms_table
-        } >"$out_dir/results.md"
-        cat "$out_dir/results.md"
+        report --platforms-only
         return
     fi
     make_fixtures
@@ -812,8 +695,8 @@ main() {
     for ((round = 1; round <= rounds; round++)); do
         sha1=$(new_sha)
         sha2=$(new_sha)
-        "$(_ecr_build_python)" scripts/bench/fixtures.py app "$work/app-r$round" --nonce "$round" >/dev/null
-        "$(_ecr_build_python)" scripts/bench/fixtures.py monorepo "$work/mono-r$round" \
+        "$(ecr_build_python)" scripts/bench/fixtures.py app "$work/app-r$round" --nonce "$round" >/dev/null
+        "$(ecr_build_python)" scripts/bench/fixtures.py monorepo "$work/mono-r$round" \
             --images "$MONOREPO_SIZE" --nonce "$round" >/dev/null
         local i tool
         for ((i = 0; i < ${#TOOLS[@]}; i++)); do

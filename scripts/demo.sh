@@ -43,7 +43,7 @@ docker_answers() {
         ;;
     *)
         # ssh:// and the like: let the docker client decide.
-        _ecr_build_docker version >/dev/null 2>&1
+        ecr_build_docker version >/dev/null 2>&1
         ;;
     esac
 }

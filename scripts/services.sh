@@ -8,7 +8,19 @@
 #   ecr_build_start_services STATE_DIR   dockerd + registry + moto on loopback, base image, STATE_DIR/env
 #   ecr_build_start_dockerd STATE_DIR    only the private dockerd (used by scripts/demo.sh)
 #   ecr_build_base_image [NAME]          import the busybox base image into $DOCKER_HOST, no pull
+#   ecr_build_enable_arm64               QEMU's arm64 handler registered; prints arm64 busybox's path
+#   ecr_build_bookworm_image             a Debian bookworm base image made with debootstrap (cached)
 #   ecr_build_stop_services STATE_DIR [--keep]   stop all of the above, remove STATE_DIR
+#
+# Helpers the other scripts use too:
+#
+#   ecr_build_python                     Debian's python3 (else the one on PATH)
+#   ecr_build_docker                     Debian's docker client
+#   ecr_build_engine_cli                 the docker client of ECR_BUILD_ENGINE's own version
+#   ecr_build_engine28_dir               where Docker 28's packages are unpacked
+#   ecr_build_apt_install PKG...         apt-get update and install, starting no service of theirs
+#   ecr_build_pkg_installed PKG          whether a Debian package is installed
+#   ecr_build_http_code CURL_ARGS...     the HTTP status curl gets
 #
 # Everything listens on 127.0.0.1 or on a unix socket inside STATE_DIR. Keep STATE_DIR short
 # (mktemp -d /tmp/ecrb.XXXXXX): a unix socket path is limited to 107 bytes.
@@ -32,7 +44,7 @@ ECR_BUILD_BASE_IMAGE_NAME=ecr-build-test/busybox:base
 ECR_BUILD_REGISTRY_USER=AWS
 ECR_BUILD_REGISTRY_PASSWORD=123456789012-auth-token
 # Where Docker 28's packages are unpacked (ECR_BUILD_ENGINE=28).
-_ecr_build_engine28_dir() {
+ecr_build_engine28_dir() {
     echo "${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build/docker-28"
 }
 # Bump when the base image recipe below changes, so that a reused data-root gets the new image.
@@ -43,7 +55,7 @@ _ecr_build_err() { printf 'error: %s\n' "$*" >&2; }
 
 # Debian's python3 first: on these machines `python3` may be a pyenv shim, and the venv must not
 # depend on a python that a later session might not have.
-_ecr_build_python() {
+ecr_build_python() {
     if [[ -x /usr/bin/python3 ]]; then
         echo /usr/bin/python3
     else
@@ -52,7 +64,7 @@ _ecr_build_python() {
 }
 
 # Debian's docker client (from docker.io). /usr/local/bin/docker may be a newer, unrelated client.
-_ecr_build_docker() {
+ecr_build_docker() {
     local cli=/usr/bin/docker
     [[ -x $cli ]] || cli=$(command -v docker) || {
         _ecr_build_err "no docker client found (install Debian's docker.io)"
@@ -66,7 +78,7 @@ _ecr_build_venv_dir() {
     echo "${ECR_BUILD_VENV:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build/venv}"
 }
 
-_ecr_build_apt_install() {
+ecr_build_apt_install() {
     local -a pkgs=("$@")
     _ecr_build_log "installing Debian packages: ${pkgs[*]}"
     # A package's maintainer script must not start its own docker or registry service: the harness
@@ -95,7 +107,7 @@ _ecr_build_apt_install() {
     return "$rc"
 }
 
-_ecr_build_pkg_installed() {
+ecr_build_pkg_installed() {
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
 }
 
@@ -108,19 +120,19 @@ ecr_build_install() {
     local -a missing=()
     local pkg
     for pkg in docker.io docker-registry busybox-static apache2-utils curl ca-certificates openssl openssh-server openssh-client debootstrap; do
-        _ecr_build_pkg_installed "$pkg" || missing+=("$pkg")
+        ecr_build_pkg_installed "$pkg" || missing+=("$pkg")
     done
     command -v python3 >/dev/null || [[ -x /usr/bin/python3 ]] || missing+=(python3)
-    if ((with_moto)) && ! _ecr_build_pkg_installed python3-venv; then
+    if ((with_moto)) && ! ecr_build_pkg_installed python3-venv; then
         # Debian's python3 has no ensurepip without python3-venv; another python may have it.
         local py
-        py=$(_ecr_build_python 2>/dev/null) || py=
+        py=$(ecr_build_python 2>/dev/null) || py=
         if [[ -z $py || $py == /usr/bin/python3 ]] || ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
             missing+=(python3-venv)
         fi
     fi
     if ((${#missing[@]})); then
-        _ecr_build_apt_install "${missing[@]}" || return 1
+        ecr_build_apt_install "${missing[@]}" || return 1
     fi
     if ((with_moto)); then
         _ecr_build_install_moto || return 1
@@ -131,12 +143,12 @@ ecr_build_install() {
     fi
 }
 
-# Docker 28.5 from Debian sid, unpacked below $(_ecr_build_engine28_dir)/root: dockerd, containerd
+# Docker 28.5 from Debian sid, unpacked below $(ecr_build_engine28_dir)/root: dockerd, containerd
 # and its shim, the docker CLI, the buildx plugin, and Docker Compose 2.40 (the tests' reference for
 # reading Compose files). Skipped when already there.
 _ecr_build_install_engine28() {
     local dir root
-    dir=$(_ecr_build_engine28_dir)
+    dir=$(ecr_build_engine28_dir)
     root=$dir/root
     if [[ -x $root/usr/sbin/dockerd && -x $root/usr/bin/containerd && -x $root/usr/bin/docker &&
         -x $root/usr/libexec/docker/cli-plugins/docker-buildx &&
@@ -195,7 +207,7 @@ print(m.version("moto"))' 2>/dev/null) || have=
     fi
     _ecr_build_log "installing moto[server]==$want into $venv"
     local py
-    py=$(_ecr_build_python) || {
+    py=$(ecr_build_python) || {
         _ecr_build_err "python3 not found"
         return 1
     }
@@ -214,7 +226,7 @@ print(m.version("moto"))' 2>/dev/null) || have=
 }
 
 _ecr_build_free_port() {
-    "$(_ecr_build_python)" -c '
+    "$(ecr_build_python)" -c '
 import socket
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
@@ -261,14 +273,14 @@ _ecr_build_wait() {
     return 1
 }
 
-_ecr_build_http_code() {
+ecr_build_http_code() {
     curl -s --noproxy '*' -o /dev/null -m 2 -w '%{http_code}' "$@" 2>/dev/null || true
 }
 _ecr_build_docker_ping() {
     [[ $(curl -s --noproxy '*' -m 2 --unix-socket "$1" http://localhost/_ping 2>/dev/null) == OK ]]
 }
-_ecr_build_registry_ready() { [[ $(_ecr_build_http_code "http://$1/v2/") == 401 ]]; }
-_ecr_build_moto_ready() { [[ $(_ecr_build_http_code "http://$1/moto-api/") =~ ^[1-5][0-9][0-9]$ ]]; }
+_ecr_build_registry_ready() { [[ $(ecr_build_http_code "http://$1/v2/") == 401 ]]; }
+_ecr_build_moto_ready() { [[ $(ecr_build_http_code "http://$1/moto-api/") =~ ^[1-5][0-9][0-9]$ ]]; }
 
 _ecr_build_check_state_dir() {
     local sd=$1
@@ -318,7 +330,7 @@ ecr_build_start_dockerd() {
     local -a engine_flags=()
     if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
         local root
-        root=$(_ecr_build_engine28_dir)/root
+        root=$(ecr_build_engine28_dir)/root
         [[ -x $root/usr/sbin/dockerd ]] || _ecr_build_install_engine28 || return 1
         _ecr_build_start_containerd28 "$sd" "$root" || return 1
         dockerd=$root/usr/sbin/dockerd
@@ -440,9 +452,9 @@ _ecr_build_start_moto() {
     return 1
 }
 
-_ecr_build_engine_cli() {
+ecr_build_engine_cli() {
     if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
-        echo "$(_ecr_build_engine28_dir)/root/usr/bin/docker"
+        echo "$(ecr_build_engine28_dir)/root/usr/bin/docker"
     else
         echo /usr/bin/docker
     fi
@@ -450,7 +462,7 @@ _ecr_build_engine_cli() {
 
 _ecr_build_engine_buildx() {
     [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]] || return 0
-    echo "$(_ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx"
+    echo "$(ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx"
 }
 
 _ecr_build_write_env() {
@@ -487,9 +499,9 @@ _ecr_build_write_env() {
             "ECR_BUILD_TEST_DIR=$sd"
             # The engine, and the docker CLI of its own version (with buildx for Docker 28).
             "ECR_BUILD_ENGINE=${ECR_BUILD_ENGINE:-20.10}"
-            "ECR_BUILD_TEST_DOCKER_CLI=$(_ecr_build_engine_cli)"
+            "ECR_BUILD_TEST_DOCKER_CLI=$(ecr_build_engine_cli)"
             "ECR_BUILD_TEST_BUILDX=$(_ecr_build_engine_buildx)"
-            "ECR_BUILD_TEST_COMPOSE=$(_ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-compose"
+            "ECR_BUILD_TEST_COMPOSE=$(ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-compose"
             # Debian's arm64 busybox-static; QEMU runs it (ecr_build_enable_arm64).
             "ECR_BUILD_TEST_BUSYBOX_ARM64=$(<"$sd/run/busybox-arm64")"
             # The same engine over TLS (client certificates in tls/client; tls/wrong-ca trusts
@@ -620,7 +632,7 @@ ecr_build_start_services() {
 ecr_build_base_image() {
     local name=${1:-$ECR_BUILD_BASE_IMAGE_NAME}
     local busybox=/bin/busybox
-    if [[ ! -x $busybox ]] || ! _ecr_build_pkg_installed busybox-static; then
+    if [[ ! -x $busybox ]] || ! ecr_build_pkg_installed busybox-static; then
         _ecr_build_err "Debian's busybox-static is not installed; run ecr_build_install"
         return 1
     fi
@@ -629,7 +641,7 @@ ecr_build_base_image() {
     local tmp
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/ecrb-base.XXXXXX")
     # The client gets its own config dir: it must write nothing into the tests' DOCKER_CONFIG.
-    have=$(DOCKER_CONFIG=$tmp/cli _ecr_build_docker image inspect \
+    have=$(DOCKER_CONFIG=$tmp/cli ecr_build_docker image inspect \
         -f "{{ index .Config.Labels \"$label\" }}" "$name" 2>/dev/null) || have=
     if [[ $have == "$key" ]]; then
         rm -rf "$tmp"
@@ -653,7 +665,7 @@ ecr_build_base_image() {
 
     local rc=0
     tar -C "$root" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -c . |
-        DOCKER_CONFIG=$tmp/cli _ecr_build_docker import \
+        DOCKER_CONFIG=$tmp/cli ecr_build_docker import \
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             --change 'CMD ["/bin/sh"]' \
             --change "LABEL $label=$key" \
@@ -670,7 +682,7 @@ ecr_build_base_image() {
 # downloaded for a private apt config with arm64 added and unpacked, nothing installed; also the
 # s390x one, which no handler runs (a platform the engine cannot run). Prints the arm64 busybox.
 ecr_build_enable_arm64() {
-    _ecr_build_pkg_installed qemu-user-static || _ecr_build_apt_install qemu-user-static || return 1
+    ecr_build_pkg_installed qemu-user-static || ecr_build_apt_install qemu-user-static || return 1
     local binfmt=/proc/sys/fs/binfmt_misc
     if [[ ! -e $binfmt/register ]]; then
         mount -t binfmt_misc binfmt_misc "$binfmt" || {
@@ -715,7 +727,7 @@ ecr_build_bookworm_image() {
     local name=${1:?usage: ecr_build_bookworm_image NAME}
     local tmp
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/ecrb-bookworm.XXXXXX")
-    if DOCKER_CONFIG=$tmp/cli _ecr_build_docker image inspect "$name" >/dev/null 2>&1; then
+    if DOCKER_CONFIG=$tmp/cli ecr_build_docker image inspect "$name" >/dev/null 2>&1; then
         rm -rf "$tmp"
         return 0
     fi
@@ -723,7 +735,7 @@ ecr_build_bookworm_image() {
     cache=${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build
     tarball=$cache/bookworm-minbase.tar
     if [[ ! -s $tarball ]]; then
-        command -v debootstrap >/dev/null || _ecr_build_apt_install debootstrap || return 1
+        command -v debootstrap >/dev/null || ecr_build_apt_install debootstrap || return 1
         _ecr_build_log "debootstrap of bookworm (minbase) into $tmp/root, once: cached as $tarball"
         mkdir -p "$cache"
         if ! /usr/sbin/debootstrap --variant=minbase bookworm "$tmp/root" http://deb.debian.org/debian \
@@ -736,7 +748,7 @@ ecr_build_bookworm_image() {
         tar -C "$tmp/root" --numeric-owner -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
     fi
     _ecr_build_log "importing $tarball as $name"
-    DOCKER_CONFIG=$tmp/cli _ecr_build_docker import - "$name" <"$tarball" >/dev/null || {
+    DOCKER_CONFIG=$tmp/cli ecr_build_docker import - "$name" <"$tarball" >/dev/null || {
         rm -rf --one-file-system "$tmp"
         return 1
     }

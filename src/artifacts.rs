@@ -87,9 +87,9 @@ pub(crate) fn image_uris(
         .map(|o| ImageUri {
             name: o.name.clone(),
             uri: if kind == ImageUriKind::Digest && o.in_registry {
-                format!("{}@{}", o.repository_uri, o.digest)
+                o.repository_uri.at(&o.digest)
             } else {
-                format!("{}:{primary_tag}", o.repository_uri)
+                o.repository_uri.tagged(primary_tag)
             },
             digest: o.digest.clone(),
         })
@@ -204,6 +204,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::RepositoryUri;
 
     fn plan(dir: &Path) -> ArtifactsPlan {
         ArtifactsPlan {
@@ -259,7 +260,10 @@ mod tests {
     fn digest_uris_name_the_pushed_digest_and_a_dry_run_keeps_the_tag() {
         let outcome = |name: &str, in_registry| ImageOutcome {
             name: name.into(),
-            repository_uri: format!("1.dkr.ecr.eu-west-1.amazonaws.com/app/{name}"),
+            repository_uri: RepositoryUri::new(
+                "1.dkr.ecr.eu-west-1.amazonaws.com",
+                &format!("app/{name}"),
+            ),
             digest: format!("sha256:{}", "c".repeat(64)),
             result: crate::report::Outcome::Pushed,
             in_registry,

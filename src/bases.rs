@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use futures_util::StreamExt;
 
-use crate::aws::ecr::RegistryAccess;
+use crate::aws::ecr::EcrRegistry;
 use crate::decide::Recipe;
 use crate::docker::Engine;
 use crate::reference::split_registry;
-use crate::registry::RegistryClient;
+use crate::registry::Registry;
 
 /// Base images resolved at once.
 const RESOLVE_FAN_OUT: usize = 8;
@@ -73,7 +73,7 @@ fn locate(normalized: &str) -> Option<(&str, &str, &str)> {
 /// in a dry run, which asks no registry.
 pub(crate) struct Registries<'a> {
     pub run_registry: &'a str,
-    pub access: Option<&'a RegistryAccess>,
+    pub access: Option<&'a EcrRegistry>,
 }
 
 /// Every base of `recipes`, each resolved once: normalized reference → digest, or why not.
@@ -87,7 +87,7 @@ pub(crate) async fn resolve_all<'r>(
         .flatten()
         .map(String::as_str)
         .collect();
-    let clients: std::sync::Mutex<HashMap<String, RegistryClient>> = Default::default();
+    let clients: std::sync::Mutex<HashMap<String, Registry>> = Default::default();
     futures_util::stream::iter(references)
         .map(|reference| {
             let clients = &clients;
@@ -104,7 +104,7 @@ pub(crate) async fn resolve_all<'r>(
 async fn resolve_one(
     engine: &Engine,
     registries: &Registries<'_>,
-    clients: &std::sync::Mutex<HashMap<String, RegistryClient>>,
+    clients: &std::sync::Mutex<HashMap<String, Registry>>,
     reference: &str,
 ) -> Result<String, String> {
     if let Some(digest) = pinned(reference) {
@@ -131,7 +131,7 @@ async fn resolve_one(
             match clients.get(host) {
                 Some(client) => client.clone(),
                 None => {
-                    let client = RegistryClient::new(host).map_err(|err| err.to_string())?;
+                    let client = Registry::new(host).map_err(|err| err.to_string())?;
                     clients.insert(host.to_owned(), client.clone());
                     client
                 }

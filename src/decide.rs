@@ -172,7 +172,7 @@ impl TagRules {
 
 /// What the registry holds for one image.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct RegistryState {
+pub(crate) struct RepositoryState {
     /// The image to reuse when one was built from the same inputs: the one under the `ctx-` tag,
     /// re-stamped with this run's commit.
     pub unchanged: Option<String>,
@@ -222,7 +222,7 @@ pub(crate) fn tags_to_look_up<'a>(
 /// content for an earlier commit stays where it is.
 pub(crate) fn decide(
     tags: &[String],
-    state: &RegistryState,
+    state: &RepositoryState,
     rules: &TagRules,
     rebuild: bool,
 ) -> Result<Action, Conflict> {
@@ -279,8 +279,8 @@ mod tests {
         vec!["abc1234".to_owned(), "latest".to_owned()]
     }
 
-    fn state(unchanged: Option<&str>, existing: &[(&str, &str)]) -> RegistryState {
-        RegistryState {
+    fn state(unchanged: Option<&str>, existing: &[(&str, &str)]) -> RepositoryState {
+        RepositoryState {
             unchanged: unchanged.map(str::to_owned),
             existing: existing
                 .iter()

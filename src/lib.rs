@@ -20,7 +20,6 @@ mod error;
 mod exec;
 mod git;
 mod gopath;
-mod image;
 pub mod output;
 mod pipeline;
 mod prepare;

@@ -21,6 +21,35 @@ static DIGEST: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})$").expect("valid pattern")
 });
 
+/// An image's repository in its registry, `registry/repository`: the one place its references
+/// (`uri:tag`, `uri@digest`) are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RepositoryUri(String);
+
+impl RepositoryUri {
+    pub(crate) fn new(registry: &str, repository: &str) -> Self {
+        Self(format!("{registry}/{repository}"))
+    }
+
+    pub(crate) fn tagged(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.0)
+    }
+
+    pub(crate) fn at(&self, digest: &str) -> String {
+        format!("{}@{digest}", self.0)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RepositoryUri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 pub(crate) fn is_valid_tag(tag: &str) -> bool {
     TAG.is_match(tag)
 }

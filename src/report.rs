@@ -10,11 +10,12 @@ use crate::dockerfile::ContextInputs;
 use crate::error::Result;
 use crate::output;
 use crate::prepare::PreparedImage;
+use crate::reference::RepositoryUri;
 
 /// How one image's run ended.
 pub(crate) struct ImageOutcome {
     pub name: String,
-    pub repository_uri: String,
+    pub repository_uri: RepositoryUri,
     /// Registry manifest digest; in a dry run, the local image ID.
     pub digest: String,
     pub result: Outcome,

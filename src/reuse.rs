@@ -8,17 +8,18 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 
-use crate::aws::ecr::RegistryAccess;
+use crate::aws::ecr::EcrRegistry;
 use crate::context::SyncRequest;
-use crate::decide::{self, RegistryState, TagRules};
+use crate::decide::{self, RepositoryState, TagRules};
 use crate::error::Result;
-use crate::image::{self, BASES_LABEL, INPUTS_LABEL, REVISION_LABEL};
+use crate::reference::RepositoryUri;
+use crate::registry::manifest::{self, BASES_LABEL, INPUTS_LABEL, REVISION_LABEL};
 use crate::registry::{Manifest, RegistryError};
 use crate::retry;
 
 /// One image's registry calls, each retried while its faults are transient.
-pub(crate) struct ImageRegistry<'a> {
-    pub access: &'a RegistryAccess,
+pub(crate) struct Repository<'a> {
+    pub access: &'a EcrRegistry,
     pub image: &'a str,
     pub repository: &'a str,
     pub retry_budget: Duration,
@@ -45,7 +46,7 @@ pub(crate) struct ReuseTarget {
     pub new_config: Option<Bytes>,
 }
 
-impl ImageRegistry<'_> {
+impl Repository<'_> {
     async fn call<T, F, Fut>(&self, what: &str, call: F) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
@@ -64,8 +65,8 @@ impl ImageRegistry<'_> {
         rules: &TagRules,
         rebuild: bool,
         revision: Option<&str>,
-    ) -> Result<(RegistryState, Option<ReuseTarget>)> {
-        let mut state = RegistryState::default();
+    ) -> Result<(RepositoryState, Option<ReuseTarget>)> {
+        let mut state = RepositoryState::default();
         let mut target = None;
         let mut built_config = None;
         let ctx_tag = context_digest.map(decide::context_tag);
@@ -96,7 +97,7 @@ impl ImageRegistry<'_> {
             };
             let config = self.config_of(&manifest).await.ok()??;
             let read = |label| -> BTreeMap<String, String> {
-                (image::label(&config, label))
+                (manifest::label(&config, label))
                     .and_then(|json| serde_json::from_str(&json).ok())
                     .unwrap_or_default()
             };
@@ -114,7 +115,7 @@ impl ImageRegistry<'_> {
         let Some(manifest) = self.manifest(&decide::record_tag(recipe_key)).await? else {
             return Ok(None);
         };
-        let record = (image::record_in(&manifest))
+        let record = (manifest::record_in(&manifest))
             .and_then(|json| serde_json::from_str::<Record>(&json).ok())
             .filter(|record| record.recipe == recipe_key);
         if record.is_none() {
@@ -143,18 +144,18 @@ impl ImageRegistry<'_> {
             requests,
         };
         let manifest =
-            image::record_manifest(&serde_json::to_string(&record).expect("strings serialize"));
+            manifest::record_manifest(&serde_json::to_string(&record).expect("strings serialize"));
         let (client, repository) = (&self.access.client, self.repository);
         let tag = decide::record_tag(recipe_key);
         self.access.current().await?;
-        let empty = crate::registry::sha256_digest(image::EMPTY_BLOB);
+        let empty = crate::registry::sha256_digest(manifest::EMPTY_BLOB);
         let present = (self.call(&format!("checking {repository}@{empty}"), || {
             client.has_blob(repository, &empty)
         }))
         .await?;
         if !present {
             (self.call(&format!("pushing {empty} to {repository}"), || {
-                client.push_blob(repository, bytes::Bytes::from_static(image::EMPTY_BLOB))
+                client.push_blob(repository, bytes::Bytes::from_static(manifest::EMPTY_BLOB))
             }))
             .await?;
         }
@@ -178,7 +179,7 @@ impl ImageRegistry<'_> {
 
     /// The config blob of an image manifest; `None` for an index.
     async fn config_of(&self, manifest: &Manifest) -> Result<Option<Bytes>> {
-        let Some(config_digest) = image::config_digest(manifest).map_err(anyhow::Error::msg)?
+        let Some(config_digest) = manifest::config_digest(manifest).map_err(anyhow::Error::msg)?
         else {
             return Ok(None);
         };
@@ -207,10 +208,10 @@ impl ImageRegistry<'_> {
         target: &str,
         tags: &[String],
         rules: &TagRules,
-    ) -> Result<RegistryState> {
-        let mut state = RegistryState {
+    ) -> Result<RepositoryState> {
+        let mut state = RepositoryState {
             unchanged: Some(target.to_owned()),
-            ..RegistryState::default()
+            ..RepositoryState::default()
         };
         self.look_up_tags(&mut state, tags, rules).await?;
         Ok(state)
@@ -220,7 +221,7 @@ impl ImageRegistry<'_> {
     /// else the immutable ones), into `state.existing`.
     async fn look_up_tags(
         &self,
-        state: &mut RegistryState,
+        state: &mut RepositoryState,
         tags: &[String],
         rules: &TagRules,
     ) -> Result<()> {
@@ -254,7 +255,7 @@ impl ImageRegistry<'_> {
             return Ok(unchanged(built));
         };
         let repository = self.repository;
-        let restamped = image::restamp(&built, config, REVISION_LABEL, revision)
+        let restamped = manifest::restamp(&built, config, REVISION_LABEL, revision)
             .map_err(|err| anyhow::anyhow!("{repository}@{}: {err}", built.digest))?;
         Ok(match restamped {
             Some(new) => ReuseTarget {
@@ -269,7 +270,7 @@ impl ImageRegistry<'_> {
     /// commit: its config is `built_config` but for the revision label. Only such tags are read.
     async fn find_same_content(
         &self,
-        state: &mut RegistryState,
+        state: &mut RepositoryState,
         built_config: &[u8],
         rules: &TagRules,
     ) -> Result<()> {
@@ -290,7 +291,7 @@ impl ImageRegistry<'_> {
                 continue;
             };
             let same = (self.config_of(&manifest).await?)
-                .is_some_and(|config| image::same_but_revision(&config, built_config));
+                .is_some_and(|config| manifest::same_but_revision(&config, built_config));
             if same {
                 tracing::debug!(
                     image = self.image,
@@ -307,7 +308,7 @@ impl ImageRegistry<'_> {
         &self,
         target: &ReuseTarget,
         tags: &[String],
-        repository_uri: &str,
+        repository_uri: &RepositoryUri,
         ctx_tag: &str,
     ) -> Result<()> {
         let (name, digest) = (self.image, &target.manifest.digest);
@@ -317,11 +318,16 @@ impl ImageRegistry<'_> {
         };
         tracing::info!(
             image = name,
-            "unchanged: {repository_uri}:{ctx_tag} {stamp} {digest}; tagging it instead of building"
+            "unchanged: {} {stamp} {digest}; tagging it instead of building",
+            repository_uri.tagged(ctx_tag)
         );
         self.put(target, tags).await?;
         for tag in tags {
-            tracing::info!(image = name, "tagged {repository_uri}:{tag} ({digest})");
+            tracing::info!(
+                image = name,
+                "tagged {} ({digest})",
+                repository_uri.tagged(tag)
+            );
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ pub(crate) use super::Secret;
 use crate::decide::TagRules;
 use crate::output::redactor;
 use crate::reference::normalize_registry;
-use crate::registry::RegistryClient;
+use crate::registry::Registry;
 
 /// The registry credentials ECR hands out (valid 12 hours) and the registry they are for.
 #[derive(Debug, Clone)]
@@ -121,13 +121,13 @@ impl EcrAuth {
 
 /// The ECR login and the registry API client, one of each for the whole run; `current` keeps both
 /// on a token young enough for the next call.
-pub(crate) struct RegistryAccess {
+pub(crate) struct EcrRegistry {
     auth: EcrAuth,
-    pub client: RegistryClient,
+    pub client: Registry,
 }
 
-impl RegistryAccess {
-    pub(crate) fn new(auth: EcrAuth, client: RegistryClient) -> Self {
+impl EcrRegistry {
+    pub(crate) fn new(auth: EcrAuth, client: Registry) -> Self {
         Self { auth, client }
     }
 

@@ -19,7 +19,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
 use crate::decide::TagRules;
-use crate::registry::RegistryClient;
+use crate::registry::Registry;
 
 /// A value that must not be printed: `Debug` shows `***`, and there is no `Display`. Whoever reads one
 /// from AWS registers it with [`crate::output::redactor`] first.
@@ -52,7 +52,7 @@ pub(crate) type SdkFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub(crate) struct Session {
     /// The registry pushed to: the configured one, or the ECR login's.
     pub registry: String,
-    pub access: ecr::RegistryAccess,
+    pub access: ecr::EcrRegistry,
     /// Each repository's tag rules.
     pub rules: HashMap<String, TagRules>,
     pub ssm: aws_sdk_ssm::Client,
@@ -109,7 +109,7 @@ pub(crate) async fn connect(
     let registry = configured_registry.map_or(endpoint, str::to_owned);
     tracing::info!("logged in to ECR in {region}; pushing to {registry}");
     let rules = ecr::check_repositories(&ecr, &region, repositories).await?;
-    let client = RegistryClient::new(&registry).map_err(anyhow::Error::from)?;
+    let client = Registry::new(&registry).map_err(anyhow::Error::from)?;
     let ssm = aws_sdk_ssm::Client::from_conf(
         aws_sdk_ssm::config::Builder::from(&sdk)
             .interceptor(LogFailedAttempts)
@@ -117,7 +117,7 @@ pub(crate) async fn connect(
     );
     Ok(Session {
         registry,
-        access: ecr::RegistryAccess::new(auth, client),
+        access: ecr::EcrRegistry::new(auth, client),
         rules,
         ssm,
         region,

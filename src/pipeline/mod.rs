@@ -18,13 +18,14 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts;
 use crate::aws::AwsEnv;
-use crate::aws::{self, ecr, ecr::RegistryAccess};
+use crate::aws::{self, ecr, ecr::EcrRegistry};
 use crate::config::Plan;
 use crate::decide::TagRules;
 use crate::docker::{Engine, HostEnv};
 use crate::error::{Error, Result};
-use crate::image::REVISION_LABEL;
 use crate::prepare::{self, PreparedImage};
+use crate::reference::RepositoryUri;
+use crate::registry::manifest::REVISION_LABEL;
 use crate::report::{self, ImageOutcome, PlanOutput, PlannedImage};
 use crate::secrets::{self, SecretValues};
 use crate::tags::{self, BuildEnv, RunTags};
@@ -100,7 +101,7 @@ pub(crate) async fn plan(
         .iter()
         .map(|p| {
             let uris = (run_tags.tags.iter())
-                .map(|t| format!("{registry}/{}:{t}", p.plan.repository))
+                .map(|t| RepositoryUri::new(&registry, &p.plan.repository).tagged(t))
                 .collect();
             PlannedImage::new(p, uris)
         })
@@ -135,7 +136,7 @@ async fn remote_side(
     env: &AwsEnv,
 ) -> Result<(
     String,
-    Option<RegistryAccess>,
+    Option<EcrRegistry>,
     HashMap<String, TagRules>,
     Vec<SecretValues>,
 )> {

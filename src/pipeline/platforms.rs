@@ -9,11 +9,12 @@ use anyhow::Context as _;
 
 use crate::decide::{self, Action, context_tag};
 use crate::error::Result;
-use crate::image;
 use crate::prepare::{PreparedImage, Variant};
+use crate::reference::RepositoryUri;
 use crate::registry::Manifest;
+use crate::registry::manifest;
 use crate::report::{self, ImageOutcome, InputsSource, Outcome};
-use crate::reuse::{ImageRegistry, ReuseTarget};
+use crate::reuse::{Repository, ReuseTarget};
 use crate::secrets::SecretValues;
 
 use super::steps::{
@@ -57,7 +58,7 @@ pub(super) async fn build(
             note(result),
         ));
     };
-    let registry = run.image_registry(access, &image);
+    let registry = run.repository(access, &image);
     let mut children = Vec::with_capacity(image.variants.len());
     let mut built = false;
     let mut source = InputsSource::Recorded;
@@ -70,10 +71,10 @@ pub(super) async fn build(
         }
         children.push((variant.platform.clone(), manifest));
     }
-    let index = image::index(&children, run.revision()).map_err(anyhow::Error::msg)?;
+    let index = manifest::index(&children, run.revision()).map_err(anyhow::Error::msg)?;
     let digest = index.digest.clone();
     if !run.partial {
-        let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
+        let repository_uri = run.repository_uri(&image);
         put_index(run, &registry, &repository_uri, index, &image).await?;
     }
     let result = if built {
@@ -95,13 +96,13 @@ pub(super) async fn build(
 /// manifest, whether it was built, and where the inputs that decided came from.
 async fn platform_image(
     run: &RunContext<'_>,
-    registry: &ImageRegistry<'_>,
+    registry: &Repository<'_>,
     image: &PreparedImage,
     variant: &Variant,
     secrets: &SecretValues,
 ) -> Result<(Manifest, bool, InputsSource)> {
     let (name, platform) = (image.plan.name.as_str(), variant.platform.as_str());
-    let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
+    let repository_uri = run.repository_uri(image);
     let recipe = RecipeBases::of(run, &variant.recipe);
     let known = known_digest(run, registry, image, &recipe).await?;
     if let (Some(digest), false) = (&known.digest, run.rebuild) {
@@ -109,7 +110,8 @@ async fn platform_image(
         if let Some(manifest) = registry.manifest(&ctx_tag).await? {
             tracing::info!(
                 image = name,
-                "{platform}: unchanged, {repository_uri}:{ctx_tag} is {}",
+                "{platform}: unchanged, {} is {}",
+                repository_uri.tagged(&ctx_tag),
                 manifest.digest
             );
             return Ok((manifest, false, known.source));
@@ -132,12 +134,8 @@ async fn platform_image(
         .unwrap_or_else(|| local[0].clone());
     let pushed = [tag];
     push_tags(run, access, name, &repository_uri, &built.id, &pushed).await?;
-    let manifest = (registry.manifest(&pushed[0]).await?).with_context(|| {
-        format!(
-            "{repository_uri}:{} was pushed, yet is not there",
-            pushed[0]
-        )
-    })?;
+    let manifest = (registry.manifest(&pushed[0]).await?)
+        .with_context(|| format!("{} was pushed, yet is not there", pushed[0]))?;
     Ok((manifest, true, known.source))
 }
 
@@ -151,8 +149,8 @@ fn platform_tag(run: &RunContext<'_>, platform: &str) -> String {
 /// another index is a conflict.
 async fn put_index(
     run: &RunContext<'_>,
-    registry: &ImageRegistry<'_>,
-    repository_uri: &str,
+    registry: &Repository<'_>,
+    repository_uri: &RepositoryUri,
     index: Manifest,
     image: &PreparedImage,
 ) -> Result<()> {
@@ -171,7 +169,8 @@ async fn put_index(
     for tag in &put {
         tracing::info!(
             image = image.plan.name.as_str(),
-            "tagged {repository_uri}:{tag} (index {digest})"
+            "tagged {} (index {digest})",
+            repository_uri.tagged(tag)
         );
     }
     Ok(())

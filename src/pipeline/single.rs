@@ -8,7 +8,7 @@ use crate::decide::{self, Action};
 use crate::error::Result;
 use crate::prepare::PreparedImage;
 use crate::report::{self, ImageOutcome, InputsSource, Outcome};
-use crate::reuse::ImageRegistry;
+use crate::reuse::Repository;
 use crate::secrets::SecretValues;
 
 use super::steps::{
@@ -41,9 +41,9 @@ pub(super) async fn build(
         ));
     };
     let repository = image.plan.repository.as_str();
-    let repository_uri = format!("{}/{repository}", run.registry);
+    let repository_uri = run.repository_uri(&image);
     let rules = run.rules_of(repository);
-    let registry = run.image_registry(access, &image);
+    let registry = run.repository(access, &image);
     let known = known_digest(run, &registry, &image, &recipe).await?;
     let put_tags = run.put_tags();
     let (state, target) = (registry.look_up(
@@ -93,7 +93,7 @@ fn spec<'a>(
 /// tags named.
 async fn build_and_push(
     run: &RunContext<'_>,
-    registry: &ImageRegistry<'_>,
+    registry: &Repository<'_>,
     image: &PreparedImage,
     secrets: SecretValues,
     recipe: &RecipeBases,
@@ -117,10 +117,7 @@ async fn build_and_push(
     if let Some(ctx_tag) = mark_built(registry, image, recipe, known, &built).await? {
         push.push(ctx_tag);
     }
-    let (name, repository_uri) = (
-        &image.plan.name,
-        format!("{}/{}", run.registry, image.plan.repository),
-    );
+    let (name, repository_uri) = (&image.plan.name, run.repository_uri(image));
     let digest = push_tags(run, access, name, &repository_uri, &built.id, &push).await?;
     let note = report::inputs_note(&image.inputs, Outcome::Pushed, changed.as_deref(), &moved);
     Ok((digest, note))

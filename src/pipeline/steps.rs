@@ -5,19 +5,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::aws::ecr::{EcrLogin, RegistryAccess};
+use crate::aws::ecr::{EcrLogin, EcrRegistry};
 use crate::bases;
 use crate::config::Builder;
 use crate::context::SyncRequest;
 use crate::decide::{self, Recipe, TagRules};
 use crate::docker::{BuildRequest, BuiltImage, DockerError, Engine};
 use crate::error::Result;
-use crate::image::{BASES_LABEL, INPUTS_LABEL, RECIPE_LABEL, REVISION_LABEL};
 use crate::prepare::PreparedImage;
 use crate::reference;
+use crate::reference::RepositoryUri;
+use crate::registry::manifest::{BASES_LABEL, INPUTS_LABEL, RECIPE_LABEL, REVISION_LABEL};
 use crate::report::{ImageOutcome, InputsSource, Outcome};
 use crate::retry;
-use crate::reuse::ImageRegistry;
+use crate::reuse::Repository;
 use crate::secrets::SecretValues;
 
 /// The parts of a run every image shares.
@@ -29,7 +30,7 @@ pub(super) struct RunContext<'a> {
     pub(super) network: Option<&'a str>,
     pub(super) builder: Builder,
     /// `None` in a dry run.
-    pub(super) access: Option<RegistryAccess>,
+    pub(super) access: Option<EcrRegistry>,
     /// Each repository's tag rules, from ECR.
     pub(super) rules: HashMap<String, TagRules>,
     pub(super) rebuild: bool,
@@ -59,13 +60,18 @@ impl RunContext<'_> {
         if self.partial { &[] } else { self.tags }
     }
 
+    /// Where `image` is pushed.
+    pub(super) fn repository_uri(&self, image: &PreparedImage) -> RepositoryUri {
+        RepositoryUri::new(self.registry, &image.plan.repository)
+    }
+
     /// `image`'s registry calls, retried within the run's budget.
-    pub(super) fn image_registry<'a>(
+    pub(super) fn repository<'a>(
         &self,
-        access: &'a RegistryAccess,
+        access: &'a EcrRegistry,
         image: &'a PreparedImage,
-    ) -> ImageRegistry<'a> {
-        ImageRegistry {
+    ) -> Repository<'a> {
+        Repository {
             access,
             image: &image.plan.name,
             repository: &image.plan.repository,
@@ -97,7 +103,7 @@ pub(super) fn outcome(
 ) -> ImageOutcome {
     ImageOutcome {
         name: image.plan.name.clone(),
-        repository_uri: format!("{}/{}", run.registry, image.plan.repository),
+        repository_uri: run.repository_uri(image),
         digest,
         result,
         in_registry: run.access.is_some(),
@@ -137,7 +143,7 @@ pub(super) struct KnownDigest {
 /// legacy builder. Unknown without a record, with `--rebuild`, or where a base did not resolve.
 pub(super) async fn known_digest(
     run: &RunContext<'_>,
-    registry: &ImageRegistry<'_>,
+    registry: &Repository<'_>,
     image: &PreparedImage,
     recipe: &RecipeBases,
 ) -> Result<KnownDigest> {
@@ -186,7 +192,7 @@ pub(super) async fn known_digest(
 /// for the recipe where the record is new or differs); `None` where the image must not be found
 /// by one: a base did not resolve, or BuildKit loaded an image the recipe does not name.
 pub(super) async fn mark_built(
-    registry: &ImageRegistry<'_>,
+    registry: &Repository<'_>,
     image: &PreparedImage,
     recipe: &RecipeBases,
     known: &KnownDigest,
@@ -232,12 +238,13 @@ pub(super) async fn mark_built(
 
 /// A tag this run cannot put, naming the repository and the image's context digest.
 pub(super) fn tag_conflict(
-    repository_uri: &str,
+    repository_uri: &RepositoryUri,
     image: &PreparedImage,
     conflict: decide::Conflict,
 ) -> anyhow::Error {
     anyhow::anyhow!(
-        "{repository_uri}:{conflict} (image {}, recipe {})",
+        "{}:{conflict} (image {}, recipe {})",
+        repository_uri,
         image.plan.name,
         &image.digest[..20]
     )
@@ -282,8 +289,8 @@ pub(super) async fn build_image(
     spec: BuildSpec<'_>,
 ) -> Result<BuiltImage> {
     let name = image.plan.name.as_str();
-    let repository_uri = format!("{}/{}", run.registry, image.plan.repository);
-    let primary = format!("{repository_uri}:{}", spec.tags[0]);
+    let repository_uri = run.repository_uri(image);
+    let primary = repository_uri.tagged(&spec.tags[0]);
     let labels = image_labels(run, image, spec.recipe);
     let mut build_args = image.plan.build_args.clone();
     if image.plan.allow_secret_build_args && !secrets.is_empty() {
@@ -346,7 +353,9 @@ pub(super) async fn build_image(
     };
     tracing::info!(image = name, "built {primary} ({})", built.id);
     for tag in &spec.tags[1..] {
-        run.engine.tag(&built.id, &repository_uri, tag).await?;
+        run.engine
+            .tag(&built.id, repository_uri.as_str(), tag)
+            .await?;
     }
     Ok(built)
 }
@@ -354,40 +363,47 @@ pub(super) async fn build_image(
 /// Pushes `push` in order; every tag must be stored under the same digest, which is returned.
 pub(super) async fn push_tags(
     run: &RunContext<'_>,
-    access: &RegistryAccess,
+    access: &EcrRegistry,
     name: &str,
-    repository_uri: &str,
+    repository_uri: &RepositoryUri,
     image_id: &str,
     push: &[String],
 ) -> Result<String> {
     let mut pushed: Option<String> = None;
     for tag in push {
         if !run.tags.contains(tag) {
-            run.engine.tag(image_id, repository_uri, tag).await?;
+            run.engine
+                .tag(image_id, repository_uri.as_str(), tag)
+                .await?;
         }
         // A long build can outlive the token it started with.
         let login = access.current().await?;
         let digest = retry::with_backoff(
             name,
-            &format!("push of {repository_uri}:{tag}"),
+            &format!("push of {}", repository_uri.tagged(tag)),
             run.retry_budget,
             DockerError::is_transient,
             || {
                 run.engine.push(
                     name,
-                    repository_uri,
+                    repository_uri.as_str(),
                     tag,
                     Some(login.docker_credentials(run.registry)),
                 )
             },
         )
         .await?;
-        tracing::info!(image = name, "pushed {repository_uri}:{tag} ({digest})");
+        tracing::info!(
+            image = name,
+            "pushed {} ({digest})",
+            repository_uri.tagged(tag)
+        );
         if let Some(first) = &pushed
             && first != &digest
         {
             return Err(anyhow::anyhow!(
-                "{repository_uri}:{tag} was stored as {digest}, but {} as {first}",
+                "{} was stored as {digest}, but {} as {first}",
+                repository_uri.tagged(tag),
                 push[0]
             )
             .into());

@@ -5,12 +5,12 @@ use bytes::Bytes;
 use http::header::LOCATION;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::{Operation, RegistryClient, RegistryError, classify, sha256_digest, verify_digest};
+use super::{Operation, Registry, RegistryError, classify, sha256_digest, verify_digest};
 
 /// Redirects followed to a blob's storage (ECR answers a blob GET with one to S3).
 const MAX_REDIRECTS: usize = 3;
 
-impl RegistryClient {
+impl Registry {
     /// Whether the repository holds the blob.
     pub(crate) async fn has_blob(
         &self,

@@ -57,7 +57,7 @@ impl fmt::Display for Target {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The `host` given to [`RegistryClient::new`] is not `host[:port]`.
+    /// The `host` given to [`Registry::new`] is not `host[:port]`.
     #[error("invalid registry host {host:?}: {reason}")]
     InvalidHost { host: String, reason: &'static str },
     /// No usable TLS configuration (e.g. no root certificates on this machine).
@@ -146,7 +146,7 @@ impl RegistryError {
         }
     }
 
-    /// The call this error belongs to (`None` for errors of [`RegistryClient::new`]).
+    /// The call this error belongs to (`None` for errors of [`Registry::new`]).
     pub fn target(&self) -> Option<&Target> {
         match self {
             RegistryError::InvalidHost { .. } | RegistryError::Tls { .. } => None,

@@ -7,7 +7,7 @@
 //! - Every request carries an `Accept` header listing the four manifest media types. Without it,
 //!   distribution answers with a converted schema1 manifest that has a different digest.
 //! - Basic auth is sent preemptively; ECR (`AWS:<token>`) and distribution with htpasswd take it.
-//!   One client serves a run; [`RegistryClient::set_login`] swaps in a renewed ECR token.
+//!   One client serves a run; [`Registry::set_login`] swaps in a renewed ECR token.
 //! - Loopback registries are spoken to over plain http (as the docker engine does), everything else
 //!   over https with the platform's root certificates, using rustls with aws-lc-rs.
 //! - The password only ever lives in a `HeaderValue` marked sensitive. Nothing here logs headers, and
@@ -30,6 +30,7 @@ use sha2::{Digest as _, Sha256, Sha512};
 
 mod blobs;
 mod error;
+pub(crate) mod manifest;
 mod token;
 
 use error::classify;
@@ -85,7 +86,7 @@ impl fmt::Debug for Manifest {
 
 /// Client for one registry. Cloning is cheap and shares the connection pool and cached tokens.
 #[derive(Clone)]
-pub(crate) struct RegistryClient {
+pub(crate) struct Registry {
     inner: Arc<Inner>,
 }
 
@@ -104,9 +105,9 @@ struct Inner {
     request_timeout: Duration,
 }
 
-impl fmt::Debug for RegistryClient {
+impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryClient")
+        f.debug_struct("Registry")
             .field("host", &self.inner.host)
             .field("scheme", &self.inner.scheme)
             .field("credentials", &"<redacted>")
@@ -121,10 +122,10 @@ struct Response {
     body: Bytes,
 }
 
-impl RegistryClient {
+impl Registry {
     /// `host` is `host[:port]` (no scheme, no path). Loopback hosts (127.0.0.0/8, `localhost`,
     /// `[::1]`) use plain http, everything else https with the platform's root certificates.
-    /// Anonymous until [`RegistryClient::set_login`].
+    /// Anonymous until [`Registry::set_login`].
     pub(crate) fn new(host: &str) -> Result<Self, RegistryError> {
         let invalid = |reason| RegistryError::InvalidHost {
             host: host.to_owned(),
@@ -163,7 +164,7 @@ impl RegistryClient {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
 
-        Ok(RegistryClient {
+        Ok(Registry {
             inner: Arc::new(Inner {
                 host: host.to_owned(),
                 scheme,
@@ -528,7 +529,7 @@ mod tests {
 
     #[test]
     fn client_picks_scheme_and_hides_password() {
-        let local = RegistryClient::new("127.0.0.1:5000").unwrap();
+        let local = Registry::new("127.0.0.1:5000").unwrap();
         assert!(local.inner.basic.read().unwrap().is_none());
         local.set_login("AWS", "s3cret-token");
         assert_eq!(local.inner.scheme, "http");
@@ -540,13 +541,13 @@ mod tests {
         let basic = local.inner.basic.read().unwrap().clone().unwrap();
         assert!(basic.is_sensitive());
         assert!(!format!("{basic:?}").contains("QVdT"));
-        let remote = RegistryClient::new("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+        let remote = Registry::new("123456789012.dkr.ecr.eu-west-1.amazonaws.com");
         // Fails only on a machine without CA certificates.
         if let Ok(remote) = remote {
             assert_eq!(remote.inner.scheme, "https");
         }
         assert!(matches!(
-            RegistryClient::new("https://x"),
+            Registry::new("https://x"),
             Err(RegistryError::InvalidHost { .. })
         ));
     }
@@ -596,7 +597,7 @@ mod tests {
         // Accepts the connection (the kernel does, from the backlog) but never answers.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
-        let mut client = RegistryClient::new(&host).unwrap();
+        let mut client = Registry::new(&host).unwrap();
         client.set_login("AWS", "pw");
         Arc::get_mut(&mut client.inner).unwrap().request_timeout = Duration::from_millis(300);
         let err = client.manifest_digest("team/app", "v1").await.unwrap_err();

@@ -4,9 +4,9 @@
 
 use http::{HeaderMap, HeaderValue, Method};
 
-use super::{RegistryClient, RegistryError, Target, classify};
+use super::{Registry, RegistryError, Target, classify};
 
-impl RegistryClient {
+impl Registry {
     /// A token from the registry's token service for the challenged scope, as `Bearer <token>`.
     pub(super) async fn fetch_token(
         &self,

@@ -71,7 +71,6 @@ _ecr_build_write_env() {
             "DOCKER_HOST=unix://$sd/docker.sock"
             "DOCKER_CONFIG=$sd/docker-config"
             "ECR_BUILD_TEST_REGISTRY=$registry"
-            "ECR_BUILD_TEST_REGISTRY_CONFIG=$sd/registry.yml"
             "ECR_BUILD_TEST_REGISTRY_PID=$(<"$sd/run/registry.pid")"
             "ECR_BUILD_TEST_REGISTRY_LOG=$sd/registry.log"
             "ECR_BUILD_TEST_REGISTRY_USER=$ECR_BUILD_REGISTRY_USER"
@@ -157,7 +156,7 @@ _ecr_build_stop_pid() {
 }
 
 # Processes that still mention STATE_DIR on their command line: containerd and its shims after a
-# killed dockerd, or a registry a test restarted with $ECR_BUILD_TEST_REGISTRY_CONFIG.
+# killed dockerd.
 _ecr_build_leftover_pids() {
     local sd=$1 dir pid comm
     for dir in /proc/[0-9]*; do
@@ -252,6 +251,9 @@ ecr_build_stop_services() {
 # with plain `cargo test`:
 #   scripts/services.sh start [STATE_DIR]   (prints the env file to source)
 #   scripts/services.sh stop STATE_DIR
+#   scripts/services.sh registry DIR [PORT] (one more registry, as the shared one is started, with
+#                                           its storage in DIR; prints its address; the e2e tests'
+#                                           registry of their own, which they stop and start again)
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     set -euo pipefail
     case ${1:-} in
@@ -266,8 +268,12 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
         printf 'source %s/env   # stop with: %s stop %s\n' "$_ecr_build_sd" "$0" "$_ecr_build_sd"
         ;;
     stop) ecr_build_stop_services "${2:?usage: $0 stop STATE_DIR}" ;;
+    registry)
+        _ecr_build_start_registry "${2:?usage: $0 registry DIR [PORT]}" "${3:-}"
+        cat "$2/run/registry.addr"
+        ;;
     *)
-        echo "usage: $0 start [STATE_DIR] | stop STATE_DIR   (or source this file)" >&2
+        echo "usage: $0 start [STATE_DIR] | stop STATE_DIR | registry DIR [PORT]   (or source this file)" >&2
         exit 2
         ;;
     esac

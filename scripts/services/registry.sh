@@ -2,8 +2,10 @@
 # The registry: Debian's docker-registry with htpasswd basic auth for moto's ECR credentials.
 # Sourced by scripts/services.sh; see its header.
 
+# _ecr_build_start_registry STATE_DIR [PORT]: on PORT (a restart keeps its port), else on a free one.
 _ecr_build_start_registry() {
-    local sd=$1
+    local sd=$1 fixed_port=${2:-}
+    mkdir -p "$sd/run"
     local config=$sd/registry.yml htpasswd=$sd/registry.htpasswd log=$sd/registry.log
     mkdir -p "$sd/registry-data"
     htpasswd -Bbn "$ECR_BUILD_REGISTRY_USER" "$ECR_BUILD_REGISTRY_PASSWORD" >"$htpasswd"
@@ -16,8 +18,10 @@ _ecr_build_start_registry() {
     done < <(compgen -e)
 
     local port pid
-    for _ in 1 2 3; do
-        port=$(_ecr_build_free_port) || return 1
+    local attempts=3
+    [[ -n $fixed_port ]] && attempts=1
+    for ((attempt = 0; attempt < attempts; attempt++)); do
+        port=${fixed_port:-$(_ecr_build_free_port)} || return 1
         # A fixed http.secret lets a test stop and restart the registry without breaking uploads.
         cat >"$config" <<EOF
 version: 0.1

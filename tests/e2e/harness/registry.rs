@@ -114,130 +114,70 @@ pub fn registry_digest_at(host: &str, repository: &str, tag: &str) -> Option<Str
     }
 }
 
-/// A docker-registry of one test's own, with the shared one's configuration (same htpasswd, so
-/// moto's ECR token logs in) but its own port and storage, so that the test can stop it and start it
-/// again without disturbing the tests that share the services.
+/// A docker-registry of one test's own, started by `scripts/services.sh registry` as the shared one
+/// is (same htpasswd, so moto's ECR token logs in) but on its own port and storage, so that the
+/// test can stop it and start it again without disturbing the tests that share the services.
 pub struct PrivateRegistry {
     /// Holds the configuration, the log and the storage; removed on drop.
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-    log: PathBuf,
-    port: u16,
-    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    host: String,
+    pid: Option<u32>,
 }
 
 impl PrivateRegistry {
-    /// Starts it and waits until `/v2/` answers 401.
+    /// Starts it; the script waits until `/v2/` answers 401.
     pub fn start() -> Self {
-        let shared = std::fs::read_to_string(required("ECR_BUILD_TEST_REGISTRY_CONFIG"))
-            .expect("the shared registry's configuration");
         let dir = tempfile::Builder::new()
             .prefix("ecrf-registry.")
             .tempdir()
             .expect("temp dir");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
         let mut registry = Self {
-            config: dir.path().join("registry.yml"),
-            log: dir.path().join("registry.log"),
-            _dir: dir,
-            port: 0,
-            child: None,
+            dir,
+            host: String::new(),
+            pid: None,
         };
-        let mut last_error = String::new();
-        // Another process may take the free port before the registry binds it: try another one.
-        for _ in 0..3 {
-            registry.port = free_port();
-            let addr = registry.host();
-            let text: String = shared
-                .lines()
-                .map(|line| {
-                    let indent = &line[..line.len() - line.trim_start().len()];
-                    let key = line.trim_start();
-                    if key.starts_with("rootdirectory:") {
-                        format!("{indent}rootdirectory: \"{}\"\n", data.display())
-                    } else if key.starts_with("addr:") {
-                        format!("{indent}addr: \"{addr}\"\n")
-                    } else {
-                        format!("{line}\n")
-                    }
-                })
-                .collect();
-            assert!(
-                text.contains(&addr) && text.contains("rootdirectory"),
-                "unexpected registry configuration:\n{shared}"
-            );
-            std::fs::write(&registry.config, text).unwrap();
-            match registry.try_start() {
-                Ok(()) => return registry,
-                Err(error) => {
-                    last_error = error;
-                    registry.stop();
-                }
-            }
+        if let Err(error) = registry.run_script(None) {
+            panic!("the private registry did not start: {error}");
         }
-        panic!("the private registry did not start: {last_error}");
+        registry
     }
 
-    fn try_start(&mut self) -> Result<(), String> {
-        assert!(self.child.is_none(), "the private registry is running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut command = Command::new("docker-registry");
-        command
-            .arg("serve")
-            .arg(&self.config)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // REGISTRY_* variables override the file.
-        for (name, _) in std::env::vars() {
-            if name.starts_with("REGISTRY_") {
-                command.env_remove(name);
-            }
+    fn run_script(&mut self, port: Option<&str>) -> Result<(), String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+        let mut command = Command::new("bash");
+        command.arg(script).arg("registry").arg(self.dir.path());
+        command.args(port).stdin(std::process::Stdio::null());
+        let output = command.output().map_err(|e| format!("bash: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&output.stderr),
+                self.log_text()
+            ));
         }
-        let child = command
-            .spawn()
-            .map_err(|e| format!("docker-registry: {e}"))?;
-        self.child = Some(child);
-        let url = format!("http://{}/v2/", self.host());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if let Ok(response) = http().get(&url).call()
-                && response.status().as_u16() == 401
-            {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                self.child = None;
-                return Err(format!(
-                    "docker-registry exited ({status}):\n{}",
-                    self.log_text()
-                ));
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(format!(
-                    "docker-registry did not answer on {url} within 30 s:\n{}",
-                    self.log_text()
-                ));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        self.host = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let pid = std::fs::read_to_string(self.dir.path().join("run/registry.pid")).unwrap();
+        self.pid = Some(pid.trim().parse().expect("a pid"));
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`, as `--registry` takes it.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.host.clone()
     }
 
     /// Kills it (as a crash would): from now on connections to its port are refused.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            // Not our child: wait until the kernel has let it go, port and all.
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while proc.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
     }
 
@@ -245,13 +185,14 @@ impl PrivateRegistry {
     #[track_caller]
     pub fn restart(&mut self) {
         self.stop();
-        if let Err(error) = self.try_start() {
+        let port = self.host.rsplit_once(':').expect("host:port").1.to_owned();
+        if let Err(error) = self.run_script(Some(&port)) {
             panic!("the private registry did not restart: {error}");
         }
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
     /// HEAD of a manifest in this registry.

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use futures_util::StreamExt;
 
+use bollard::auth::DockerCredentials;
+
 use crate::aws::ecr::EcrRegistry;
 use crate::decide::Recipe;
 use crate::docker::Engine;
@@ -25,6 +27,8 @@ const DOCKER_HUB_API: &str = "registry-1.docker.io";
 /// is `docker.io/bitnami/redis:latest`.
 pub(crate) fn normalize(reference: &str) -> String {
     let (host, rest) = match split_registry(reference) {
+        // Docker's legacy name for Docker Hub.
+        (Some("index.docker.io"), rest) => ("docker.io".to_owned(), rest.to_owned()),
         (Some(host), rest) => (host.to_owned(), rest.to_owned()),
         (None, rest) if rest.contains('/') => ("docker.io".to_owned(), rest.to_owned()),
         (None, rest) => ("docker.io".to_owned(), format!("library/{rest}")),
@@ -46,6 +50,12 @@ pub(crate) fn familiar(normalized: &str) -> &str {
     (normalized.strip_prefix("docker.io/library/"))
         .or_else(|| normalized.strip_prefix("docker.io/"))
         .unwrap_or(normalized)
+}
+
+/// Where a Docker Hub reference is read from through `mirror` (an ECR pull-through cache rule's
+/// prefix, say): `node:20` → `PREFIX/library/node:20`; `None` for another registry's.
+pub(crate) fn mirrored(reference: &str, mirror: &str) -> Option<String> {
+    (normalize(reference).strip_prefix("docker.io/")).map(|rest| format!("{mirror}/{rest}"))
 }
 
 /// The digest a reference pins (`…@sha256:…`), if it pins one.
@@ -74,6 +84,28 @@ fn locate(normalized: &str) -> Option<(&str, &str, &str)> {
 pub(crate) struct Registries<'a> {
     pub run_registry: &'a str,
     pub access: Option<&'a EcrRegistry>,
+    /// `base_image_mirror`: where Docker Hub's images are read from instead.
+    pub mirror: Option<&'a str>,
+}
+
+impl Registries<'_> {
+    /// Where the build reads `reference` from: the mirror for a Docker Hub image, where the run
+    /// has one; else the reference itself.
+    pub(crate) fn source_of(&self, reference: &str) -> String {
+        (self.mirror.and_then(|mirror| mirrored(reference, mirror)))
+            .unwrap_or_else(|| reference.to_owned())
+    }
+
+    /// The run's ECR credentials where `host` is its registry; anonymous elsewhere.
+    async fn credentials_for(&self, host: &str) -> Result<Option<DockerCredentials>, String> {
+        match self.access {
+            Some(access) if host == self.run_registry => {
+                let login = access.current().await.map_err(|err| err.to_string())?;
+                Ok(Some(login.docker_credentials(host)))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Every base of `recipes`, each resolved once: normalized reference → digest, or why not.
@@ -110,6 +142,7 @@ async fn resolve_one(
     if let Some(digest) = pinned(reference) {
         return Ok(digest.to_owned());
     }
+    let reference = &registries.source_of(reference);
     match engine.local_image(reference).await {
         Ok(Some(identity)) => return Ok(identity),
         Ok(None) => {}
@@ -143,6 +176,63 @@ async fn resolve_one(
         Ok(None) => Err(format!("{host} has no {repository}:{tag}")),
         Err(err) => Err(err.to_string()),
     }
+}
+
+/// Puts each base that the run reads from its mirror under its Docker Hub name in the engine, as
+/// the mirror holds it for each platform wanted (`None`: the engine's own), so that BuildKit, which
+/// prefers the engine's image to a pull, reads the mirror's. `Err` names each base that failed.
+pub(crate) async fn mirror_into_engine(
+    engine: &Engine,
+    registries: &Registries<'_>,
+    wanted: BTreeMap<String, BTreeSet<Option<String>>>,
+) -> Result<(), Vec<String>> {
+    let outcomes: Vec<Option<String>> = futures_util::stream::iter(wanted)
+        .map(|(reference, platforms)| async move {
+            let source = registries.source_of(&reference);
+            if source == reference {
+                return None;
+            }
+            if pinned(&reference).is_some() {
+                tracing::warn!(
+                    "the base image {reference} is pinned by digest: BuildKit looks a digest up by its \
+                     own name, so it is read from Docker Hub, not from {source}"
+                );
+                return None;
+            }
+            let mirrored = mirror_one(engine, registries, &reference, &source, platforms).await;
+            mirrored.err().map(|err| {
+                format!("the base image {reference} from the mirror, {source}: {err}")
+            })
+        })
+        .buffer_unordered(RESOLVE_FAN_OUT)
+        .collect()
+        .await;
+    let failures: Vec<String> = outcomes.into_iter().flatten().collect();
+    match failures.is_empty() {
+        true => Ok(()),
+        false => Err(failures),
+    }
+}
+
+async fn mirror_one(
+    engine: &Engine,
+    registries: &Registries<'_>,
+    reference: &str,
+    source: &str,
+    platforms: BTreeSet<Option<String>>,
+) -> Result<(), String> {
+    let host = split_registry(source).0.unwrap_or_default();
+    let normalized = normalize(reference);
+    let (repository, tag) = (normalized.rsplit_once(':')).ok_or("it names no tag")?;
+    for platform in platforms {
+        let credentials = registries.credentials_for(host).await?;
+        (engine.pull(source, platform.as_deref(), credentials).await).map_err(|e| e.to_string())?;
+        let id = (engine.image_id(source).await.map_err(|e| e.to_string())?)
+            .ok_or("the engine pulled it, yet does not have it")?;
+        (engine.tag(&id, repository, tag).await).map_err(|e| e.to_string())?;
+        tracing::info!("base image {reference}: {source} ({id})");
+    }
+    Ok(())
 }
 
 /// One recipe's bases, from [`resolve_all`]'s answers: `Err` names the first that did not
@@ -181,6 +271,38 @@ pub(crate) fn unnamed_loaded<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_hub_images_are_read_from_the_mirror_and_others_from_their_registry() {
+        let mirror = "1.dkr.ecr.eu-west-1.amazonaws.com/docker-hub";
+        let cases = [
+            ("node:20", Some("library/node:20")),
+            ("node", Some("library/node:latest")),
+            ("bitnami/redis:7", Some("bitnami/redis:7")),
+            ("docker.io/library/node:20", Some("library/node:20")),
+            ("index.docker.io/library/node:20", Some("library/node:20")),
+            ("node@sha256:ab", Some("library/node@sha256:ab")),
+            ("public.ecr.aws/docker/library/node:20", None),
+            ("127.0.0.1:5000/base:1", None),
+            ("localhost/base", None),
+        ];
+        for (reference, expected) in cases {
+            let expected = expected.map(|rest| format!("{mirror}/{rest}"));
+            assert_eq!(mirrored(reference, mirror), expected, "{reference}");
+            let registries = Registries {
+                run_registry: "1.dkr.ecr.eu-west-1.amazonaws.com",
+                access: None,
+                mirror: Some(mirror),
+            };
+            let source = registries.source_of(reference);
+            assert_eq!(source, expected.unwrap_or_else(|| reference.to_owned()));
+            let unmirrored = Registries {
+                mirror: None,
+                ..registries
+            };
+            assert_eq!(unmirrored.source_of(reference), reference);
+        }
+    }
 
     #[test]
     fn references_are_named_as_buildkit_names_them() {

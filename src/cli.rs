@@ -150,6 +150,11 @@ pub struct PlanArgs {
     #[arg(long, value_name = "MODE", env = "ECR_BUILD_NETWORK")]
     pub network: Option<String>,
 
+    /// Read every Docker Hub base image from this mirror instead, e.g. an ECR pull-through cache
+    /// rule's prefix ACCOUNT.dkr.ecr.REGION.amazonaws.com/docker-hub, or public.ecr.aws/docker
+    #[arg(long, value_name = "PREFIX", env = "ECR_BUILD_BASE_IMAGE_MIRROR")]
+    pub base_image_mirror: Option<String>,
+
     /// Build secret ID=SOURCE (ssm:NAME, env:VAR or file:PATH), repeatable: replaces the source of
     /// secret ID in every image, or adds it; in a dry run, stands in for ssm: sources
     #[arg(

@@ -10,12 +10,14 @@ use crate::config::{Builder, ImagePlan};
 
 /// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
 /// different inputs can produce the same bytes.
-/// `platform` is the one the image is built for, where the configuration names one.
+/// `platform` is the one the image is built for, where the configuration names one;
+/// `base_image_mirror` is where its Docker Hub bases are read from, where the run sets one.
 pub(crate) fn digest_inputs(
     image: &ImagePlan,
     builder: Builder,
     dockerfile_in_context: &str,
     platform: Option<&str>,
+    base_image_mirror: Option<&str>,
 ) -> Vec<u8> {
     let mut inputs = serde_json::json!({
         "builder": format!("{builder:?}"),
@@ -36,6 +38,9 @@ pub(crate) fn digest_inputs(
     }
     if !image.labels.is_empty() {
         inputs["labels"] = serde_json::json!(image.labels);
+    }
+    if let Some(mirror) = base_image_mirror {
+        inputs["base_image_mirror"] = mirror.into();
     }
     serde_json::to_vec(&inputs).expect("plain values serialize")
 }
@@ -450,7 +455,7 @@ mod tests {
     #[test]
     fn digest_inputs_separate_everything_that_decides_the_image() {
         let inputs = |image: &ImagePlan, builder, dockerfile| {
-            digest_inputs(image, builder, dockerfile, None)
+            digest_inputs(image, builder, dockerfile, None, None)
         };
         let base = inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile");
         let mut with_secret = image(&[("A", "1")], None);

@@ -43,6 +43,14 @@ pub(crate) struct Variant {
     pub recipe: Recipe,
 }
 
+/// What every image of the run is built with, from the plan.
+#[derive(Clone)]
+struct RunWide {
+    builder: Builder,
+    network: Option<String>,
+    base_image_mirror: Option<String>,
+}
+
 /// Walks and hashes every image's context, in parallel, off the async threads. The run's own
 /// artifacts and output files are never sent.
 pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
@@ -59,8 +67,11 @@ pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedIma
         }
     }
     let walks = groups.into_iter().map(|(context, images)| {
-        let builder = plan.builder;
-        let network = plan.network.clone();
+        let run = RunWide {
+            builder: plan.builder,
+            network: plan.network.clone(),
+            base_image_mirror: plan.base_image_mirror.clone(),
+        };
         let withheld = withheld.clone();
         tokio::task::spawn_blocking(move || {
             let shared = (images.len() > 1)
@@ -68,16 +79,7 @@ pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedIma
                 .flatten();
             (images.into_iter())
                 .map(|(index, image)| {
-                    Ok((
-                        index,
-                        prepare_one(
-                            image,
-                            builder,
-                            network.as_deref(),
-                            &withheld,
-                            shared.as_ref(),
-                        )?,
-                    ))
+                    Ok((index, prepare_one(image, &run, &withheld, shared.as_ref())?))
                 })
                 .collect::<crate::error::Result<Vec<_>>>()
         })
@@ -92,8 +94,7 @@ pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedIma
 
 fn prepare_one(
     image: ImagePlan,
-    builder: Builder,
-    run_network: Option<&str>,
+    run: &RunWide,
     withheld: &[PathBuf],
     shared: Option<&SharedWalk>,
 ) -> crate::error::Result<PreparedImage> {
@@ -125,16 +126,13 @@ fn prepare_one(
             message: format!("the Dockerfile {}: {err}", image.dockerfile.display()),
         }
     })?;
-    let network = image.network.as_deref().or(run_network);
-    let (digest, inputs, variants) =
-        digest_image(&image, builder, &mut files, &dockerfile_text, network)?;
+    let (digest, inputs, variants) = digest_image(&image, run, &mut files, &dockerfile_text)?;
     let recipe = match variants.as_slice() {
         [] => recipe_for(
             &image,
-            builder,
+            run,
             &files,
             &dockerfile_text,
-            network,
             image.platforms.first(),
         ),
         _ => variants[0].recipe.clone(),
@@ -164,15 +162,15 @@ fn prepare_one(
 /// The image's recipe for `platform` (or none): its settings, and its base images as named.
 fn recipe_for(
     image: &ImagePlan,
-    builder: Builder,
+    run: &RunWide,
     files: &ContextFiles,
     dockerfile_text: &str,
-    network: Option<&str>,
     platform: Option<&String>,
 ) -> Recipe {
     let platform = platform.map(String::as_str);
     let dockerfile = files.dockerfile_in_context();
-    let inputs = decide::digest_inputs(image, builder, dockerfile, platform);
+    let inputs = digest_inputs(image, run, dockerfile, platform);
+    let network = image.network.as_deref().or(run.network.as_deref());
     let facts = BuildFacts {
         target: image.target.as_deref(),
         build_args: &image.build_args,
@@ -184,11 +182,21 @@ fn recipe_for(
     }
 }
 
+fn digest_inputs(
+    image: &ImagePlan,
+    run: &RunWide,
+    dockerfile: &str,
+    platform: Option<&str>,
+) -> Vec<u8> {
+    let mirror = run.base_image_mirror.as_deref();
+    decide::digest_inputs(image, run.builder, dockerfile, platform, mirror)
+}
+
 /// The first guess's digest for `platform` (or none) and what the analysis says the Dockerfile
 /// reads: the digest covers that where it is proven narrow, else all the context sends.
 fn guess_for(
     image: &ImagePlan,
-    builder: Builder,
+    run: &RunWide,
     files: &mut ContextFiles,
     dockerfile_text: &str,
     platform: Option<&str>,
@@ -201,7 +209,7 @@ fn guess_for(
         )
     };
     let dockerfile = files.dockerfile_in_context().to_owned();
-    let extra = decide::digest_inputs(image, builder, &dockerfile, platform);
+    let extra = digest_inputs(image, run, &dockerfile, platform);
     let facts = BuildFacts {
         target: image.target.as_deref(),
         build_args: &image.build_args,
@@ -223,12 +231,11 @@ fn guess_for(
 /// digest and recipe) and what the analysis says its Dockerfile reads.
 fn digest_image(
     image: &ImagePlan,
-    builder: Builder,
+    run: &RunWide,
     files: &mut ContextFiles,
     dockerfile_text: &str,
-    network: Option<&str>,
 ) -> crate::error::Result<(String, ContextInputs, Vec<Variant>)> {
-    let mut guess = |platform| guess_for(image, builder, files, dockerfile_text, platform);
+    let mut guess = |platform| guess_for(image, run, files, dockerfile_text, platform);
     let ((digest, inputs), variants) = match image.platforms.as_slice() {
         [] => (guess(None)?, Vec::new()),
         [one] => (guess(Some(one))?, Vec::new()),
@@ -247,14 +254,7 @@ fn digest_image(
         .map(|(platform, (digest, _))| Variant {
             platform: platform.clone(),
             digest,
-            recipe: recipe_for(
-                image,
-                builder,
-                files,
-                dockerfile_text,
-                network,
-                Some(platform),
-            ),
+            recipe: recipe_for(image, run, files, dockerfile_text, Some(platform)),
         })
         .collect();
     match &inputs {

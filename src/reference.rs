@@ -103,6 +103,36 @@ pub(crate) fn normalize_registry(registry: &str) -> Result<String, String> {
     }
 }
 
+/// A base image mirror as `host[:port][/path]` (an ECR pull-through cache rule's prefix, or
+/// `public.ecr.aws/docker`), tolerating a scheme and a trailing slash.
+pub(crate) fn check_mirror(mirror: &str) -> Result<String, String> {
+    let trimmed = (mirror.trim())
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let (host, path) = match trimmed.split_once('/') {
+        Some((host, path)) => (host, Some(path)),
+        None => (trimmed, None),
+    };
+    let problem = if !(host.contains('.') || host.contains(':') || host == "localhost") {
+        Some("it names no registry host first (one with a `.` or a `:`)".to_owned())
+    } else if let Err(reason) = host_name(host) {
+        Some(reason.to_owned())
+    } else {
+        path.filter(|path| !REPOSITORY.is_match(path)).map(|path| {
+            format!(
+                "`{path}` is not a repository path (lowercase letters, digits and . _ - between \
+                 them, components separated by /)"
+            )
+        })
+    };
+    match problem {
+        None => Ok(trimmed.to_owned()),
+        Some(reason) => Err(format!(
+            "base_image_mirror `{mirror}` is not host[/path], e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/docker-hub: {reason}"
+        )),
+    }
+}
+
 /// `host[:port]` → the host name or address (IPv6 without brackets).
 pub(crate) fn host_name(host: &str) -> Result<&str, &'static str> {
     if host.contains("://") {
@@ -203,6 +233,41 @@ pub(crate) fn is_loopback(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::check_mirror;
+
+    #[test]
+    fn a_mirror_is_a_host_and_an_optional_repository_path() {
+        let good = [
+            (
+                "123456789012.dkr.ecr.eu-west-1.amazonaws.com/docker-hub",
+                None,
+            ),
+            ("public.ecr.aws/docker", None),
+            (
+                "https://public.ecr.aws/docker/",
+                Some("public.ecr.aws/docker"),
+            ),
+            ("127.0.0.1:5000", None),
+            ("localhost/a/b", None),
+        ];
+        for (mirror, expected) in good {
+            assert_eq!(
+                check_mirror(mirror).as_deref(),
+                Ok(expected.unwrap_or(mirror))
+            );
+        }
+        for bad in [
+            "docker-hub",
+            "docker-hub/library",
+            "host.example/Docker",
+            "host.example//x",
+            "http://h.example:x/a",
+        ] {
+            let err = check_mirror(bad).unwrap_err();
+            assert!(err.contains(bad) && err.contains("docker-hub"), "{err}");
+        }
+    }
+
     use super::*;
 
     #[test]

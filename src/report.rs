@@ -185,10 +185,17 @@ pub(crate) struct PlannedImage<'a> {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub platform_digests: BTreeMap<&'a str, &'a str>,
     pub uris: Vec<String>,
+    /// Each base image as the Dockerfile names it, and where the build reads it from (its
+    /// `base_image_mirror`, or itself).
+    pub base_images: BTreeMap<&'a str, String>,
 }
 
 impl<'a> PlannedImage<'a> {
-    pub(crate) fn new(prepared: &'a PreparedImage, uris: Vec<String>) -> Self {
+    pub(crate) fn new(
+        prepared: &'a PreparedImage,
+        uris: Vec<String>,
+        source_of: impl Fn(&str) -> String,
+    ) -> Self {
         let image = &prepared.plan;
         let pairs = |pairs: &'a [(String, String)]| {
             pairs
@@ -218,6 +225,11 @@ impl<'a> PlannedImage<'a> {
                 .map(|v| (v.platform.as_str(), v.digest.as_str()))
                 .collect(),
             uris,
+            base_images: (std::iter::once(&prepared.recipe))
+                .chain(prepared.variants.iter().map(|v| &v.recipe))
+                .flat_map(|recipe| recipe.bases.iter().flatten())
+                .map(|base| (base.as_str(), source_of(base)))
+                .collect(),
         }
     }
 }

@@ -94,6 +94,7 @@ struct ProjectSettings {
     tags: Option<Vec<String>>,
     network: Option<String>,
     builder: Option<Builder>,
+    base_image_mirror: Option<String>,
     ssm_path: Option<String>,
     #[serde(default)]
     artifacts: ArtifactsSection,
@@ -121,6 +122,7 @@ impl RunSettings {
             tags: settings.tags.clone(),
             network: settings.network.clone(),
             builder: settings.builder,
+            base_image_mirror: settings.base_image_mirror.clone(),
         }
     }
 }

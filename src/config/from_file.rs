@@ -24,6 +24,7 @@ pub(super) struct ConfigFile {
     pub(super) tags: Option<Vec<String>>,
     pub(super) network: Option<String>,
     pub(super) builder: Option<Builder>,
+    pub(super) base_image_mirror: Option<String>,
     #[serde(default)]
     pub(super) artifacts: ArtifactsSection,
     pub(super) images: Option<IndexMap<String, ImageSection>>,
@@ -55,6 +56,7 @@ impl RunSettings {
             tags: file.tags.clone(),
             network: file.network.clone(),
             builder: file.builder,
+            base_image_mirror: file.base_image_mirror.clone(),
         }
     }
 }

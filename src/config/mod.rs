@@ -212,6 +212,8 @@ pub(crate) struct Plan {
     pub tags: Vec<TagTemplate>,
     pub network: Option<String>,
     pub builder: Builder,
+    /// Where Docker Hub's base images are read from instead: `host[/path]`, no trailing slash.
+    pub base_image_mirror: Option<String>,
     pub artifacts: ArtifactsPlan,
     pub images: Vec<ImagePlan>,
     /// Where `git rev-parse HEAD` is asked for the commit.
@@ -424,6 +426,7 @@ struct RunSettings {
     tags: Option<Vec<String>>,
     network: Option<String>,
     builder: Option<Builder>,
+    base_image_mirror: Option<String>,
 }
 
 impl RunSettings {
@@ -433,6 +436,7 @@ impl RunSettings {
             tags: (!args.tags.is_empty()).then(|| args.tags.clone()),
             network: args.network.clone(),
             builder: args.builder.map(Builder::from),
+            base_image_mirror: args.base_image_mirror.clone(),
         }
     }
 
@@ -443,6 +447,7 @@ impl RunSettings {
             tags: self.tags.or(lower.tags),
             network: self.network.or(lower.network),
             builder: self.builder.or(lower.builder),
+            base_image_mirror: self.base_image_mirror.or(lower.base_image_mirror),
         }
     }
 }
@@ -475,6 +480,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         tags,
         network,
         builder,
+        base_image_mirror,
     } = parts.settings;
     let (tags, builder) = (
         tags.unwrap_or_else(|| vec![DEFAULT_TAG.into()]),
@@ -511,6 +517,9 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
             "network `{network}` is not a network mode"
         )));
     }
+    let base_image_mirror = base_image_mirror
+        .map(|prefix| crate::reference::check_mirror(&prefix).map_err(invalid))
+        .transpose()?;
     for image in &parts.images {
         check_image(image, builder).map_err(invalid)?;
     }
@@ -527,6 +536,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         tags: templates,
         network,
         builder,
+        base_image_mirror,
         artifacts,
         images: parts.images,
         source_dir: parts.source_dir,
@@ -674,6 +684,25 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
         assert_eq!(plan.artifacts.image_detail.as_deref(), Some("web"));
         assert_eq!(plan.artifacts.build_json.as_deref(), Some("build.json"));
         assert_eq!(plan.artifacts.image_uri, ImageUriKind::Tag);
+    }
+
+    #[test]
+    fn the_base_image_mirror_comes_from_the_flag_before_the_file() {
+        let file = format!("base_image_mirror = \"https://public.ecr.aws/docker/\"\n{TWO_IMAGES}");
+        let plan = parse(&file).unwrap();
+        assert_eq!(
+            plan.base_image_mirror.as_deref(),
+            Some("public.ecr.aws/docker")
+        );
+        let mirror = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/docker-hub";
+        let plan = parse_with(&file, &["--base-image-mirror", mirror]).unwrap();
+        assert_eq!(plan.base_image_mirror.as_deref(), Some(mirror));
+        assert_eq!(parse(TWO_IMAGES).unwrap().base_image_mirror, None);
+        let err = parse_with(TWO_IMAGES, &["--base-image-mirror", "docker-hub"]).unwrap_err();
+        assert!(
+            err.to_string().contains("base_image_mirror `docker-hub`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1082,6 +1111,7 @@ mod proptests {
         "tags",
         "network",
         "builder",
+        "base_image_mirror",
         "artifacts",
         "images",
         "dir",

@@ -18,7 +18,8 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::BuildInfo;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, BuilderVersion, PushImageOptionsBuilder, TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, BuilderVersion, CreateImageOptionsBuilder, PushImageOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -59,6 +60,8 @@ pub enum DockerError {
     },
     #[error("push of {reference} failed: {message}{}", push_hint(message))]
     PushFailed { reference: String, message: String },
+    #[error("pull of {reference} failed: {message}")]
+    PullFailed { reference: String, message: String },
     #[error("push of {reference} ended without a digest")]
     NoDigest { reference: String },
     #[error("Docker Engine API")]
@@ -332,6 +335,43 @@ impl Engine {
                 reference: format!("{repository}:{tag}"),
                 source,
             })
+    }
+
+    /// The ID of the image the engine has under `reference`, if it has one.
+    pub(crate) async fn image_id(&self, reference: &str) -> Result<Option<String>, DockerError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(inspected) => Ok(inspected.id),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Pulls `reference` (for `platform`, else the engine's own).
+    pub(crate) async fn pull(
+        &self,
+        reference: &str,
+        platform: Option<&str>,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<(), DockerError> {
+        let mut options = CreateImageOptionsBuilder::default().from_image(reference);
+        if let Some(platform) = platform {
+            options = options.platform(platform);
+        }
+        let mut stream = self
+            .docker
+            .create_image(Some(options.build()), None, credentials);
+        while let Some(item) = stream.next().await {
+            let message = match item {
+                Ok(_) => continue,
+                Err(BollardError::DockerStreamError { error }) => error,
+                Err(err) => err.to_string(),
+            };
+            let reference = reference.to_owned();
+            return Err(DockerError::PullFailed { reference, message });
+        }
+        Ok(())
     }
 
     /// Pushes `repository:tag`; returns the manifest digest the registry stored.

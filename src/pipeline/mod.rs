@@ -9,7 +9,7 @@ mod platforms;
 mod single;
 mod steps;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,7 +20,7 @@ use crate::artifacts;
 use crate::aws::AwsEnv;
 use crate::aws::{self, ecr, ecr::EcrRegistry};
 use crate::config::Plan;
-use crate::decide::TagRules;
+use crate::decide::{Recipe, TagRules};
 use crate::docker::{Engine, HostEnv};
 use crate::error::{Error, Result};
 use crate::prepare::{self, PreparedImage};
@@ -97,13 +97,18 @@ pub(crate) async fn plan(
     let run_tags = run_tags(&plan, sha_flag, &prepared, false, environment)?;
     let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), &environment.aws);
     tracing::info!("registry {registry} (from {source})");
+    let registries = bases::Registries {
+        run_registry: &registry,
+        access: None,
+        mirror: plan.base_image_mirror.as_deref(),
+    };
     let images = prepared
         .iter()
         .map(|p| {
             let uris = (run_tags.tags.iter())
                 .map(|t| RepositoryUri::new(&registry, &p.plan.repository).tagged(t))
                 .collect();
-            PlannedImage::new(p, uris)
+            PlannedImage::new(p, uris, |base| registries.source_of(base))
         })
         .collect();
     let output = PlanOutput {
@@ -152,6 +157,26 @@ async fn remote_side(
     let aws = aws::connect(plan.registry.as_deref(), &repositories, env).await?;
     let secrets = secrets::resolve(plan, Some((&aws.ssm, &aws.region))).await?;
     Ok((aws.registry, Some(aws.access), aws.rules, secrets))
+}
+
+/// Each base image as the Dockerfiles name it, and the platforms it is wanted for (`None`: the
+/// engine's own).
+fn bases_by_platform(prepared: &[PreparedImage]) -> BTreeMap<String, BTreeSet<Option<String>>> {
+    let mut wanted: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
+    for image in prepared {
+        let recipes: Vec<(Option<&String>, &Recipe)> = match image.variants.as_slice() {
+            [] => vec![(image.plan.platforms.first(), &image.recipe)],
+            variants => (variants.iter())
+                .map(|v| (Some(&v.platform), &v.recipe))
+                .collect(),
+        };
+        for (platform, recipe) in recipes {
+            for base in recipe.bases.iter().flatten() {
+                (wanted.entry(base.clone()).or_default()).insert(platform.cloned());
+            }
+        }
+    }
+    wanted
 }
 
 /// Every image, at most [`REGISTRY_FAN_OUT`] at once (builds wait for a `--jobs` slot): each
@@ -211,8 +236,18 @@ pub(crate) async fn build(
     let registries = bases::Registries {
         run_registry: &registry,
         access: access.as_ref(),
+        mirror: plan.base_image_mirror.as_deref(),
     };
     let resolved_bases = bases::resolve_all(&engine, &registries, recipes).await;
+    if let Err(failures) =
+        bases::mirror_into_engine(&engine, &registries, bases_by_platform(&prepared)).await
+    {
+        return Err(anyhow::anyhow!(
+            "{}; check base_image_mirror and the pull-through cache rule behind it",
+            failures.join("; ")
+        )
+        .into());
+    }
     let run = RunContext {
         engine: &engine,
         registry: &registry,

@@ -12,6 +12,7 @@ mod faults;
 mod filesync;
 mod harness;
 mod inputs;
+mod mirror;
 mod platforms;
 mod remote;
 mod reuse;

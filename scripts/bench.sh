@@ -141,7 +141,7 @@ parse_args() {
         --keep) keep=1 ;;
         --platforms-only) platforms_only=1 ;;
         --engine)
-            (($# >= 2)) && [[ $2 == 20.10 || $2 == 28 ]] || usage
+            (($# >= 2)) && [[ $2 == 20.10 || $2 == 28 || $2 == 28-containerd ]] || usage
             export ECR_BUILD_ENGINE=$2
             shift
             ;;
@@ -199,7 +199,7 @@ install_deps() {
     [[ -x $DOCKER_CLI ]] || die "$DOCKER_CLI is missing (Debian's docker.io)"
     BUILDX=$(ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx
     [[ -x $BUILDX ]] || die "$BUILDX is missing (scripts/services.sh fetches it with Docker 28)"
-    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
+    if ecr_build_engine_is_28; then
         DOCKER_CLI=$(ecr_build_engine_cli)
     fi
     local have

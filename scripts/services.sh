@@ -17,6 +17,7 @@
 #   ecr_build_python                     Debian's python3 (else the one on PATH)
 #   ecr_build_docker                     Debian's docker client
 #   ecr_build_engine_cli                 the docker client of ECR_BUILD_ENGINE's own version
+#   ecr_build_engine_is_28               whether ECR_BUILD_ENGINE is 28 or 28-containerd
 #   ecr_build_engine28_dir               where Docker 28's packages are unpacked
 #   ecr_build_apt_install PKG...         apt-get update and install, starting no service of theirs
 #   ecr_build_pkg_installed PKG          whether a Debian package is installed
@@ -30,7 +31,8 @@
 #   ECR_BUILD_DOCKER_DATA   reuse this dockerd data-root across runs (default: a fresh one in
 #                           STATE_DIR, so a test run never sees images or build cache of an earlier run)
 #   ECR_BUILD_START_TIMEOUT seconds to wait for each service (default 60)
-#   ECR_BUILD_ENGINE        the engine to start: 20.10 (Debian bookworm's docker.io, the default) or
+#   ECR_BUILD_ENGINE        the engine to start: 20.10 (Debian bookworm's docker.io, the default),
+#                           28-containerd (Docker 28.5 with the containerd image store), or
 #                           28 (Docker 28.5 as CodeBuild's current images ship it: Debian sid's
 #                           docker.io, docker-cli, containerd and docker-buildx, fetched with
 #                           `apt-get download` into a private folder; nothing is installed over

@@ -8,7 +8,8 @@
 # The unit tests run once; the end-to-end tests run once per engine, each against services of its own.
 #
 # Environment:
-#   ECR_BUILD_ENGINES="20.10 28"  the Docker engines the end-to-end tests run against (default both)
+#   ECR_BUILD_ENGINES="20.10 28 28-containerd"  the Docker engines the end-to-end tests run against
+#                            (default all three; 28-containerd is Docker 28 with the containerd image store)
 #   ECR_BUILD_SKIP_LINT=1    skip cargo fmt --check and cargo clippy
 #   ECR_BUILD_KEEP_STATE=1   keep the services' state dir and logs after the run
 #   plus the knobs described at the top of scripts/services.sh
@@ -74,7 +75,7 @@ main() {
     require_cargo
 
     local -a engines
-    read -r -a engines <<<"${ECR_BUILD_ENGINES:-20.10 28}"
+    read -r -a engines <<<"${ECR_BUILD_ENGINES:-20.10 28 28-containerd}"
     export ECR_BUILD_ENGINES="${engines[*]}"
 
     phase "checking dependencies (Debian packages, moto venv, engines ${engines[*]})"

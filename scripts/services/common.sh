@@ -10,7 +10,13 @@ ECR_BUILD_BASE_IMAGE_NAME=ecr-build-test/busybox:base
 # Credentials that moto's ECR authorization token decodes to; the registry accepts exactly these.
 ECR_BUILD_REGISTRY_USER=AWS
 ECR_BUILD_REGISTRY_PASSWORD=123456789012-auth-token
-# Where Docker 28's packages are unpacked (ECR_BUILD_ENGINE=28).
+# Whether ECR_BUILD_ENGINE is a Docker 28: 28 (the classic image store, as CodeBuild starts it) or
+# 28-containerd (the containerd image store, which can export BuildKit's cache).
+ecr_build_engine_is_28() {
+    [[ ${ECR_BUILD_ENGINE:-20.10} == 28 || ${ECR_BUILD_ENGINE:-20.10} == 28-containerd ]]
+}
+
+# Where Docker 28's packages are unpacked (ECR_BUILD_ENGINE=28 or 28-containerd).
 ecr_build_engine28_dir() {
     echo "${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ecr-build/docker-28"
 }

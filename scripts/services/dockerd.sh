@@ -50,7 +50,7 @@ ecr_build_start_dockerd() {
     # /usr/sbin may be missing from a non-login PATH.
     local dockerd=/usr/sbin/dockerd engine_path=$PATH
     local -a engine_flags=()
-    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
+    if ecr_build_engine_is_28; then
         local root
         root=$(ecr_build_engine28_dir)/root
         [[ -x $root/usr/sbin/dockerd ]] || _ecr_build_install_engine28 || return 1
@@ -58,6 +58,10 @@ ecr_build_start_dockerd() {
         dockerd=$root/usr/sbin/dockerd
         engine_path="$sd/bin:$root/usr/bin:$root/usr/sbin:$PATH"
         engine_flags=(--containerd="$sd/containerd/c.sock")
+        if [[ $ECR_BUILD_ENGINE == 28-containerd ]]; then
+            printf '{"features": {"containerd-snapshotter": true}}\n' >"$sd/daemon.json"
+            engine_flags+=(--config-file="$sd/daemon.json")
+        fi
     fi
     [[ -x $dockerd ]] || dockerd=$(command -v dockerd) || {
         _ecr_build_err "dockerd not found (install Debian's docker.io)"
@@ -92,7 +96,7 @@ ecr_build_start_dockerd() {
 }
 
 ecr_build_engine_cli() {
-    if [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
+    if ecr_build_engine_is_28; then
         echo "$(ecr_build_engine28_dir)/root/usr/bin/docker"
     else
         echo /usr/bin/docker
@@ -100,7 +104,7 @@ ecr_build_engine_cli() {
 }
 
 _ecr_build_engine_buildx() {
-    [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]] || return 0
+    ecr_build_engine_is_28 || return 0
     echo "$(ecr_build_engine28_dir)/root/usr/libexec/docker/cli-plugins/docker-buildx"
 }
 

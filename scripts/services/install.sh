@@ -30,7 +30,7 @@ ecr_build_install() {
         _ecr_build_install_moto || return 1
     fi
     # The tests need Docker Compose 2.40 (fetched with Docker 28) whatever the engine.
-    if ((with_moto)) || [[ ${ECR_BUILD_ENGINE:-20.10} == 28 ]]; then
+    if ((with_moto)) || ecr_build_engine_is_28; then
         _ecr_build_install_engine28 || return 1
     fi
 }

@@ -204,8 +204,9 @@ fn edit(rng: &mut Rng, ws: &Workspace, round: usize) -> String {
     }
 }
 
-/// `docker buildx build` of the tree (Docker 28's client, the engine's own BuildKit): the image ID.
-fn buildx_image_id(ws: &Workspace, config: &Path) -> Result<String, String> {
+/// `docker buildx build` of the tree (Docker 28's client, the engine's own BuildKit): what it
+/// built ([`image_content`]).
+fn buildx_image(ws: &Workspace, config: &Path) -> Result<String, String> {
     let iid = ws.path().join("../iid");
     let output = Command::new(required("ECR_BUILD_TEST_DOCKER_CLI"))
         .env("DOCKER_HOST", &services().docker_host)
@@ -217,7 +218,7 @@ fn buildx_image_id(ws: &Workspace, config: &Path) -> Result<String, String> {
         .output()
         .unwrap();
     match output.status.success() {
-        true => Ok(std::fs::read_to_string(&iid).unwrap().trim().to_owned()),
+        true => Ok(image_content(std::fs::read_to_string(&iid).unwrap().trim())),
         false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
     }
 }
@@ -287,7 +288,7 @@ fn generated_dockerfiles_and_edits_never_skip_what_buildkit_builds_anew() {
                 .then(|| run.result("app").to_owned())
                 .ok_or(run)
         };
-        let judge = buildx_image_id(&ws, config.path());
+        let judge = buildx_image(&ws, config.path());
         let first = ecr_build();
         let mut built_as = match (first, judge) {
             (Ok(_), Ok(id)) => id,
@@ -313,7 +314,7 @@ fn generated_dockerfiles_and_edits_never_skip_what_buildkit_builds_anew() {
                 }
                 _ => edit(&mut rng, &ws, round),
             };
-            let judge = buildx_image_id(&ws, config.path())
+            let judge = buildx_image(&ws, config.path())
                 .unwrap_or_else(|err| panic!("{}\nbuildx failed: {err}", context(&what)));
             let result = ecr_build().unwrap_or_else(|run| {
                 panic!("{}\necr-build failed:\n{}", context(&what), run.stderr)

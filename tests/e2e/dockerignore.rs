@@ -404,7 +404,7 @@ fn ctx_listings(config: &Path, images: &[&str]) -> HashMap<String, Listing> {
         let layer = entry["Layers"].as_array().unwrap().last().unwrap();
         listings.insert(
             (*image).to_owned(),
-            layer_listing(&files[layer.as_str().unwrap()]),
+            layer_listing(&uncompressed(files[layer.as_str().unwrap()].clone())),
         );
     }
     listings

@@ -262,7 +262,7 @@ const TREE: &[&str] = &[
 ];
 
 /// One dry-run build with `--rebuild` at a fixed commit: its context digest (from `plan`) and
-/// the image ID BuildKit gives it.
+/// what BuildKit builds ([`image_content`]).
 fn digest_and_image(ws: &Workspace, sha: &str, tag: &str) -> (String, String) {
     let plan = ws
         .ecr_build()
@@ -288,7 +288,7 @@ fn digest_and_image(ws: &Workspace, sha: &str, tag: &str) -> (String, String) {
         .env("ECR_BUILD_SHA", sha)
         .run()
         .success();
-    (digest, build.summary("inputs").digest)
+    (digest, image_content(&build.summary("inputs").digest))
 }
 
 #[test]

@@ -64,7 +64,7 @@ fn ssm_secret_reaches_the_run_step_and_nowhere_else() {
         !inspect.contains(&value),
         "docker image inspect leaks the secret"
     );
-    let saved = docker_bytes(&["save", &image]);
+    let saved = saved_image(&image);
     assert!(
         contains(&saved, &sha256_hex(value.as_bytes())),
         "the control value is in the saved image"

@@ -1,6 +1,8 @@
 //! The engine, through the docker client of the engine's own version: images, processes, a
 //! dockerd of one test's own.
 
+use std::io::{Read as _, Write as _};
+
 use super::*;
 
 /// Docker's client (an observer here: it inspects and runs what ecr-build built).
@@ -30,6 +32,47 @@ pub fn docker_bytes(args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&output.stderr)
     );
     output.stdout
+}
+
+/// What an image is, leaving out when it was built: its layers (diff IDs) and its config. The
+/// classic image store gives two builds of the same inputs one image ID; the containerd image
+/// store stamps each build with its own time, so there the ID cannot judge.
+#[track_caller]
+pub fn image_content(reference: &str) -> String {
+    let format = "{{json .RootFS.Layers}} {{json .Config}}";
+    docker(&["image", "inspect", "--format", format, reference])
+}
+
+/// A blob of `docker save` as a tar: the containerd image store saves layers gzipped.
+pub fn uncompressed(blob: Vec<u8>) -> Vec<u8> {
+    if !blob.starts_with(&[0x1f, 0x8b]) {
+        return blob;
+    }
+    let mut gzip = Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    let mut stdin = gzip.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&blob));
+    let output = gzip.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(output.status.success(), "gzip -dc failed");
+    output.stdout
+}
+
+/// Every byte `docker save IMAGE` holds, each layer uncompressed.
+pub fn saved_image(image: &str) -> Vec<u8> {
+    let saved = docker_bytes(&["save", image]);
+    let mut bytes = Vec::new();
+    for entry in tar::Archive::new(saved.as_slice()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut blob = Vec::new();
+        entry.read_to_end(&mut blob).unwrap();
+        bytes.extend(uncompressed(blob));
+    }
+    bytes
 }
 
 pub fn image_exists(reference: &str) -> bool {

@@ -1,14 +1,17 @@
 //! The Docker Engine API: connect (waiting for a daemon that is starting), build, tag, push.
-//! BuildKit builds go through [`session`], which serves the context ([`filesync`]) and secrets on
-//! the build's own session.
+//! BuildKit builds serve the context ([`filesync`]), secrets and registry credentials on the
+//! build's own [`session`]; on the containerd image store they go through BuildKit's control API
+//! ([`solve`]), which can export the cache to a registry, elsewhere through `POST /build`.
 
 mod filesync;
 mod host;
 mod progress;
 mod session;
+mod solve;
 mod tunnel;
 
 pub(crate) use host::{EngineAddr, HostEnv};
+pub(crate) use solve::CacheSpec;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -126,6 +129,9 @@ pub(crate) struct Engine {
     /// For the requests bollard 0.21.1 cannot make: BuildKit builds with our own session.
     address: EngineAddr,
     api_prefix: String,
+    /// The containerd image store: BuildKit can export its cache there, so builds go through its
+    /// control API ([`solve`]); the classic store gets `POST /build`.
+    containerd_store: bool,
     /// A remote engine's relay, for as long as the engine is used.
     _tunnel: Option<tunnel::Tunnel>,
 }
@@ -163,12 +169,27 @@ impl Engine {
             (attempt.await).map_err(|err| ProbeError::Starting(err.to_string()))
         })
         .await?;
-        tracing::debug!("connected to Docker at {host}");
+        let info = docker.info().await?;
+        let containerd_store = (info.driver_status.iter().flatten()).any(|pair| {
+            pair.first().is_some_and(|key| key == "driver-type")
+                && pair
+                    .get(1)
+                    .is_some_and(|value| value.starts_with("io.containerd.snapshotter"))
+        });
+        tracing::debug!(
+            "connected to Docker at {host} ({} image store)",
+            if containerd_store {
+                "containerd"
+            } else {
+                "classic"
+            }
+        );
         let api_prefix = format!("/v{}", docker.client_version());
         Ok(Engine {
             docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
             address,
             api_prefix,
+            containerd_store,
             _tunnel: tunnel,
         })
     }
@@ -181,6 +202,9 @@ impl Engine {
         request: BuildRequest<'_>,
         context: ContextFiles,
     ) -> Result<BuiltImage, DockerError> {
+        if request.builder == Builder::Buildkit && self.containerd_store {
+            return self.solve(request, context).await;
+        }
         let options = build_options(&request);
         let mut progress = BuildProgress::new(request.image);
         let registry_auth = request.registry_auth.unwrap_or_default();
@@ -225,24 +249,61 @@ impl Engine {
                 Err(err) => return Err(err.into()),
             }
         }
-        progress.flush();
-        if let Some(session) = &session {
-            let missing = session.secrets().missing();
-            if !missing.is_empty() {
-                tracing::warn!(
-                    image = request.image,
-                    "the Dockerfile asked for secret(s) {} that are not configured for this image; \
-                     their mounts were left out",
-                    missing.join(", ")
-                );
+        let id = image_id.ok_or(DockerError::NoImageId)?;
+        Ok(built(request.image, session.as_ref(), progress, id))
+    }
+
+    /// A BuildKit build through its control API: the session first, then the solve, whose status
+    /// gives the step lines.
+    async fn solve(
+        &self,
+        request: BuildRequest<'_>,
+        context: ContextFiles,
+    ) -> Result<BuiltImage, DockerError> {
+        let mut progress = BuildProgress::new(request.image);
+        let id = session_id(request.image);
+        let registry_auth = request.registry_auth.unwrap_or_default();
+        let session =
+            (self.open_session(&id, request.image, request.secrets, registry_auth, context))
+                .await?;
+        let control = solve::connect(&self.address, &self.api_prefix).await?;
+        let spec = solve::SolveSpec {
+            build_ref: id.clone(),
+            session: &id,
+            name: request.reference,
+            dockerfile: SYNCED_DOCKERFILE,
+            target: request.target,
+            platform: request.platform,
+            network: request.network,
+            build_args: request.build_args,
+            labels: request.labels,
+            cache: request.cache,
+        };
+        let failed = |message: String| DockerError::BuildFailed {
+            step: None,
+            message,
+        };
+        let (mut status, solved) = solve::start(control, solve::solve_request(&spec))
+            .await
+            .map_err(|status| failed(status.message().to_owned()))?;
+        while let Some(update) = status.next().await {
+            match update {
+                Ok(update) => progress.status(update),
+                Err(err) => {
+                    tracing::debug!(image = request.image, "BuildKit status ended: {err}");
+                    break;
+                }
             }
         }
-        let context_requests = session.as_ref().map(|s| s.context().requests());
-        Ok(BuiltImage {
-            id: image_id.ok_or(DockerError::NoImageId)?,
-            context_requests,
-            loaded_images: progress.loaded_images.into_iter().collect(),
-        })
+        let outcome = solved
+            .await
+            .map_err(|err| failed(format!("the solve stopped: {err}")))?;
+        if let Err(status) = outcome {
+            let changed = session.context().failure();
+            return Err(progress.failure(changed.unwrap_or_else(|| status.message().to_owned())));
+        }
+        let image_id = (self.image_id(request.reference).await?).ok_or(DockerError::NoImageId)?;
+        Ok(built(request.image, Some(&session), progress, image_id))
     }
 
     /// Opens the build's session (context, Dockerfile, secrets, pull credentials) and posts
@@ -262,6 +323,26 @@ impl Engine {
         DockerError,
     > {
         let id = session_id(image);
+        let session = (self.open_session(&id, image, secrets, registry_auth, context)).await?;
+        let options = options
+            .version(BuilderVersion::BuilderBuildKit)
+            .session(&id)
+            .remote("client-session")
+            .dockerfile(SYNCED_DOCKERFILE)
+            .build();
+        let stream = session::post_build(&self.address, &self.api_prefix, &options).await?;
+        Ok((session, stream))
+    }
+
+    /// Opens build session `id`: the context and the Dockerfile, secrets, pull credentials.
+    async fn open_session(
+        &self,
+        id: &str,
+        image: &str,
+        secrets: HashMap<String, Vec<u8>>,
+        registry_auth: HashMap<String, DockerCredentials>,
+        context: ContextFiles,
+    ) -> Result<session::BuildSession, DockerError> {
         let failed = |message: String| DockerError::BuildFailed {
             step: None,
             message,
@@ -271,24 +352,18 @@ impl Engine {
             .map_err(|err| failed(format!("reading the context failed: {err}")))?
             .map_err(|err| failed(err.to_string()))?;
         let store = std::sync::Arc::new(session::SecretStore::new(secrets));
-        let session = session::open_session(
-            &self.address,
-            &self.api_prefix,
-            &id,
+        let context = filesync::ContextSync::new(image, dirs);
+        let address = (&self.address, self.api_prefix.as_str());
+        Ok(session::open_session(
+            address.0,
+            address.1,
+            id,
             "ecr-build",
             store,
             registry_auth,
-            filesync::ContextSync::new(image, dirs),
+            context,
         )
-        .await?;
-        let options = options
-            .version(BuilderVersion::BuilderBuildKit)
-            .session(&id)
-            .remote("client-session")
-            .dockerfile(SYNCED_DOCKERFILE)
-            .build();
-        let stream = session::post_build(&self.address, &self.api_prefix, &options).await?;
-        Ok((session, stream))
+        .await?)
     }
 
     /// The identity of the image the engine has under `reference`, as a build would use it: the
@@ -417,14 +492,45 @@ impl Engine {
     }
 }
 
+/// The built image, with what the session saw: the context BuildKit asked for; a warning for the
+/// secrets it asked for that the image has none of.
+fn built(
+    image: &str,
+    session: Option<&session::BuildSession>,
+    mut progress: BuildProgress<'_>,
+    id: String,
+) -> BuiltImage {
+    progress.flush();
+    if let Some(session) = session {
+        let missing = session.secrets().missing();
+        if !missing.is_empty() {
+            tracing::warn!(
+                image,
+                "the Dockerfile asked for secret(s) {} that are not configured for this image; \
+                 their mounts were left out",
+                missing.join(", ")
+            );
+        }
+    }
+    BuiltImage {
+        id,
+        context_requests: session.map(|s| s.context().requests()),
+        loaded_images: progress.loaded_images.into_iter().collect(),
+    }
+}
+
 /// The `/build` query both builders share.
 fn build_options(request: &BuildRequest<'_>) -> BuildImageOptionsBuilder {
+    let mut build_args: HashMap<String, String> = request.build_args.iter().cloned().collect();
+    if request.cache.inline && request.builder == Builder::Buildkit {
+        build_args.insert("BUILDKIT_INLINE_CACHE".into(), "1".into());
+    }
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(request.dockerfile)
         .t(request.reference)
         .rm(true)
         .forcerm(true)
-        .buildargs(&request.build_args.iter().cloned().collect())
+        .buildargs(&build_args)
         .labels(&request.labels.iter().cloned().collect());
     if let Some(target) = request.target {
         options = options.target(target);
@@ -435,8 +541,8 @@ fn build_options(request: &BuildRequest<'_>) -> BuildImageOptionsBuilder {
     if let Some(platform) = request.platform {
         options = options.platform(platform);
     }
-    if !request.cache_from.is_empty() {
-        options = options.cachefrom(&request.cache_from.to_vec());
+    if !request.cache.imports.is_empty() {
+        options = options.cachefrom(&request.cache.imports.to_vec());
     }
     options
 }
@@ -502,8 +608,8 @@ pub(crate) struct BuildRequest<'a> {
     pub build_args: &'a [(String, String)],
     pub labels: &'a [(String, String)],
     pub registry_auth: Option<HashMap<String, DockerCredentials>>,
-    /// Full references of images whose inline cache the build may reuse.
-    pub cache_from: &'a [String],
+    /// The cache to export (where the engine can; `POST /build` has inline cache only) and import.
+    pub cache: &'a CacheSpec,
     /// BuildKit secrets by id; values stay in memory and are served only on the build's session.
     pub secrets: HashMap<String, Vec<u8>>,
 }

@@ -61,7 +61,7 @@ impl<'a> BuildProgress<'a> {
         }
         match info.aux {
             Some(BuildInfoAux::BuildKit(status)) => {
-                self.buildkit_status(status);
+                self.status(status);
                 None
             }
             Some(BuildInfoAux::Default(image)) => image.id,
@@ -69,7 +69,8 @@ impl<'a> BuildProgress<'a> {
         }
     }
 
-    fn buildkit_status(&mut self, status: StatusResponse) {
+    /// BuildKit's status, from `/build`'s stream or from the control API.
+    pub(super) fn status(&mut self, status: StatusResponse) {
         for vertex in status.vertexes {
             if let Some(image) = loaded_image(&vertex.name) {
                 self.loaded_images.insert(image.to_owned());

@@ -55,7 +55,7 @@ use super::filesync::ContextSync;
 use super::host::EngineAddr;
 
 /// An error answer (not 2xx/101) as bollard reports it: the JSON `message` or the raw body.
-async fn server_error(response: Response<Incoming>) -> Error {
+pub(super) async fn server_error(response: Response<Incoming>) -> Error {
     let status_code = response.status().as_u16();
     let body = match response.into_body().collect().await {
         Ok(body) => body.to_bytes(),

@@ -10,7 +10,7 @@ use crate::bases;
 use crate::config::Builder;
 use crate::context::SyncRequest;
 use crate::decide::{self, Recipe, TagRules};
-use crate::docker::{BuildRequest, BuiltImage, DockerError, Engine};
+use crate::docker::{BuildRequest, BuiltImage, CacheSpec, DockerError, Engine};
 use crate::error::Result;
 use crate::prepare::PreparedImage;
 use crate::reference;
@@ -304,13 +304,14 @@ pub(super) async fn build_image(
             build_args.push((id.clone(), String::from_utf8_lossy(value).into_owned()));
         }
     }
-    if run.builder == Builder::Buildkit {
+    let cache = CacheSpec {
+        export: None,
         // The pushed image carries its cache metadata, so cache_from on a fresh host reuses its layers.
-        build_args.push(("BUILDKIT_INLINE_CACHE".into(), "1".into()));
-    }
-    let cache_from: Vec<String> = (image.plan.cache_from.iter())
-        .map(|reference| reference::qualify_reference(run.registry, reference))
-        .collect();
+        inline: run.builder == Builder::Buildkit,
+        imports: (image.plan.cache_from.iter())
+            .map(|reference| reference::qualify_reference(run.registry, reference))
+            .collect(),
+    };
     tracing::info!(
         image = name,
         "building {primary} ({} files, {} bytes of context)",
@@ -320,7 +321,7 @@ pub(super) async fn build_image(
     let dockerfile = image.files.dockerfile_in_context().to_owned();
     let request = BuildRequest {
         image: name,
-        cache_from: &cache_from,
+        cache: &cache,
         reference: &primary,
         dockerfile: &dockerfile,
         target: image.plan.target.as_deref(),

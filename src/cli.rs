@@ -150,6 +150,11 @@ pub struct PlanArgs {
     #[arg(long, value_name = "MODE", env = "ECR_BUILD_NETWORK")]
     pub network: Option<String>,
 
+    /// BuildKit's cache: max or min (a registry cache in ECR, `buildcache` tag; the default),
+    /// inline (in the image only) or off
+    #[arg(long, value_name = "MODE", env = "ECR_BUILD_CACHE")]
+    pub cache: Option<CacheArg>,
+
     /// Read every Docker Hub base image from this mirror instead, e.g. an ECR pull-through cache
     /// rule's prefix ACCOUNT.dkr.ecr.REGION.amazonaws.com/docker-hub, or public.ecr.aws/docker
     #[arg(long, value_name = "PREFIX", env = "ECR_BUILD_BASE_IMAGE_MIRROR")]
@@ -226,6 +231,15 @@ pub struct SingleImageArgs {
     )]
     pub cache_from: Vec<String>,
 
+    /// Repository that holds the image's registry cache [default: the image's own]
+    #[arg(
+        long = "cache-repository",
+        value_name = "REPOSITORY",
+        env = "ECR_BUILD_CACHE_REPOSITORY",
+        requires = "repository"
+    )]
+    pub cache_repository: Option<String>,
+
     /// Build argument KEY=VALUE, repeatable
     #[arg(
         long = "build-arg",
@@ -260,6 +274,14 @@ pub struct ExecArgs {
 pub enum ImageUriArg {
     Tag,
     Digest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheArg {
+    Max,
+    Min,
+    Inline,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

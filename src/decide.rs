@@ -6,19 +6,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Builder, ImagePlan};
+use crate::config::{Builder, CacheMode, ImagePlan};
 
 /// Everything that decides an image besides its files; hashed into the context digest. JSON, so no two
 /// different inputs can produce the same bytes.
-/// `platform` is the one the image is built for, where the configuration names one;
-/// `base_image_mirror` is where its Docker Hub bases are read from, where the run sets one.
+/// `platform` is the one the image is built for, where the configuration names one.
 pub(crate) fn digest_inputs(
     image: &ImagePlan,
-    builder: Builder,
+    run: &RunInputs<'_>,
     dockerfile_in_context: &str,
     platform: Option<&str>,
-    base_image_mirror: Option<&str>,
 ) -> Vec<u8> {
+    let builder = run.builder;
     let mut inputs = serde_json::json!({
         "builder": format!("{builder:?}"),
         "dockerfile": dockerfile_in_context,
@@ -39,10 +38,23 @@ pub(crate) fn digest_inputs(
     if !image.labels.is_empty() {
         inputs["labels"] = serde_json::json!(image.labels);
     }
-    if let Some(mirror) = base_image_mirror {
+    if let Some(mirror) = run.base_image_mirror {
         inputs["base_image_mirror"] = mirror.into();
     }
+    // Every other mode keeps the inline cache's metadata in the image; `off` makes another image.
+    if image.cache.unwrap_or(run.cache) == CacheMode::Off {
+        inputs["cache"] = "off".into();
+    }
     serde_json::to_vec(&inputs).expect("plain values serialize")
+}
+
+/// What the run's settings add to every image's inputs.
+pub(crate) struct RunInputs<'a> {
+    pub builder: Builder,
+    /// Where Docker Hub bases are read from, where the run sets a mirror.
+    pub base_image_mirror: Option<&'a str>,
+    /// The run's cache mode, for images that set none.
+    pub cache: CacheMode,
 }
 
 /// What decides an image for one platform besides the files its build reads: its settings and
@@ -449,13 +461,20 @@ mod tests {
             network: None,
             platforms: Vec::new(),
             labels: Vec::new(),
+            cache: None,
+            cache_repository: None,
         }
     }
 
     #[test]
     fn digest_inputs_separate_everything_that_decides_the_image() {
+        let run = |builder| RunInputs {
+            builder,
+            base_image_mirror: None,
+            cache: CacheMode::Max,
+        };
         let inputs = |image: &ImagePlan, builder, dockerfile| {
-            digest_inputs(image, builder, dockerfile, None, None)
+            digest_inputs(image, &run(builder), dockerfile, None)
         };
         let base = inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile");
         let mut with_secret = image(&[("A", "1")], None);
@@ -498,6 +517,33 @@ mod tests {
             base,
             inputs(&image(&[("A", "1")], None), Builder::Buildkit, "Dockerfile")
         );
+        // Where the bases come from, and an image without the inline cache's metadata, are inputs;
+        // the other cache modes all make the same image.
+        let mirrored = RunInputs {
+            base_image_mirror: Some("mirror.example/docker-hub"),
+            ..run(Builder::Buildkit)
+        };
+        let plain = image(&[("A", "1")], None);
+        assert_ne!(base, digest_inputs(&plain, &mirrored, "Dockerfile", None));
+        for (mode, same) in [
+            (CacheMode::Min, true),
+            (CacheMode::Inline, true),
+            (CacheMode::Off, false),
+        ] {
+            let own = ImagePlan {
+                cache: Some(mode),
+                ..plain.clone()
+            };
+            assert_eq!(same, base == inputs(&own, Builder::Buildkit, "Dockerfile"));
+            let run_wide = RunInputs {
+                cache: mode,
+                ..run(Builder::Buildkit)
+            };
+            assert_eq!(
+                same,
+                base == digest_inputs(&plain, &run_wide, "Dockerfile", None)
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod artifacts;
 mod aws;
 mod bases;
+mod cache;
 pub mod cli;
 mod compose;
 mod config;

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Builder, ConfigError, ImagePlan, Plan};
+use crate::config::{Builder, CacheMode, ConfigError, ImagePlan, Plan};
 use crate::context::{
     ContextError, ContextFiles, DockerfileSource, SharedWalk, collect_with, own_output_files,
 };
-use crate::decide::{self, Recipe};
+use crate::decide::{self, Recipe, RunInputs};
 use crate::dockerfile::{self, BuildFacts, ContextInputs, context_inputs};
 
 /// An image whose context has been read: the files to send, its recipe, and the Dockerfile
@@ -49,6 +49,7 @@ struct RunWide {
     builder: Builder,
     network: Option<String>,
     base_image_mirror: Option<String>,
+    cache: CacheMode,
 }
 
 /// Walks and hashes every image's context, in parallel, off the async threads. The run's own
@@ -71,6 +72,7 @@ pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedIma
             builder: plan.builder,
             network: plan.network.clone(),
             base_image_mirror: plan.base_image_mirror.clone(),
+            cache: plan.cache,
         };
         let withheld = withheld.clone();
         tokio::task::spawn_blocking(move || {
@@ -188,8 +190,12 @@ fn digest_inputs(
     dockerfile: &str,
     platform: Option<&str>,
 ) -> Vec<u8> {
-    let mirror = run.base_image_mirror.as_deref();
-    decide::digest_inputs(image, run.builder, dockerfile, platform, mirror)
+    let inputs = RunInputs {
+        builder: run.builder,
+        base_image_mirror: run.base_image_mirror.as_deref(),
+        cache: run.cache,
+    };
+    decide::digest_inputs(image, &inputs, dockerfile, platform)
 }
 
 /// The first guess's digest for `platform` (or none) and what the analysis says the Dockerfile

@@ -193,13 +193,24 @@ impl Repository<'_> {
     }
 
     /// The manifest under `tag`, if there is one.
+    /// The image under `tag`; BuildKit's cache is never taken for one.
     pub(crate) async fn manifest(&self, tag: &str) -> Result<Option<Manifest>> {
         let (client, repository) = (&self.access.client, self.repository);
         self.access.current().await?;
-        Ok((self.call(&format!("looking up {repository}:{tag}"), || {
+        let found = (self.call(&format!("looking up {repository}:{tag}"), || {
             client.get_manifest(repository, tag)
         }))
-        .await?)
+        .await?;
+        Ok(found.filter(|manifest| {
+            let cache = manifest::is_build_cache(manifest);
+            if cache {
+                tracing::warn!(
+                    image = self.image,
+                    "{repository}:{tag} holds BuildKit's cache, not an image"
+                );
+            }
+            !cache
+        }))
     }
 
     /// What the run's tags hold, for putting `target` (an index) under them.

@@ -5,6 +5,10 @@ use crate::reference::check_repository;
 
 /// The checks of one image that need nothing else.
 pub(super) fn check_image(image: &ImagePlan, builder: Builder) -> Result<(), String> {
+    if let Some(repository) = &image.cache_repository {
+        check_repository(repository)
+            .map_err(|m| format!("image {}: cache_repository: {m}", image.name))?;
+    }
     for platform in &image.platforms {
         crate::reference::check_platform(platform)
             .map_err(|m| format!("image {}: {m}", image.name))?;

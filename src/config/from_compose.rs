@@ -8,8 +8,8 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use super::{
-    ArtifactFlags, ArtifactsSection, ArtifactsSettings, Builder, ConfigError, ConfigFile,
-    DEFAULT_TAG, ImagePlan, Plan, PlanParts, RunSettings, SecretSource, finish,
+    ArtifactFlags, ArtifactsSection, ArtifactsSettings, Builder, CacheMode, ConfigError,
+    ConfigFile, DEFAULT_TAG, ImagePlan, Plan, PlanParts, RunSettings, SecretSource, finish,
     parse_secret_overrides,
 };
 use crate::cli::PlanArgs;
@@ -95,6 +95,7 @@ struct ProjectSettings {
     network: Option<String>,
     builder: Option<Builder>,
     base_image_mirror: Option<String>,
+    cache: Option<CacheMode>,
     ssm_path: Option<String>,
     #[serde(default)]
     artifacts: ArtifactsSection,
@@ -112,6 +113,8 @@ struct ServiceSettings {
     ssm_path: Option<String>,
     #[serde(default)]
     allow_secret_build_args: bool,
+    cache: Option<CacheMode>,
+    cache_repository: Option<String>,
 }
 
 impl RunSettings {
@@ -123,6 +126,7 @@ impl RunSettings {
             network: settings.network.clone(),
             builder: settings.builder,
             base_image_mirror: settings.base_image_mirror.clone(),
+            cache: settings.cache,
         }
     }
 }
@@ -220,6 +224,8 @@ fn image_plan(
             _ => service.platforms.clone(),
         },
         labels: service.labels.clone(),
+        cache: settings.cache,
+        cache_repository: settings.cache_repository.clone(),
         ..ImagePlan::new(name, service.repository.clone(), context, dockerfile)
     })
 }

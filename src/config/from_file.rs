@@ -7,8 +7,8 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use super::{
-    ArtifactFlags, ArtifactsSection, Builder, ConfigError, ImagePlan, Plan, PlanParts, RunSettings,
-    SecretSource, clean, finish, parse_secret_overrides,
+    ArtifactFlags, ArtifactsSection, Builder, CacheMode, ConfigError, ImagePlan, Plan, PlanParts,
+    RunSettings, SecretSource, clean, finish, parse_secret_overrides,
 };
 use crate::cli::PlanArgs;
 
@@ -25,6 +25,7 @@ pub(super) struct ConfigFile {
     pub(super) network: Option<String>,
     pub(super) builder: Option<Builder>,
     pub(super) base_image_mirror: Option<String>,
+    pub(super) cache: Option<CacheMode>,
     #[serde(default)]
     pub(super) artifacts: ArtifactsSection,
     pub(super) images: Option<IndexMap<String, ImageSection>>,
@@ -47,6 +48,8 @@ pub(super) struct ImageSection {
     #[serde(default)]
     cache_from: Vec<String>,
     platforms: Option<Vec<String>>,
+    cache: Option<CacheMode>,
+    cache_repository: Option<String>,
 }
 
 impl RunSettings {
@@ -57,6 +60,7 @@ impl RunSettings {
             network: file.network.clone(),
             builder: file.builder,
             base_image_mirror: file.base_image_mirror.clone(),
+            cache: file.cache,
         }
     }
 }
@@ -146,6 +150,8 @@ fn image_from_section(
         ssm_path: section.ssm_path.or_else(|| file.ssm_path.clone()),
         allow_secret_build_args: section.allow_secret_build_args,
         cache_from: section.cache_from,
+        cache: section.cache,
+        cache_repository: section.cache_repository,
         platforms: (section.platforms)
             .or_else(|| file.platforms.clone())
             .unwrap_or_default(),

@@ -21,6 +21,7 @@ pub(super) fn plan_from_flags(
         target,
         build_args,
         cache_from,
+        cache_repository,
     } = &args.single;
     let repository = repository.clone().unwrap_or_default();
     let name = name.clone().unwrap_or_else(|| {
@@ -55,6 +56,7 @@ pub(super) fn plan_from_flags(
                 target: target.clone(),
                 build_args,
                 cache_from: cache_from.clone(),
+                cache_repository: cache_repository.clone(),
                 ..ImagePlan::new(name, repository, context.clone(), dockerfile)
             }],
             source_dir: context,

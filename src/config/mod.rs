@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::cli::{BuilderArg, ImageUriArg, PlanArgs};
+use crate::cli::{BuilderArg, CacheArg, ImageUriArg, PlanArgs};
 use crate::reference::normalize_registry;
 use crate::tags::TagTemplate;
 
@@ -78,6 +78,29 @@ fn escape_controls(text: &str) -> String {
 pub(crate) enum Builder {
     Buildkit,
     Legacy,
+}
+
+/// BuildKit's cache for an image: a registry cache beside it (`max`: every stage's layers; `min`:
+/// the final image's), the image's own metadata (`inline`), or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CacheMode {
+    #[default]
+    Max,
+    Min,
+    Inline,
+    Off,
+}
+
+impl From<CacheArg> for CacheMode {
+    fn from(arg: CacheArg) -> Self {
+        match arg {
+            CacheArg::Max => Self::Max,
+            CacheArg::Min => Self::Min,
+            CacheArg::Inline => Self::Inline,
+            CacheArg::Off => Self::Off,
+        }
+    }
 }
 
 /// How the deploy artifacts name an image.
@@ -214,6 +237,8 @@ pub(crate) struct Plan {
     pub builder: Builder,
     /// Where Docker Hub's base images are read from instead: `host[/path]`, no trailing slash.
     pub base_image_mirror: Option<String>,
+    /// Every image's cache, unless the image sets its own.
+    pub cache: CacheMode,
     pub artifacts: ArtifactsPlan,
     pub images: Vec<ImagePlan>,
     /// Where `git rev-parse HEAD` is asked for the commit.
@@ -250,6 +275,10 @@ pub(crate) struct ImagePlan {
     pub platforms: Vec<String>,
     /// Labels the image gets besides ecr-build's own.
     pub labels: Vec<(String, String)>,
+    /// The image's own `cache`, over the run's.
+    pub cache: Option<CacheMode>,
+    /// Where its registry cache goes; `None`: its own repository.
+    pub cache_repository: Option<String>,
 }
 
 impl ImagePlan {
@@ -271,7 +300,14 @@ impl ImagePlan {
             network: None,
             platforms: Vec::new(),
             labels: Vec::new(),
+            cache: None,
+            cache_repository: None,
         }
+    }
+
+    /// The repository its registry cache goes to.
+    pub(crate) fn cache_repository(&self) -> &str {
+        self.cache_repository.as_deref().unwrap_or(&self.repository)
     }
 
     pub(crate) fn has_secrets(&self) -> bool {
@@ -427,6 +463,7 @@ struct RunSettings {
     network: Option<String>,
     builder: Option<Builder>,
     base_image_mirror: Option<String>,
+    cache: Option<CacheMode>,
 }
 
 impl RunSettings {
@@ -437,6 +474,7 @@ impl RunSettings {
             network: args.network.clone(),
             builder: args.builder.map(Builder::from),
             base_image_mirror: args.base_image_mirror.clone(),
+            cache: args.cache.map(CacheMode::from),
         }
     }
 
@@ -448,6 +486,7 @@ impl RunSettings {
             network: self.network.or(lower.network),
             builder: self.builder.or(lower.builder),
             base_image_mirror: self.base_image_mirror.or(lower.base_image_mirror),
+            cache: self.cache.or(lower.cache),
         }
     }
 }
@@ -481,6 +520,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         network,
         builder,
         base_image_mirror,
+        cache,
     } = parts.settings;
     let (tags, builder) = (
         tags.unwrap_or_else(|| vec![DEFAULT_TAG.into()]),
@@ -523,6 +563,20 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
     for image in &parts.images {
         check_image(image, builder).map_err(invalid)?;
     }
+    let cache = cache.unwrap_or_default();
+    let registry_caches = (parts.images.iter())
+        .filter(|image| {
+            matches!(
+                image.cache.unwrap_or(cache),
+                CacheMode::Max | CacheMode::Min
+            )
+        })
+        .map(|image| image.cache_repository());
+    if let Some(duplicate) = first_duplicate(registry_caches) {
+        return Err(invalid(format!(
+            "two images keep their BuildKit cache in repository {duplicate} under the same tag; give each its own cache_repository"
+        )));
+    }
     if let Some(duplicate) = first_duplicate(parts.images.iter().map(|i| &i.repository)) {
         return Err(invalid(format!(
             "two images push to repository {duplicate} with the same tags; give each image its own repository"
@@ -537,6 +591,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         network,
         builder,
         base_image_mirror,
+        cache,
         artifacts,
         images: parts.images,
         source_dir: parts.source_dir,
@@ -549,9 +604,11 @@ fn clean(path: &Path) -> PathBuf {
     path.components().collect()
 }
 
-fn first_duplicate<'a>(items: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+fn first_duplicate<'a, T: AsRef<str> + ?Sized + 'a>(
+    items: impl Iterator<Item = &'a T>,
+) -> Option<&'a str> {
     let mut seen = std::collections::HashSet::new();
-    items.into_iter().find(|item| !seen.insert(*item))
+    items.map(AsRef::as_ref).find(|item| !seen.insert(*item))
 }
 
 /// `--secret ID=SOURCE`
@@ -1112,6 +1169,8 @@ mod proptests {
         "network",
         "builder",
         "base_image_mirror",
+        "cache",
+        "cache_repository",
         "artifacts",
         "images",
         "dir",

@@ -334,6 +334,11 @@ impl Engine {
         Ok((session, stream))
     }
 
+    /// Whether BuildKit can export its cache to a registry here (the containerd image store).
+    pub(crate) fn can_export_cache(&self) -> bool {
+        self.containerd_store
+    }
+
     /// Opens build session `id`: the context and the Dockerfile, secrets, pull credentials.
     async fn open_session(
         &self,

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::artifacts;
 use crate::aws::AwsEnv;
 use crate::aws::{self, ecr, ecr::EcrRegistry};
-use crate::config::Plan;
+use crate::config::{Builder, CacheMode, Plan};
 use crate::decide::{Recipe, TagRules};
 use crate::docker::{Engine, HostEnv};
 use crate::error::{Error, Result};
@@ -153,7 +153,13 @@ async fn remote_side(
         let secrets = secrets::resolve(plan, None).await?;
         return Ok((registry, None, HashMap::new(), secrets));
     }
-    let repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
+    // A cache repository of its own is checked too, and its tag rules are known.
+    let mut repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
+    for image in &plan.images {
+        if !repositories.contains(&image.cache_repository()) {
+            repositories.push(image.cache_repository());
+        }
+    }
     let aws = aws::connect(plan.registry.as_deref(), &repositories, env).await?;
     let secrets = secrets::resolve(plan, Some((&aws.ssm, &aws.region))).await?;
     Ok((aws.registry, Some(aws.access), aws.rules, secrets))
@@ -261,8 +267,27 @@ pub(crate) async fn build(
         retry_budget: settings.retry_budget,
         build_slots: tokio::sync::Semaphore::new(settings.jobs),
         partial: plan.partial,
+        cache: plan.cache,
         bases: resolved_bases,
     };
+    let registry_cache_wanted = (plan.images.iter()).any(|image| {
+        matches!(
+            image.cache.unwrap_or(plan.cache),
+            CacheMode::Max | CacheMode::Min
+        )
+    });
+    if registry_cache_wanted
+        && plan.builder == Builder::Buildkit
+        && run.access.is_some()
+        && !engine.can_export_cache()
+    {
+        tracing::warn!(
+            "the engine keeps its images in the classic image store, which cannot export BuildKit's \
+             cache: building with the inline cache only; turn on the containerd image store \
+             (\"features\": {{\"containerd-snapshotter\": true}} in the daemon's daemon.json) for a \
+             registry cache"
+        );
+    }
     let succeeded = report::summarize(build_all(&run, prepared, secrets).await, &run_tags.tags)?;
     if plan.partial {
         tracing::info!(

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::aws::ecr::{EcrLogin, EcrRegistry};
 use crate::bases;
-use crate::config::Builder;
+use crate::cache;
+use crate::config::{Builder, CacheMode};
 use crate::context::SyncRequest;
 use crate::decide::{self, Recipe, TagRules};
 use crate::docker::{BuildRequest, BuiltImage, CacheSpec, DockerError, Engine};
@@ -41,6 +42,8 @@ pub(super) struct RunContext<'a> {
     pub(super) build_slots: tokio::sync::Semaphore,
     /// A fan-out job's part: only ctx- tags are pushed.
     pub(super) partial: bool,
+    /// Every image's cache, unless the image sets its own.
+    pub(super) cache: CacheMode,
     /// Every image's base images, resolved once for the run (normalized reference → digest).
     pub(super) bases: HashMap<String, std::result::Result<String, String>>,
 }
@@ -280,6 +283,42 @@ fn image_labels(
     labels
 }
 
+/// The cache the build of `image` (for `platform`) exports and imports: its registry cache where
+/// the engine and the repository can keep one, and the images of its `cache_from`.
+fn cache_spec(run: &RunContext<'_>, image: &PreparedImage, platform: Option<&str>) -> CacheSpec {
+    let repository = image.plan.cache_repository();
+    let tag = cache::cache_tag(platform, !image.variants.is_empty());
+    let can_export =
+        run.builder == Builder::Buildkit && run.engine.can_export_cache() && run.access.is_some();
+    let immutable = (run.rules.get(repository)).is_some_and(|rules| rules.is_immutable(&tag));
+    let choice = cache::choose(image.plan.cache.unwrap_or(run.cache), can_export, immutable);
+    if choice.fallback == Some(cache::Fallback::ImmutableTag) {
+        tracing::warn!(
+            image = %image.plan.name,
+            "repository {repository} does not let the tag {tag} move (its tags are immutable): \
+             inline cache only; add the exclusion filter {}* to the repository's tag mutability \
+             (IMMUTABLE_WITH_EXCLUSION) to keep a registry cache",
+            cache::CACHE_TAG
+        );
+    }
+    let reference = RepositoryUri::new(run.registry, repository).tagged(&tag);
+    let mut imports: Vec<String> = choice
+        .registry_mode
+        .map(|_| reference.clone())
+        .into_iter()
+        .collect();
+    imports.extend(
+        (image.plan.cache_from.iter()).map(|from| reference::qualify_reference(run.registry, from)),
+    );
+    CacheSpec {
+        export: choice
+            .registry_mode
+            .map(|mode| (reference, mode.to_owned())),
+        inline: choice.inline && run.builder == Builder::Buildkit,
+        imports,
+    }
+}
+
 /// Builds the image and tags it locally with every tag of `spec`.
 pub(super) async fn build_image(
     run: &RunContext<'_>,
@@ -304,14 +343,7 @@ pub(super) async fn build_image(
             build_args.push((id.clone(), String::from_utf8_lossy(value).into_owned()));
         }
     }
-    let cache = CacheSpec {
-        export: None,
-        // The pushed image carries its cache metadata, so cache_from on a fresh host reuses its layers.
-        inline: run.builder == Builder::Buildkit,
-        imports: (image.plan.cache_from.iter())
-            .map(|reference| reference::qualify_reference(run.registry, reference))
-            .collect(),
-    };
+    let cache = cache_spec(run, image, spec.platform);
     tracing::info!(
         image = name,
         "building {primary} ({} files, {} bytes of context)",

@@ -46,6 +46,16 @@ pub(crate) fn config_digest(manifest: &Manifest) -> Result<Option<String>, Strin
         .ok_or_else(|| "the manifest names no config blob".to_owned())
 }
 
+/// The config media type of BuildKit's registry cache.
+pub(crate) const BUILD_CACHE_CONFIG: &str = "application/vnd.buildkit.cacheconfig.v0";
+
+/// Whether `manifest` is BuildKit's cache (its config is the cache's), not an image.
+pub(crate) fn is_build_cache(manifest: &Manifest) -> bool {
+    (parse(&manifest.bytes, "manifest").ok())
+        .and_then(|value| value["config"]["mediaType"].as_str().map(str::to_owned))
+        .is_some_and(|media_type| media_type == BUILD_CACHE_CONFIG)
+}
+
 /// `manifest`'s image with `label` set to `revision` in its config (`config` is that blob).
 /// `None` when it already carries that revision, so that a re-run of a commit, or the commit the
 /// image was built for, keeps its digest. Deterministic: the same inputs give the same bytes.
@@ -273,6 +283,26 @@ mod tests {
         );
         // The same commit again gives the same bytes, so the same digest.
         assert_eq!(restamp(&built, &old, LABEL, "bbbb").unwrap().unwrap(), new);
+    }
+
+    #[test]
+    fn buildkit_s_cache_is_told_from_an_image_by_its_config() {
+        let image = manifest(&config("aaaa"));
+        assert!(!is_build_cache(&image));
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::registry::OCI_MANIFEST,
+            "config": {"mediaType": BUILD_CACHE_CONFIG, "digest": "sha256:aa", "size": 1},
+            "layers": [],
+        }))
+        .unwrap();
+        let cache = Manifest {
+            digest: sha256_digest(&bytes),
+            bytes: bytes.into(),
+            media_type: crate::registry::OCI_MANIFEST.into(),
+        };
+        assert!(is_build_cache(&cache));
+        assert!(!is_build_cache(&record_manifest("{}")));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! scripts/test.sh starts once for the whole run. One test binary, so the services are shared.
 
 mod build;
+mod cache;
 mod codebuild;
 mod compose;
 mod differential;

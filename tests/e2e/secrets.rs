@@ -73,6 +73,22 @@ fn ssm_secret_reaches_the_run_step_and_nowhere_else() {
         !contains(&saved, &value),
         "a layer of the image holds the secret"
     );
+    // Where the engine exports BuildKit's cache, no blob of it holds the secret either.
+    let cached = registry_tags(&repository).contains("buildcache");
+    assert_eq!(cached, containerd_store());
+    if cached {
+        let cache = registry_manifest(&repository, "buildcache");
+        let blobs = std::iter::once(&cache["config"]).chain(cache["layers"].as_array().unwrap());
+        for blob in blobs {
+            let digest = blob["digest"].as_str().unwrap();
+            let bytes = uncompressed(registry_blob(&repository, digest));
+            assert!(
+                !contains(&bytes, &value),
+                "the cache blob {digest} holds the secret"
+            );
+        }
+        assert!(cache["layers"].as_array().unwrap().len() > 1, "{cache}");
+    }
     for (path, bytes) in files_below(ws.path()) {
         assert!(
             !contains(&bytes, &value),

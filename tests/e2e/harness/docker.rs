@@ -75,6 +75,12 @@ pub fn saved_image(image: &str) -> Vec<u8> {
     bytes
 }
 
+/// Whether the engine under test keeps its images in the containerd image store (the one that
+/// can export BuildKit's cache).
+pub fn containerd_store() -> bool {
+    docker(&["info", "--format", "{{json .DriverStatus}}"]).contains("io.containerd.snapshotter")
+}
+
 pub fn image_exists(reference: &str) -> bool {
     Command::new("docker")
         .args(["image", "inspect", reference])

@@ -44,6 +44,11 @@ pub fn registry_layers(repository: &str, reference: &str) -> Vec<String> {
         .collect()
 }
 
+/// A blob of a repository in the test registry.
+pub fn registry_blob(repository: &str, digest: &str) -> Vec<u8> {
+    registry_get(&format!("/v2/{repository}/blobs/{digest}"))
+}
+
 #[track_caller]
 fn registry_get(path: &str) -> Vec<u8> {
     let url = format!("http://{}{path}", services().registry);

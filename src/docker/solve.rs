@@ -150,6 +150,9 @@ pub(super) fn solve_request(spec: &SolveSpec<'_>) -> SolveRequest {
                 ("mode", mode.as_str()),
                 ("image-manifest", "true"),
                 ("oci-mediatypes", "true"),
+                // A cache that cannot be written (the registry down for a moment) costs the next
+                // host time, not this build.
+                ("ignore-error", "true"),
             ],
         ));
     }
@@ -253,6 +256,7 @@ mod tests {
         assert_eq!(export.attrs["mode"], "max");
         assert_eq!(export.attrs["image-manifest"], "true");
         assert_eq!(export.attrs["oci-mediatypes"], "true");
+        assert_eq!(export.attrs["ignore-error"], "true");
         assert_eq!(options.imports[0].attrs["ref"], "r.example/web:buildcache");
         assert!(attrs["cache-imports"].contains("r.example/web:buildcache"));
         assert!(request.entitlements.is_empty());

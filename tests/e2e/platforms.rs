@@ -106,6 +106,27 @@ fn two_platforms_make_an_index_of_two_images_each_built_for_its_architecture() {
         ws.read("imagedefinitions.json")
             .contains(&format!("{repository}:{sha}\""))
     );
+    // Each platform keeps a registry cache of its own where the engine can export one.
+    let caches: Vec<String> = (registry_tags(&repository).into_iter())
+        .filter(|tag| tag.starts_with("buildcache"))
+        .collect();
+    match containerd_store() {
+        true => {
+            assert_eq!(caches, ["buildcache-amd64", "buildcache-arm64"]);
+            let digests: Vec<_> = (caches.iter())
+                .map(|tag| {
+                    let cache = registry_manifest(&repository, tag);
+                    assert_eq!(
+                        cache["config"]["mediaType"],
+                        "application/vnd.buildkit.cacheconfig.v0"
+                    );
+                    registry_digest(&repository, tag)
+                })
+                .collect();
+            assert_ne!(digests[0], digests[1]);
+        }
+        false => assert!(caches.is_empty(), "{caches:?}"),
+    }
 
     // Nothing changed, new commit: every platform is reused, a new index names the new commit.
     let next = new_sha();

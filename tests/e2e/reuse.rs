@@ -398,7 +398,7 @@ fn only_some_images_make_a_part_that_a_full_run_completes() {
     assert_eq!(part.result("worker"), "pushed");
     assert!(!ws.exists("imagedefinitions.json"));
     assert!(registry_tags(&web).is_empty(), "web is no part of it");
-    let worker_tags = registry_tags(&worker);
+    let worker_tags = image_tags(&worker);
     let (ctx, record): (Vec<_>, Vec<_>) = worker_tags.iter().partition(|t| t.starts_with("ctx-"));
     assert!(
         ctx.len() == 1 && record.len() == 1 && record[0].starts_with("rcp-"),

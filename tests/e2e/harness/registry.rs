@@ -44,6 +44,14 @@ pub fn registry_layers(repository: &str, reference: &str) -> Vec<String> {
         .collect()
 }
 
+/// The tags of a repository in the test registry that name images: BuildKit's cache (`buildcache`,
+/// which an engine with the containerd image store keeps beside each image) left out.
+pub fn image_tags(repository: &str) -> BTreeSet<String> {
+    (registry_tags(repository).into_iter())
+        .filter(|tag| !tag.starts_with("buildcache"))
+        .collect()
+}
+
 /// A blob of a repository in the test registry.
 pub fn registry_blob(repository: &str, digest: &str) -> Vec<u8> {
     registry_get(&format!("/v2/{repository}/blobs/{digest}"))

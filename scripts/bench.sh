@@ -5,7 +5,7 @@
 # driver), on the same Docker engine, registry and moto. Run by hand; not part of CI.
 #
 #   scripts/bench.sh [--rounds N] [--quick] [--bin PATH] [--no-drop-caches] [--keep] [--platforms-only]
-#                    [--engine 20.10|28]
+#                    [--engine 20.10|28|28-containerd] [--cache-only]
 #
 #   --rounds N         rounds per scenario (default 5); each round runs both tools
 #   --quick            2 rounds, a smaller large context (10,000 files, 60 MB) and a 256 MB hashing
@@ -15,6 +15,8 @@
 #   --no-drop-caches   do not drop the page cache for the cold hashing measurement
 #   --keep             keep the services' state dir and the fixtures (their paths are printed)
 #   --platforms-only   only the multi-platform measurement (below)
+#   --cache-only       only the fresh-host cache measurement (below), on 28-containerd unless
+#                      --engine names another
 #   --engine V         the engine (and its docker CLI) to measure on: 20.10 (Debian 12's, the default)
 #                      or 28 (Docker 28.5, as CodeBuild's current images ship it)
 #
@@ -52,6 +54,12 @@
 # engines, one platform each at the same time (`--platform`), followed by the final run on the
 # main engine, which finds both parts and only puts the index and writes the artifacts. Each round
 # uses new repositories and new content, so every platform is built.
+# Fresh-host cache (--cache-only; needs the containerd image store, so 28-containerd by default):
+# one image from a multi-stage Dockerfile whose dependency stage (not in the final image) takes
+# seconds; built once, then the engine is reset as on a new CodeBuild host and one source file
+# changes. Timed for ecr-build (its registry cache, `buildcache`), `docker buildx bake --push` with
+# the same registry cache (cache-to/cache-from type=registry, mode=max, image-manifest) and
+# ecr-build --cache inline. Targets: <= 0.90 x bake with a registry cache, <= 0.25 x inline.
 # Then `ecr-build plan` over a context of ~1 GB of sent data gives the context hashing throughput
 # (sent bytes / wall time; page cache dropped when permitted, and warm) and its peak RSS, and
 # `ecr-build build --dry-run` of that context the peak RSS while it streams the tar to the engine.
@@ -100,6 +108,7 @@ load_at_end=
 large_summary=
 hash_summary=
 platforms_only=0
+cache_only=0
 hash_warm_mbs=
 hash_cold_mbs=
 plan_rss=
@@ -140,6 +149,7 @@ parse_args() {
         --no-drop-caches) drop_caches=0 ;;
         --keep) keep=1 ;;
         --platforms-only) platforms_only=1 ;;
+        --cache-only) cache_only=1 ;;
         --engine)
             (($# >= 2)) && [[ $2 == 20.10 || $2 == 28 || $2 == 28-containerd ]] || usage
             export ECR_BUILD_ENGINE=$2
@@ -153,6 +163,9 @@ parse_args() {
         esac
         shift
     done
+    if ((cache_only)) && [[ -z ${ECR_BUILD_ENGINE:-} ]]; then
+        export ECR_BUILD_ENGINE=28-containerd
+    fi
     if ((quick)); then
         rounds=2
         large_files=10000
@@ -334,6 +347,8 @@ EOF
     for name in "$@"; do
         code=$(ecr_build_http_code -I -u "$ECR_BUILD_TEST_REGISTRY_USER:$ECR_BUILD_TEST_REGISTRY_PASSWORD" \
             -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+            -H 'Accept: application/vnd.oci.image.index.v1+json' \
+            -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
             "http://$registry/v2/$prefix/$name/manifests/$tag")
         [[ $code == 200 ]] || die "$tool: $registry/$prefix/$name:$tag is not in the registry (HTTP $code; log: $logf)"
     done
@@ -429,6 +444,63 @@ platforms_app() {
     printf 'tags = ["{short_sha}"]\nnetwork = "none"\nplatforms = ["linux/amd64", "linux/arm64"]\n[images.app]\nrepository = "%s/app"\n' \
         "$prefix" >"$app/ecr-build.toml"
     create_repositories "$prefix" app
+}
+
+# The fresh-host cache app: a dependency stage that takes seconds and is not in the final image,
+# then a short "compile" of src/ in the final stage.
+cache_app() {
+    local app=$1 nonce=$2 mb=$3
+    mkdir -p "$app/src"
+    printf '%s\n' "FROM $ECR_BUILD_BASE_IMAGE_NAME AS deps" 'COPY deps.txt /deps.txt' \
+        "RUN dd if=/dev/zero bs=1M count=$mb 2>/dev/null | sha256sum > /deps.out && cat /deps.txt >> /deps.out" \
+        "FROM $ECR_BUILD_BASE_IMAGE_NAME" 'COPY --from=deps /deps.out /deps.out' 'COPY src /src' \
+        'RUN cat /src/* /deps.out | sha256sum > /build.out' >"$app/Dockerfile"
+    echo "dependencies $nonce" >"$app/deps.txt"
+    echo "main $nonce" >"$app/src/main.sh"
+}
+
+measure_cache() {
+    local mb=3000
+    ((quick)) && mb=1500
+    local round i tool prefix app sha logf t0 secs rc step
+    local -a tools=(ecr-build bake-cache ecr-build-inline)
+    for ((round = 1; round <= rounds; round++)); do
+        for ((i = 0; i < ${#tools[@]}; i++)); do
+            tool=${tools[$(((i + round) % ${#tools[@]}))]}
+            prefix=bench-cache-r$round-$tool
+            app=$work/cache-r$round-$tool/app
+            cache_app "$app" "$round-$tool" "$mb"
+            create_repositories "$prefix" app
+            for step in first fresh-one-changed; do
+                sha=$(new_sha)
+                logf=$out_dir/logs/r$round-cache-$step-$tool.log
+                rm -f "$app/../imagedefinitions.json"
+                reset_engine
+                [[ $step == first ]] || echo "main $round-$tool changed" >"$app/src/main.sh"
+                rc=0
+                t0=$EPOCHREALTIME
+                case $tool in
+                ecr-build | ecr-build-inline)
+                    write_config "$app/.." "$prefix" app
+                    local -a extra=()
+                    [[ $tool == ecr-build-inline ]] && extra=(--cache inline)
+                    CODEBUILD_RESOLVED_SOURCE_VERSION=$sha "$bin" build --config "$app/../ecr-build.toml" \
+                        --registry "$registry" --output-dir "$app/.." "${extra[@]}" \
+                        >"${logf%.log}.summary" 2>"$logf" || rc=$?
+                    ;;
+                bake-cache) REGISTRY_CACHE=1 run_tool bake "$app/.." "$prefix" "$sha" "$logf" app || rc=$? ;;
+                esac
+                secs=$(seconds_between "$t0" "$EPOCHREALTIME")
+                if ((rc != 0)); then
+                    tail -n 30 "$logf" >&2
+                    die "$tool failed in the cache scenario, round $round (exit $rc)"
+                fi
+                verify_run "$tool" "$app/.." "$prefix" "$sha" "$logf" app
+                printf 'cache-%s\t%s\t%s\t%s\t\n' "$step" "$tool" "$round" "$secs" >>"$times"
+                log "round $round  cache-$step $(printf '%-17s %7.2f s' "$tool" "$secs")"
+            done
+        done
+    done
 }
 
 # platform_run LOG SHA DOCKER_HOST [ARGS...]: one ecr-build run of the multi-platform app.
@@ -686,6 +758,12 @@ main() {
         measure_platforms
         load_at_end=$(cpu_busy_percent)
         report --platforms-only
+        return
+    fi
+    if ((cache_only)); then
+        measure_cache
+        load_at_end=$(cpu_busy_percent)
+        report --cache-only
         return
     fi
     make_fixtures

@@ -2,7 +2,8 @@
 # The build stage written with `docker buildx bake`, for scripts/bench.sh to time against ecr-build:
 # the fastest thing a user would pick instead (all images in parallel, BuildKit's own file sync).
 # Same environment as scripts/bench/buildspec.sh (REGISTRY, REPO_PREFIX, IMAGES, LAYOUT,
-# CODEBUILD_RESOLVED_SOURCE_VERSION, AWS, DOCKER); DOCKER_CONFIG (from the caller) holds the
+# CODEBUILD_RESOLVED_SOURCE_VERSION, AWS, DOCKER; REGISTRY_CACHE=1 adds a registry cache per image
+# as `buildcache`); DOCKER_CONFIG (from the caller) holds the
 # docker-buildx plugin, and buildx's default builder is the engine's own (the docker driver).
 set -euo pipefail
 : "${REGISTRY:?}" "${REPO_PREFIX:?}" "${IMAGES:?}" "${CODEBUILD_RESOLVED_SOURCE_VERSION:?}" "${AWS:?}" "${DOCKER:?}"
@@ -27,6 +28,12 @@ trap 'rm -f "$bake_file"' EXIT
             context=$name dockerfile=Dockerfile
         fi
         printf 'target "%s" {\n  context = "%s"\n  dockerfile = "%s"\n  network = "none"\n' "$name" "$context" "$dockerfile"
+        if [[ ${REGISTRY_CACHE:-} == 1 ]]; then
+            # As AWS documents BuildKit's cache in ECR: mode=max, the OCI image-manifest form.
+            ref=$REGISTRY/$REPO_PREFIX/$name:buildcache
+            printf '  cache-from = ["type=registry,ref=%s"]\n' "$ref"
+            printf '  cache-to = ["type=registry,ref=%s,mode=max,image-manifest=true,oci-mediatypes=true"]\n' "$ref"
+        fi
         printf '  tags = ["%s/%s/%s:${TAG}"]\n}\n' "$REGISTRY" "$REPO_PREFIX" "$name"
     done
 } >"$bake_file"

@@ -47,6 +47,11 @@ fn build_the_image() -> String {
         .args(["--network", "host"])
         .args(["--build-arg", &format!("BASE_IMAGE={BASE}")])
         .args(["--build-arg", "ECR_BUILD_FROM=prebuilt"])
+        // This machine's package mirror serves a frozen snapshot of sid, whose Release file has expired.
+        .args([
+            "--build-arg",
+            "APT_OPTIONS=-o Acquire::Check-Valid-Until=false",
+        ])
         .env("ECR_BUILD_SHA", new_sha())
         .run()
         .success();
@@ -94,7 +99,7 @@ fn the_custom_codebuild_image_starts_docker_and_builds_the_example_app() {
     args.extend(["-v".into(), mount(seed.path(), "/seed:ro")]);
     for variable in [
         format!(
-            "DOCKERD_FLAGS=--iptables=false --bridge=none --storage-driver=vfs --cgroup-parent={cgroup_parent}"
+            "DOCKERD_FLAGS=--iptables=false --bridge=none --storage-driver=native --cgroup-parent={cgroup_parent}"
         ),
         env("AWS_ENDPOINT_URL"),
         env("AWS_ACCESS_KEY_ID"),
@@ -110,13 +115,24 @@ fn the_custom_codebuild_image_starts_docker_and_builds_the_example_app() {
         "sh".into(),
         "-c".into(),
         format!(
-            "docker load -q -i /seed/base.tar >/dev/null && ecr-build build --registry {}",
+            "docker load -q -i /seed/base.tar >/dev/null \
+             && docker version --format 'engine {{{{.Server.Version}}}}' \
+             && docker info --format 'store {{{{json .DriverStatus}}}}' \
+             && ecr-build build --registry {}",
             services().registry
         ),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let stdout = docker(&args);
     let short = &sha[..7];
+    // A supported engine, with the containerd image store on: ecr-build keeps a registry cache.
+    let engine = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("engine "))
+        .unwrap_or_default();
+    assert!(engine.starts_with("28."), "{stdout}");
+    assert!(stdout.contains("io.containerd.snapshotter"), "{stdout}");
+    assert!(registry_digest(&web, "buildcache").is_some(), "{stdout}");
     for (name, repository) in [("web", &web), ("worker", &worker)] {
         let line = stdout
             .lines()

@@ -443,26 +443,14 @@ mod tests {
     }
 
     fn image(args: &[(&str, &str)], target: Option<&str>) -> ImagePlan {
+        let (context, dockerfile) = (PathBuf::from("/c"), PathBuf::from("/c/Dockerfile"));
         ImagePlan {
-            name: "web".into(),
-            repository: "app/web".into(),
-            context: PathBuf::from("/c"),
-            dockerfile: PathBuf::from("/c/Dockerfile"),
             target: target.map(str::to_owned),
             build_args: args
                 .iter()
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
-            secrets: Vec::new(),
-            ssm_path: None,
-            allow_secret_build_args: false,
-            cache_from: Vec::new(),
-            dockerfile_inline: None,
-            network: None,
-            platforms: Vec::new(),
-            labels: Vec::new(),
-            cache: None,
-            cache_repository: None,
+            ..ImagePlan::new("web".into(), "app/web".into(), context, dockerfile)
         }
     }
 

@@ -284,7 +284,12 @@ pub(crate) struct ImagePlan {
 impl ImagePlan {
     /// An image with nothing but its name, repository and build files: each source of a plan sets
     /// what it gives over this.
-    fn new(name: String, repository: String, context: PathBuf, dockerfile: PathBuf) -> Self {
+    pub(crate) fn new(
+        name: String,
+        repository: String,
+        context: PathBuf,
+        dockerfile: PathBuf,
+    ) -> Self {
         Self {
             name,
             repository,

@@ -236,13 +236,10 @@ fn stage_reads(
         paths: Vec::new(),
         stages: Vec::new(),
     };
-    let mut vars = match stage.base {
-        Base::Stage(base) => {
-            reads.stages.push(base);
-            stage_env(stages, base, global, build_args)?
-        }
-        Base::Scratch | Base::Image => Vars::new(),
-    };
+    if let Base::Stage(base) = stage.base {
+        reads.stages.push(base);
+    }
+    let mut vars = inherited_env(stages, &stage.base, global, build_args)?;
     for instruction in &stage.instructions {
         match instruction.keyword.as_str() {
             "ONBUILD" => {
@@ -260,6 +257,19 @@ fn stage_reads(
     Ok(reads)
 }
 
+/// The variables a stage starts with: the ENV its base stage leaves it (an image's are not known).
+fn inherited_env(
+    stages: &[Stage],
+    base: &Base,
+    global: &Vars,
+    build_args: &HashMap<&str, &str>,
+) -> Result<Vars, Whole> {
+    match base {
+        Base::Stage(base) => stage_env(stages, *base, global, build_args),
+        Base::Scratch | Base::Image => Ok(Vars::new()),
+    }
+}
+
 /// The variables a stage leaves to a stage built on it: its ENV (ARGs do not carry over).
 fn stage_env(
     stages: &[Stage],
@@ -268,10 +278,7 @@ fn stage_env(
     build_args: &HashMap<&str, &str>,
 ) -> Result<Vars, Whole> {
     let stage = &stages[index];
-    let mut vars = match stage.base {
-        Base::Stage(base) => stage_env(stages, base, global, build_args)?,
-        Base::Scratch | Base::Image => Vars::new(),
-    };
+    let mut vars = inherited_env(stages, &stage.base, global, build_args)?;
     let mut env_names = Vec::new();
     for instruction in &stage.instructions {
         match instruction.keyword.as_str() {

@@ -279,25 +279,8 @@ impl Engine {
             labels: request.labels,
             cache: request.cache,
         };
-        let failed = |message: String| DockerError::BuildFailed {
-            step: None,
-            message,
-        };
-        let (mut status, solved) = solve::start(control, solve::solve_request(&spec))
-            .await
-            .map_err(|status| failed(status.message().to_owned()))?;
-        while let Some(update) = status.next().await {
-            match update {
-                Ok(update) => progress.status(update),
-                Err(err) => {
-                    tracing::debug!(image = request.image, "BuildKit status ended: {err}");
-                    break;
-                }
-            }
-        }
-        let outcome = solved
-            .await
-            .map_err(|err| failed(format!("the solve stopped: {err}")))?;
+        let solve_request = solve::solve_request(&spec);
+        let outcome = solve::run(control, solve_request, |update| progress.status(update)).await;
         if let Err(status) = outcome {
             let changed = session.context().failure();
             return Err(progress.failure(changed.unwrap_or_else(|| status.message().to_owned())));
@@ -358,10 +341,9 @@ impl Engine {
             .map_err(|err| failed(err.to_string()))?;
         let store = std::sync::Arc::new(session::SecretStore::new(secrets));
         let context = filesync::ContextSync::new(image, dirs);
-        let address = (&self.address, self.api_prefix.as_str());
         Ok(session::open_session(
-            address.0,
-            address.1,
+            &self.address,
+            &self.api_prefix,
             id,
             "ecr-build",
             store,

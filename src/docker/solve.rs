@@ -19,7 +19,6 @@ use bollard::moby::buildkit::v1::{
     CacheOptions, CacheOptionsEntry, Exporter, SolveRequest, StatusRequest, StatusResponse,
 };
 use bytes::Bytes;
-use futures_util::Stream;
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{Request, StatusCode, Uri};
 use http_body_util::Empty;
@@ -191,25 +190,39 @@ fn cache_entry<const N: usize>(kind: &str, attrs: [(&str, &str); N]) -> CacheOpt
     }
 }
 
-/// Starts `request` and its status stream; the stream ends when the solve does, whose outcome
-/// the returned task holds.
-pub(super) async fn start(
+/// Runs `request`, handing each status update to `on_status` while it runs. Both calls run in the
+/// caller's task, so a build that is dropped (a signal, another image's failure) ends its solve.
+pub(super) async fn run(
     control: ControlClient<Http2>,
     request: SolveRequest,
-) -> Result<
-    (
-        impl Stream<Item = Result<StatusResponse, tonic::Status>> + Send + Unpin + use<>,
-        tokio::task::JoinHandle<Result<(), tonic::Status>>,
-    ),
-    tonic::Status,
-> {
+    mut on_status: impl FnMut(StatusResponse),
+) -> Result<(), tonic::Status> {
     let status_request = StatusRequest {
         r#ref: request.r#ref.clone(),
     };
     let mut solver = control.clone();
-    let solved = tokio::spawn(async move { solver.solve(request).await.map(|_| ()) });
-    let status = control.clone().status(status_request).await?.into_inner();
-    Ok((status, solved))
+    let mut watcher = control;
+    let report = async {
+        let mut updates = match watcher.status(status_request).await {
+            Ok(updates) => updates.into_inner(),
+            Err(err) => {
+                tracing::debug!("BuildKit status unavailable: {err}");
+                return;
+            }
+        };
+        loop {
+            match updates.message().await {
+                Ok(Some(update)) => on_status(update),
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!("BuildKit status ended: {err}");
+                    break;
+                }
+            }
+        }
+    };
+    let (solved, ()) = tokio::join!(solver.solve(request), report);
+    solved.map(|_| ())
 }
 
 #[cfg(test)]

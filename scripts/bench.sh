@@ -60,6 +60,9 @@
 # changes. Timed for ecr-build (its registry cache, `buildcache`), `docker buildx bake --push` with
 # the same registry cache (cache-to/cache-from type=registry, mode=max, image-manifest) and
 # ecr-build --cache inline. Targets: <= 0.90 x bake with a registry cache, <= 0.25 x inline.
+# With it, who should push (ecr-build's choice): an image of one new 64 MB layer built and pushed by
+# `docker buildx build` either with --load and then `docker push` (the engine pushes, as ecr-build
+# does) or with --output type=image,push=true (BuildKit pushes), on the engine under test.
 # Then `ecr-build plan` over a context of ~1 GB of sent data gives the context hashing throughput
 # (sent bytes / wall time; page cache dropped when permitted, and warm) and its peak RSS, and
 # `ecr-build build --dry-run` of that context the peak RSS while it streams the tar to the engine.
@@ -459,6 +462,41 @@ cache_app() {
     echo "main $nonce" >"$app/src/main.sh"
 }
 
+# The engine pushes (load, then docker push) or BuildKit pushes (the image exporter's push=true):
+# build and push of the same new 64 MB layer, timed together.
+measure_push_path() {
+    local dc round way app ref t0 secs
+    dc=$(mktemp -d "$work/docker-config.XXXXXX")
+    mkdir -p "$dc/cli-plugins"
+    ln -s "$BUILDX" "$dc/cli-plugins/docker-buildx"
+    printf '%s' "$ECR_BUILD_TEST_REGISTRY_PASSWORD" |
+        DOCKER_CONFIG=$dc docker_cli login -u "$ECR_BUILD_TEST_REGISTRY_USER" --password-stdin "$registry" >/dev/null 2>&1 ||
+        die "docker login to the test registry failed"
+    for ((round = 1; round <= rounds; round++)); do
+        for way in engine-push buildkit-push; do
+            app=$work/push-r$round-$way
+            mkdir -p "$app"
+            head -c $((64 << 20)) /dev/urandom >"$app/blob"
+            printf 'FROM %s\nCOPY blob /blob\n' "$ECR_BUILD_BASE_IMAGE_NAME" >"$app/Dockerfile"
+            create_repositories "bench-push-r$round" "$way"
+            ref=$registry/bench-push-r$round/$way:1
+            t0=$EPOCHREALTIME
+            if [[ $way == engine-push ]]; then
+                DOCKER_CONFIG=$dc docker_cli buildx build --network none --load -t "$ref" "$app" &&
+                    DOCKER_CONFIG=$dc docker_cli push -q "$ref"
+            else
+                DOCKER_CONFIG=$dc docker_cli buildx build --network none --provenance=false \
+                    --output "type=image,name=$ref,push=true" "$app"
+            fi >"$out_dir/logs/r$round-$way.log" 2>&1 || die "$way failed (log: $out_dir/logs/r$round-$way.log)"
+            secs=$(seconds_between "$t0" "$EPOCHREALTIME")
+            printf 'push-path\t%s\t%s\t%s\t\n' "$way" "$round" "$secs" >>"$times"
+            log "round $round  push path $(printf '%-14s %7.2f s' "$way" "$secs")"
+            rm -rf "$app"
+        done
+    done
+    rm -rf "$dc"
+}
+
 measure_cache() {
     local mb=3000
     ((quick)) && mb=1500
@@ -761,7 +799,12 @@ main() {
         return
     fi
     if ((cache_only)); then
-        measure_cache
+        if docker_cli info --format '{{json .DriverStatus}}' | grep -q io.containerd.snapshotter; then
+            measure_cache
+        else
+            log "the classic image store cannot export a cache: measuring who pushes only"
+        fi
+        measure_push_path
         load_at_end=$(cpu_busy_percent)
         report --cache-only
         return

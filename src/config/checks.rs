@@ -1,10 +1,65 @@
 //! The checks of a plan's parts that need nothing but the part.
 
-use super::{ArtifactsPlan, ArtifactsSettings, Builder, FileSetting, ImagePlan, first_duplicate};
+use super::{
+    ArtifactsPlan, ArtifactsSettings, Builder, CacheMode, FileSetting, ImagePlan, first_duplicate,
+};
 use crate::reference::check_repository;
+use crate::tags::TagTemplate;
+
+/// The tag templates, parsed: at least one, none twice.
+pub(super) fn check_tags(tags: &[String]) -> Result<Vec<TagTemplate>, String> {
+    if tags.is_empty() {
+        return Err("tags is empty: give at least one tag template".into());
+    }
+    if let Some(duplicate) = first_duplicate(tags.iter()) {
+        return Err(format!("tag template `{duplicate}` is listed twice"));
+    }
+    (tags.iter())
+        .map(|t| TagTemplate::parse(t).map_err(|e| e.to_string()))
+        .collect()
+}
+
+pub(super) fn check_network(network: Option<&str>) -> Result<(), String> {
+    match network {
+        Some(network) if network.is_empty() || network.contains(char::is_whitespace) => {
+            Err(format!("network `{network}` is not a network mode"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Each image, and what images may not share: a repository, and a registry cache's repository.
+pub(super) fn check_images(
+    images: &[ImagePlan],
+    builder: Builder,
+    cache: CacheMode,
+) -> Result<(), String> {
+    for image in images {
+        check_image(image, builder)?;
+    }
+    let registry_caches = (images.iter())
+        .filter(|image| {
+            matches!(
+                image.cache.unwrap_or(cache),
+                CacheMode::Max | CacheMode::Min
+            )
+        })
+        .map(|image| image.cache_repository());
+    if let Some(duplicate) = first_duplicate(registry_caches) {
+        return Err(format!(
+            "two images keep their BuildKit cache in repository {duplicate} under the same tag; give each its own cache_repository"
+        ));
+    }
+    if let Some(duplicate) = first_duplicate(images.iter().map(|i| &i.repository)) {
+        return Err(format!(
+            "two images push to repository {duplicate} with the same tags; give each image its own repository"
+        ));
+    }
+    Ok(())
+}
 
 /// The checks of one image that need nothing else.
-pub(super) fn check_image(image: &ImagePlan, builder: Builder) -> Result<(), String> {
+fn check_image(image: &ImagePlan, builder: Builder) -> Result<(), String> {
     if let Some(repository) = &image.cache_repository {
         check_repository(repository)
             .map_err(|m| format!("image {}: cache_repository: {m}", image.name))?;

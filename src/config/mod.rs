@@ -17,7 +17,7 @@ mod from_compose;
 mod from_file;
 mod from_flags;
 
-use checks::{artifacts_plan, check_image};
+use checks::{artifacts_plan, check_images, check_network, check_tags};
 
 use from_compose::plan_from_compose;
 use from_file::{ConfigFile, parse_config_file, plan_from_file};
@@ -542,51 +542,13 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
     let registry = registry
         .map(|r| normalize_registry(&r).map_err(invalid))
         .transpose()?;
-    if tags.is_empty() {
-        return Err(invalid(
-            "tags is empty: give at least one tag template".into(),
-        ));
-    }
-    let templates = (tags.iter())
-        .map(|t| TagTemplate::parse(t).map_err(|e| invalid(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(duplicate) = first_duplicate(tags.iter()) {
-        return Err(invalid(format!(
-            "tag template `{duplicate}` is listed twice"
-        )));
-    }
-    if let Some(network) = &network
-        && (network.is_empty() || network.contains(char::is_whitespace))
-    {
-        return Err(invalid(format!(
-            "network `{network}` is not a network mode"
-        )));
-    }
+    let templates = check_tags(&tags).map_err(invalid)?;
+    check_network(network.as_deref()).map_err(invalid)?;
     let base_image_mirror = base_image_mirror
         .map(|prefix| crate::reference::check_mirror(&prefix).map_err(invalid))
         .transpose()?;
-    for image in &parts.images {
-        check_image(image, builder).map_err(invalid)?;
-    }
     let cache = cache.unwrap_or_default();
-    let registry_caches = (parts.images.iter())
-        .filter(|image| {
-            matches!(
-                image.cache.unwrap_or(cache),
-                CacheMode::Max | CacheMode::Min
-            )
-        })
-        .map(|image| image.cache_repository());
-    if let Some(duplicate) = first_duplicate(registry_caches) {
-        return Err(invalid(format!(
-            "two images keep their BuildKit cache in repository {duplicate} under the same tag; give each its own cache_repository"
-        )));
-    }
-    if let Some(duplicate) = first_duplicate(parts.images.iter().map(|i| &i.repository)) {
-        return Err(invalid(format!(
-            "two images push to repository {duplicate} with the same tags; give each image its own repository"
-        )));
-    }
+    check_images(&parts.images, builder, cache).map_err(invalid)?;
 
     let artifacts = artifacts_plan(parts.artifacts, &parts.images).map_err(invalid)?;
 

@@ -3,6 +3,7 @@
 //! build's own [`session`]; on the containerd image store they go through BuildKit's control API
 //! ([`solve`]), which can export the cache to a registry, elsewhere through `POST /build`.
 
+mod error;
 mod filesync;
 mod host;
 mod progress;
@@ -10,6 +11,7 @@ mod session;
 mod solve;
 mod tunnel;
 
+pub(crate) use error::DockerError;
 pub(crate) use host::{EngineAddr, HostEnv};
 pub(crate) use solve::CacheSpec;
 
@@ -34,96 +36,6 @@ use tunnel::{ProbeError, Tunnel};
 /// Builds upload the whole context before the engine answers; bollard's timeout covers that wait.
 const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error(
-        "Docker daemon not reachable at {host} after {waited} s: {cause}. Start dockerd or set DOCKER_HOST; \
-         in CodeBuild the project needs privileged mode (privilegedMode: true) to run Docker"
-    )]
-    Unreachable {
-        host: String,
-        waited: u64,
-        cause: String,
-    },
-    /// A remote engine refused us: a certificate, a key, ssh. Waiting would not help.
-    #[error("Docker daemon at {host}: {cause}")]
-    RemoteRefused { host: String, cause: String },
-    #[error("build failed{}: {message}", step.as_ref().map(|s| format!(" at step `{s}`")).unwrap_or_default())]
-    BuildFailed {
-        step: Option<String>,
-        message: String,
-    },
-    #[error("build ended without an image ID")]
-    NoImageId,
-    #[error("cannot tag {image} as {reference}")]
-    Tag {
-        image: String,
-        reference: String,
-        source: BollardError,
-    },
-    #[error("push of {reference} failed: {message}{}", push_hint(message))]
-    PushFailed { reference: String, message: String },
-    #[error("pull of {reference} failed: {message}")]
-    PullFailed { reference: String, message: String },
-    #[error("push of {reference} ended without a digest")]
-    NoDigest { reference: String },
-    #[error("Docker Engine API")]
-    Api(#[from] BollardError),
-}
-
-impl DockerError {
-    /// Faults a later attempt can get past: the registry unreachable or failing on its side. A push
-    /// is idempotent, so pushing again is safe. Refusals (denied, unauthorized, tag invalid, ...) are final.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            DockerError::PushFailed { message, .. } => is_transient_registry_message(message),
-            DockerError::NoDigest { .. } => true,
-            _ => false,
-        }
-    }
-}
-
-fn is_transient_registry_message(message: &str) -> bool {
-    const REFUSALS: [&str; 6] = [
-        "denied",
-        "unauthorized",
-        "tag invalid",
-        "name unknown",
-        "manifest invalid",
-        "blob unknown",
-    ];
-    const PASSING: [&str; 11] = [
-        "connection refused",
-        "connection reset",
-        "broken pipe",
-        "eof",
-        "timeout",
-        "no route to host",
-        "500 internal server error",
-        "502 bad gateway",
-        "503 service unavailable",
-        "504 gateway",
-        "too many requests",
-    ];
-    let lower = message.trim_start().to_ascii_lowercase();
-    !REFUSALS.iter().any(|refusal| lower.starts_with(refusal))
-        && PASSING.iter().any(|fault| lower.contains(fault))
-}
-
-fn push_hint(message: &str) -> &'static str {
-    let lower = message.trim_start().to_ascii_lowercase();
-    if lower.starts_with("tag invalid") {
-        " (the repository's tags are immutable and this tag already exists)"
-    } else if lower.starts_with("denied") || lower.starts_with("unauthorized") {
-        " (check the build role's ecr:InitiateLayerUpload/UploadLayerPart/CompleteLayerUpload/PutImage \
-         permissions on the repository, and that the ECR token is fresh)"
-    } else if lower.contains("name unknown") || lower.contains("does not exist") {
-        " (create the repository first)"
-    } else {
-        ""
-    }
-}
-
 pub(crate) struct Engine {
     docker: Docker,
     /// For the requests bollard 0.21.1 cannot make: BuildKit builds with our own session.
@@ -626,35 +538,5 @@ mod tests {
         );
         assert_eq!(digest_in_status("Pushed"), None);
         assert_eq!(digest_in_status("x: digest: sha256:short size: 1"), None);
-    }
-
-    #[test]
-    fn only_passing_registry_faults_are_transient() {
-        for message in [
-            "Get \"http://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused",
-            "Put \"http://r/v2/a/blobs/uploads/x\": read tcp: connection reset by peer",
-            "received unexpected HTTP status: 503 Service Unavailable",
-            "received unexpected HTTP status: 500 Internal Server Error",
-            "Patch \"http://r/v2/\": EOF",
-        ] {
-            assert!(is_transient_registry_message(message), "{message}");
-        }
-        for message in [
-            "denied: Your authorization token has expired. Reauthenticate and try again.",
-            "unauthorized: authentication required",
-            "tag invalid: The image tag 'v1' already exists and cannot be overwritten because the repository is immutable",
-            "name unknown: The repository with name 'x' does not exist",
-            "something else entirely",
-        ] {
-            assert!(!is_transient_registry_message(message), "{message}");
-        }
-    }
-
-    #[test]
-    fn push_hints_follow_the_error_prefix() {
-        assert!(push_hint("tag invalid: The image tag 'v1' already exists").contains("immutable"));
-        assert!(push_hint("denied: Your authorization token has expired.").contains("token"));
-        assert!(push_hint("unauthorized: authentication required").contains("permissions"));
-        assert_eq!(push_hint("connection refused"), "");
     }
 }

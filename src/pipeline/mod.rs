@@ -207,6 +207,47 @@ async fn build_all(
         .collect()
 }
 
+/// Every image's base images resolved (normalized reference → digest), and those read from the
+/// mirror put under their Docker Hub names in the engine.
+async fn base_images(
+    engine: &Engine,
+    registries: &bases::Registries<'_>,
+    prepared: &[PreparedImage],
+) -> Result<HashMap<String, std::result::Result<String, String>>> {
+    let recipes = (prepared.iter()).flat_map(|image| {
+        std::iter::once(&image.recipe).chain(image.variants.iter().map(|v| &v.recipe))
+    });
+    let resolved = bases::resolve_all(engine, registries, recipes).await;
+    if let Err(failures) =
+        bases::mirror_into_engine(engine, registries, bases_by_platform(prepared)).await
+    {
+        return Err(anyhow::anyhow!(
+            "{}; check base_image_mirror and the pull-through cache rule behind it",
+            failures.join("; ")
+        )
+        .into());
+    }
+    Ok(resolved)
+}
+
+/// One line, once, where images want a registry cache that the engine cannot export.
+fn say_if_no_registry_cache(plan: &Plan, engine: &Engine, dry_run: bool) {
+    let wanted = (plan.images.iter()).any(|image| {
+        matches!(
+            image.cache.unwrap_or(plan.cache),
+            CacheMode::Max | CacheMode::Min
+        )
+    });
+    if wanted && plan.builder == Builder::Buildkit && !dry_run && !engine.can_export_cache() {
+        tracing::warn!(
+            "the engine keeps its images in the classic image store, which cannot export BuildKit's \
+             cache: building with the inline cache only; turn on the containerd image store \
+             (\"features\": {{\"containerd-snapshotter\": true}} in the daemon's daemon.json) for a \
+             registry cache"
+        );
+    }
+}
+
 /// `ecr-build build`.
 pub(crate) async fn build(
     plan: Plan,
@@ -236,24 +277,13 @@ pub(crate) async fn build(
     let labels = (run_tags.sha.iter())
         .map(|sha| (REVISION_LABEL.to_owned(), sha.clone()))
         .collect();
-    let recipes = (prepared.iter()).flat_map(|image| {
-        std::iter::once(&image.recipe).chain(image.variants.iter().map(|v| &v.recipe))
-    });
     let registries = bases::Registries {
         run_registry: &registry,
         access: access.as_ref(),
         mirror: plan.base_image_mirror.as_deref(),
     };
-    let resolved_bases = bases::resolve_all(&engine, &registries, recipes).await;
-    if let Err(failures) =
-        bases::mirror_into_engine(&engine, &registries, bases_by_platform(&prepared)).await
-    {
-        return Err(anyhow::anyhow!(
-            "{}; check base_image_mirror and the pull-through cache rule behind it",
-            failures.join("; ")
-        )
-        .into());
-    }
+    let resolved_bases = base_images(&engine, &registries, &prepared).await?;
+    say_if_no_registry_cache(&plan, &engine, access.is_none());
     let run = RunContext {
         engine: &engine,
         registry: &registry,
@@ -270,24 +300,6 @@ pub(crate) async fn build(
         cache: plan.cache,
         bases: resolved_bases,
     };
-    let registry_cache_wanted = (plan.images.iter()).any(|image| {
-        matches!(
-            image.cache.unwrap_or(plan.cache),
-            CacheMode::Max | CacheMode::Min
-        )
-    });
-    if registry_cache_wanted
-        && plan.builder == Builder::Buildkit
-        && run.access.is_some()
-        && !engine.can_export_cache()
-    {
-        tracing::warn!(
-            "the engine keeps its images in the classic image store, which cannot export BuildKit's \
-             cache: building with the inline cache only; turn on the containerd image store \
-             (\"features\": {{\"containerd-snapshotter\": true}} in the daemon's daemon.json) for a \
-             registry cache"
-        );
-    }
     let succeeded = report::summarize(build_all(&run, prepared, secrets).await, &run_tags.tags)?;
     if plan.partial {
         tracing::info!(

@@ -1,0 +1,128 @@
+//! The engine's errors, each naming what failed and the fix; which push faults pass.
+
+use bollard::errors::Error as BollardError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "Docker daemon not reachable at {host} after {waited} s: {cause}. Start dockerd or set DOCKER_HOST; \
+         in CodeBuild the project needs privileged mode (privilegedMode: true) to run Docker"
+    )]
+    Unreachable {
+        host: String,
+        waited: u64,
+        cause: String,
+    },
+    /// A remote engine refused us: a certificate, a key, ssh. Waiting would not help.
+    #[error("Docker daemon at {host}: {cause}")]
+    RemoteRefused { host: String, cause: String },
+    #[error("build failed{}: {message}", step.as_ref().map(|s| format!(" at step `{s}`")).unwrap_or_default())]
+    BuildFailed {
+        step: Option<String>,
+        message: String,
+    },
+    #[error("build ended without an image ID")]
+    NoImageId,
+    #[error("cannot tag {image} as {reference}")]
+    Tag {
+        image: String,
+        reference: String,
+        source: BollardError,
+    },
+    #[error("push of {reference} failed: {message}{}", push_hint(message))]
+    PushFailed { reference: String, message: String },
+    #[error("pull of {reference} failed: {message}")]
+    PullFailed { reference: String, message: String },
+    #[error("push of {reference} ended without a digest")]
+    NoDigest { reference: String },
+    #[error("Docker Engine API")]
+    Api(#[from] BollardError),
+}
+
+impl DockerError {
+    /// Faults a later attempt can get past: the registry unreachable or failing on its side. A push
+    /// is idempotent, so pushing again is safe. Refusals (denied, unauthorized, tag invalid, ...) are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DockerError::PushFailed { message, .. } => is_transient_registry_message(message),
+            DockerError::NoDigest { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn is_transient_registry_message(message: &str) -> bool {
+    const REFUSALS: [&str; 6] = [
+        "denied",
+        "unauthorized",
+        "tag invalid",
+        "name unknown",
+        "manifest invalid",
+        "blob unknown",
+    ];
+    const PASSING: [&str; 11] = [
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "eof",
+        "timeout",
+        "no route to host",
+        "500 internal server error",
+        "502 bad gateway",
+        "503 service unavailable",
+        "504 gateway",
+        "too many requests",
+    ];
+    let lower = message.trim_start().to_ascii_lowercase();
+    !REFUSALS.iter().any(|refusal| lower.starts_with(refusal))
+        && PASSING.iter().any(|fault| lower.contains(fault))
+}
+
+fn push_hint(message: &str) -> &'static str {
+    let lower = message.trim_start().to_ascii_lowercase();
+    if lower.starts_with("tag invalid") {
+        " (the repository's tags are immutable and this tag already exists)"
+    } else if lower.starts_with("denied") || lower.starts_with("unauthorized") {
+        " (check the build role's ecr:InitiateLayerUpload/UploadLayerPart/CompleteLayerUpload/PutImage \
+         permissions on the repository, and that the ECR token is fresh)"
+    } else if lower.contains("name unknown") || lower.contains("does not exist") {
+        " (create the repository first)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_passing_registry_faults_are_transient() {
+        for message in [
+            "Get \"http://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused",
+            "Put \"http://r/v2/a/blobs/uploads/x\": read tcp: connection reset by peer",
+            "received unexpected HTTP status: 503 Service Unavailable",
+            "received unexpected HTTP status: 500 Internal Server Error",
+            "Patch \"http://r/v2/\": EOF",
+        ] {
+            assert!(is_transient_registry_message(message), "{message}");
+        }
+        for message in [
+            "denied: Your authorization token has expired. Reauthenticate and try again.",
+            "unauthorized: authentication required",
+            "tag invalid: The image tag 'v1' already exists and cannot be overwritten because the repository is immutable",
+            "name unknown: The repository with name 'x' does not exist",
+            "something else entirely",
+        ] {
+            assert!(!is_transient_registry_message(message), "{message}");
+        }
+    }
+
+    #[test]
+    fn push_hints_follow_the_error_prefix() {
+        assert!(push_hint("tag invalid: The image tag 'v1' already exists").contains("immutable"));
+        assert!(push_hint("denied: Your authorization token has expired.").contains("token"));
+        assert!(push_hint("unauthorized: authentication required").contains("permissions"));
+        assert_eq!(push_hint("connection refused"), "");
+    }
+}

@@ -4,12 +4,12 @@
 
 use crate::harness::*;
 
-#[test]
-fn docker_hub_bases_are_read_from_the_mirror() {
+/// An image that only the mirror under `prefix` holds, as `PREFIX/library/NAME:1` (NAME a Docker
+/// Hub name that nothing has), with `/base.txt` saying `content`; returns NAME and the mirror's
+/// reference. The engine does not have it.
+fn only_in_the_mirror(prefix: &str, content: &str) -> (String, String) {
     let registry = &services().registry;
-    // A Docker Hub name that nothing has: only the mirror holds it, as `PREFIX/library/NAME:1`.
     let name = unique("someimage");
-    let prefix = unique("e2e-mirror");
     let mirrored = format!("{prefix}/library/{name}");
     create_repository(&mirrored);
     let base = Workspace::empty();
@@ -17,7 +17,7 @@ fn docker_hub_bases_are_read_from_the_mirror() {
         "Dockerfile",
         &format!("FROM {}\nCOPY base.txt /base.txt\n", services().base_image),
     );
-    base.write("base.txt", "from the mirror\n");
+    base.write("base.txt", content);
     base.ecr_build()
         .args(["build", "--registry", registry, "--repository", &mirrored])
         .args(["--network", "none", "--tag", "1"])
@@ -26,6 +26,14 @@ fn docker_hub_bases_are_read_from_the_mirror() {
         .success();
     let mirror_ref = format!("{registry}/{mirrored}:1");
     docker(&["rmi", "-f", &mirror_ref]);
+    (name, mirror_ref)
+}
+
+#[test]
+fn docker_hub_bases_are_read_from_the_mirror() {
+    let registry = &services().registry;
+    let prefix = unique("e2e-mirror");
+    let (name, mirror_ref) = only_in_the_mirror(&prefix, "from the mirror\n");
 
     let app_repository = unique("e2e-mirror-app");
     create_repository(&app_repository);
@@ -112,5 +120,40 @@ fn a_bad_mirror_is_named_before_anything_is_built() {
             .run()
             .failure(2)
             .stderr_has(&format!("base_image_mirror `{bad}`"));
+    }
+}
+
+#[test]
+fn copy_from_and_mount_from_images_are_read_from_the_mirror() {
+    let registry = &services().registry;
+    let prefix = unique("e2e-mirror");
+    let (base, _) = only_in_the_mirror(&prefix, "base\n");
+    let (copied, _) = only_in_the_mirror(&prefix, "copied\n");
+    let (mounted, _) = only_in_the_mirror(&prefix, "mounted\n");
+    let repository = unique("e2e-mirror-from");
+    create_repository(&repository);
+    let app = Workspace::empty();
+    app.write(
+        "Dockerfile",
+        &format!(
+            "FROM {base}:1\nCOPY --from={copied}:1 /base.txt /copied.txt\n\
+             RUN --mount=type=bind,from={mounted}:1,target=/m cp /m/base.txt /mounted.txt\n"
+        ),
+    );
+    let run = app
+        .ecr_build()
+        .args(["build", "--registry", registry, "--repository", &repository])
+        .args(["--name", "app", "--network", "none"])
+        .args(["--base-image-mirror", &format!("{registry}/{prefix}")])
+        .env("ECR_BUILD_SHA", new_sha())
+        .run()
+        .success();
+    let image = format!("{registry}/{repository}:{}", run.summary("app").tags[0]);
+    for (path, content) in [
+        ("/base.txt", "base\n"),
+        ("/copied.txt", "copied\n"),
+        ("/mounted.txt", "mounted\n"),
+    ] {
+        assert_eq!(docker_run(&image, &["cat", path]), content);
     }
 }

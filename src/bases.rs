@@ -178,60 +178,46 @@ async fn resolve_one(
     }
 }
 
-/// Puts each base that the run reads from its mirror under its Docker Hub name in the engine, as
-/// the mirror holds it for each platform wanted (`None`: the engine's own), so that BuildKit, which
-/// prefers the engine's image to a pull, reads the mirror's. `Err` names each base that failed.
+/// Puts `reference`, where the run reads it from its mirror, under its Docker Hub name in the
+/// engine, as the mirror holds it for `platform` (`None`: the engine's own), so that BuildKit,
+/// which prefers the engine's image to a pull, reads the mirror's. Nothing for another registry's
+/// image; a warning for one pinned by digest, which a tag cannot stand in for.
 pub(crate) async fn mirror_into_engine(
     engine: &Engine,
     registries: &Registries<'_>,
-    wanted: BTreeMap<String, BTreeSet<Option<String>>>,
-) -> Result<(), Vec<String>> {
-    let outcomes: Vec<Option<String>> = futures_util::stream::iter(wanted)
-        .map(|(reference, platforms)| async move {
-            let source = registries.source_of(&reference);
-            if source == reference {
-                return None;
-            }
-            if pinned(&reference).is_some() {
-                tracing::warn!(
-                    "the base image {reference} is pinned by digest: BuildKit looks a digest up by its \
-                     own name, so it is read from Docker Hub, not from {source}"
-                );
-                return None;
-            }
-            let mirrored = mirror_one(engine, registries, &reference, &source, platforms).await;
-            mirrored.err().map(|err| {
-                format!("the base image {reference} from the mirror, {source}: {err}")
-            })
-        })
-        .buffer_unordered(RESOLVE_FAN_OUT)
-        .collect()
-        .await;
-    let failures: Vec<String> = outcomes.into_iter().flatten().collect();
-    match failures.is_empty() {
-        true => Ok(()),
-        false => Err(failures),
-    }
-}
-
-async fn mirror_one(
-    engine: &Engine,
-    registries: &Registries<'_>,
     reference: &str,
-    source: &str,
-    platforms: BTreeSet<Option<String>>,
+    platform: Option<&str>,
 ) -> Result<(), String> {
-    let host = split_registry(source).0.unwrap_or_default();
-    let normalized = normalize(reference);
-    let (repository, tag) = (normalized.rsplit_once(':')).ok_or("it names no tag")?;
-    for platform in platforms {
-        let credentials = registries.credentials_for(host).await?;
-        (engine.pull(source, platform.as_deref(), credentials).await).map_err(|e| e.to_string())?;
-        let id = (engine.image_id(source).await.map_err(|e| e.to_string())?)
-            .ok_or("the engine pulled it, yet does not have it")?;
-        (engine.tag(&id, repository, tag).await).map_err(|e| e.to_string())?;
-        tracing::info!("base image {reference}: {source} ({id})");
+    let source = registries.source_of(reference);
+    if source == reference {
+        return Ok(());
     }
+    if pinned(reference).is_some() {
+        tracing::warn!(
+            "the base image {reference} is pinned by digest: BuildKit looks a digest up by its \
+             own name, so it is read from Docker Hub, not from {source}"
+        );
+        return Ok(());
+    }
+    let failed = |err: String| {
+        format!(
+            "the base image {reference} from the mirror, {source}: {err}; check base_image_mirror \
+             and the pull-through cache rule behind it"
+        )
+    };
+    let host = split_registry(&source).0.unwrap_or_default();
+    let normalized = normalize(reference);
+    let (repository, tag) = (normalized.rsplit_once(':')).ok_or_else(|| failed("no tag".into()))?;
+    let credentials = registries.credentials_for(host).await.map_err(failed)?;
+    let pulled = engine.pull(&source, platform, credentials).await;
+    pulled.map_err(|err| failed(err.to_string()))?;
+    let id = (engine
+        .image_id(&source)
+        .await
+        .map_err(|err| failed(err.to_string()))?)
+    .ok_or_else(|| failed("the engine pulled it, yet does not have it".into()))?;
+    (engine.tag(&id, repository, tag).await).map_err(|err| failed(err.to_string()))?;
+    tracing::info!("base image {reference}: {source} ({id})");
     Ok(())
 }
 

@@ -9,7 +9,7 @@ mod platforms;
 mod single;
 mod steps;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,7 +20,7 @@ use crate::artifacts;
 use crate::aws::AwsEnv;
 use crate::aws::{self, ecr, ecr::EcrRegistry};
 use crate::config::{Builder, CacheMode, Plan};
-use crate::decide::{Recipe, TagRules};
+use crate::decide::TagRules;
 use crate::docker::{Engine, HostEnv};
 use crate::error::{Error, Result};
 use crate::prepare::{self, PreparedImage};
@@ -165,26 +165,6 @@ async fn remote_side(
     Ok((aws.registry, Some(aws.access), aws.rules, secrets))
 }
 
-/// Each base image as the Dockerfiles name it, and the platforms it is wanted for (`None`: the
-/// engine's own).
-fn bases_by_platform(prepared: &[PreparedImage]) -> BTreeMap<String, BTreeSet<Option<String>>> {
-    let mut wanted: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
-    for image in prepared {
-        let recipes: Vec<(Option<&String>, &Recipe)> = match image.variants.as_slice() {
-            [] => vec![(image.plan.platforms.first(), &image.recipe)],
-            variants => (variants.iter())
-                .map(|v| (Some(&v.platform), &v.recipe))
-                .collect(),
-        };
-        for (platform, recipe) in recipes {
-            for base in recipe.bases.iter().flatten() {
-                (wanted.entry(base.clone()).or_default()).insert(platform.cloned());
-            }
-        }
-    }
-    wanted
-}
-
 /// Every image, at most [`REGISTRY_FAN_OUT`] at once (builds wait for a `--jobs` slot): each
 /// one's name and outcome, in plan order.
 async fn build_all(
@@ -205,29 +185,6 @@ async fn build_all(
     (outcomes.into_iter())
         .map(|(_, name, outcome)| (name, outcome))
         .collect()
-}
-
-/// Every image's base images resolved (normalized reference → digest), and those read from the
-/// mirror put under their Docker Hub names in the engine.
-async fn base_images(
-    engine: &Engine,
-    registries: &bases::Registries<'_>,
-    prepared: &[PreparedImage],
-) -> Result<HashMap<String, std::result::Result<String, String>>> {
-    let recipes = (prepared.iter()).flat_map(|image| {
-        std::iter::once(&image.recipe).chain(image.variants.iter().map(|v| &v.recipe))
-    });
-    let resolved = bases::resolve_all(engine, registries, recipes).await;
-    if let Err(failures) =
-        bases::mirror_into_engine(engine, registries, bases_by_platform(prepared)).await
-    {
-        return Err(anyhow::anyhow!(
-            "{}; check base_image_mirror and the pull-through cache rule behind it",
-            failures.join("; ")
-        )
-        .into());
-    }
-    Ok(resolved)
 }
 
 /// One line, once, where images want a registry cache that the engine cannot export.
@@ -282,7 +239,10 @@ pub(crate) async fn build(
         access: access.as_ref(),
         mirror: plan.base_image_mirror.as_deref(),
     };
-    let resolved_bases = base_images(&engine, &registries, &prepared).await?;
+    let recipes = (prepared.iter()).flat_map(|image| {
+        std::iter::once(&image.recipe).chain(image.variants.iter().map(|v| &v.recipe))
+    });
+    let resolved_bases = bases::resolve_all(&engine, &registries, recipes).await;
     say_if_no_registry_cache(&plan, &engine, access.is_none());
     let run = RunContext {
         engine: &engine,
@@ -299,6 +259,8 @@ pub(crate) async fn build(
         partial: plan.partial,
         cache: plan.cache,
         bases: resolved_bases,
+        base_image_mirror: plan.base_image_mirror.as_deref(),
+        mirrored: Default::default(),
     };
     let succeeded = report::summarize(build_all(&run, prepared, secrets).await, &run_tags.tags)?;
     if plan.partial {

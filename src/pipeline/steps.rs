@@ -46,7 +46,14 @@ pub(super) struct RunContext<'a> {
     pub(super) cache: CacheMode,
     /// Every image's base images, resolved once for the run (normalized reference → digest).
     pub(super) bases: HashMap<String, std::result::Result<String, String>>,
+    /// Where Docker Hub's base images are read from instead, if anywhere.
+    pub(super) base_image_mirror: Option<&'a str>,
+    /// The bases put in the engine from the mirror (and for which platform), each once a run,
+    /// when the first image that builds on it is built.
+    pub(super) mirrored: tokio::sync::Mutex<MirroredBases>,
 }
+
+type MirroredBases = HashMap<(String, Option<String>), std::result::Result<(), String>>;
 
 impl RunContext<'_> {
     /// One of the `--jobs` build slots, held while an image builds and pushes.
@@ -56,6 +63,30 @@ impl RunContext<'_> {
             .acquire()
             .await
             .map_err(anyhow::Error::from)?)
+    }
+
+    /// `bases` from the run's mirror in the engine for `platform`: pulled once a run, by the first
+    /// build that needs them, so a run that builds nothing pulls nothing.
+    async fn mirror_bases(&self, bases: &[String], platform: Option<&str>) -> Result<()> {
+        if self.base_image_mirror.is_none() {
+            return Ok(());
+        }
+        let registries = bases::Registries {
+            run_registry: self.registry,
+            access: self.access.as_ref(),
+            mirror: self.base_image_mirror,
+        };
+        let mut mirrored = self.mirrored.lock().await;
+        for base in bases {
+            let key = (base.clone(), platform.map(str::to_owned));
+            if !mirrored.contains_key(&key) {
+                let outcome = bases::mirror_into_engine(self.engine, &registries, base, platform);
+                let outcome = outcome.await;
+                mirrored.insert(key.clone(), outcome);
+            }
+            mirrored[&key].clone().map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
     }
 
     /// The tags this run puts: none in a part of a fan-out.
@@ -121,6 +152,8 @@ pub(super) fn outcome(
 pub(super) struct RecipeBases {
     pub key: String,
     pub bases: std::result::Result<BTreeMap<String, String>, String>,
+    /// The base images as the Dockerfile names them.
+    pub named: Vec<String>,
 }
 
 impl RecipeBases {
@@ -129,6 +162,7 @@ impl RecipeBases {
         RecipeBases {
             key: decide::recipe_key(&recipe.settings, bases.as_ref().ok()),
             bases,
+            named: recipe.bases.clone().unwrap_or_default(),
         }
     }
 }
@@ -328,6 +362,7 @@ pub(super) async fn build_image(
     spec: BuildSpec<'_>,
 ) -> Result<BuiltImage> {
     let name = image.plan.name.as_str();
+    run.mirror_bases(&spec.recipe.named, spec.platform).await?;
     let repository_uri = run.repository_uri(image);
     let primary = repository_uri.tagged(&spec.tags[0]);
     let labels = image_labels(run, image, spec.recipe);

@@ -42,7 +42,7 @@ pub(crate) fn digest_inputs(
         inputs["base_image_mirror"] = mirror.into();
     }
     // Every other mode keeps the inline cache's metadata in the image; `off` makes another image.
-    if image.cache.unwrap_or(run.cache) == CacheMode::Off {
+    if image.cache_mode(run.cache) == CacheMode::Off {
         inputs["cache"] = "off".into();
     }
     serde_json::to_vec(&inputs).expect("plain values serialize")

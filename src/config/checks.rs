@@ -38,12 +38,7 @@ pub(super) fn check_images(
         check_image(image, builder)?;
     }
     let registry_caches = (images.iter())
-        .filter(|image| {
-            matches!(
-                image.cache.unwrap_or(cache),
-                CacheMode::Max | CacheMode::Min
-            )
-        })
+        .filter(|image| image.cache_mode(cache).wants_registry_cache())
         .map(|image| image.cache_repository());
     if let Some(duplicate) = first_duplicate(registry_caches) {
         return Err(format!(

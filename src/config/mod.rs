@@ -92,6 +92,13 @@ pub(crate) enum CacheMode {
     Off,
 }
 
+impl CacheMode {
+    /// Whether the image keeps a cache in the registry, beside it.
+    pub(crate) fn wants_registry_cache(self) -> bool {
+        matches!(self, Self::Max | Self::Min)
+    }
+}
+
 impl From<CacheArg> for CacheMode {
     fn from(arg: CacheArg) -> Self {
         match arg {
@@ -308,6 +315,11 @@ impl ImagePlan {
             cache: None,
             cache_repository: None,
         }
+    }
+
+    /// Its cache mode: its own, else the run's.
+    pub(crate) fn cache_mode(&self, run: CacheMode) -> CacheMode {
+        self.cache.unwrap_or(run)
     }
 
     /// The repository its registry cache goes to.

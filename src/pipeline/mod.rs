@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::artifacts;
 use crate::aws::AwsEnv;
 use crate::aws::{self, ecr, ecr::EcrRegistry};
-use crate::config::{Builder, CacheMode, Plan};
+use crate::config::{Builder, Plan};
 use crate::decide::TagRules;
 use crate::docker::{Engine, HostEnv};
 use crate::error::{Error, Result};
@@ -189,12 +189,8 @@ async fn build_all(
 
 /// One line, once, where images want a registry cache that the engine cannot export.
 fn say_if_no_registry_cache(plan: &Plan, engine: &Engine, dry_run: bool) {
-    let wanted = (plan.images.iter()).any(|image| {
-        matches!(
-            image.cache.unwrap_or(plan.cache),
-            CacheMode::Max | CacheMode::Min
-        )
-    });
+    let wanted =
+        (plan.images.iter()).any(|image| image.cache_mode(plan.cache).wants_registry_cache());
     if wanted && plan.builder == Builder::Buildkit && !dry_run && !engine.can_export_cache() {
         tracing::warn!(
             "the engine keeps its images in the classic image store, which cannot export BuildKit's \

@@ -325,7 +325,7 @@ fn cache_spec(run: &RunContext<'_>, image: &PreparedImage, platform: Option<&str
     let can_export =
         run.builder == Builder::Buildkit && run.engine.can_export_cache() && run.access.is_some();
     let immutable = (run.rules.get(repository)).is_some_and(|rules| rules.is_immutable(&tag));
-    let choice = cache::choose(image.plan.cache.unwrap_or(run.cache), can_export, immutable);
+    let choice = cache::choose(image.plan.cache_mode(run.cache), can_export, immutable);
     if choice.fallback == Some(cache::Fallback::ImmutableTag) {
         tracing::warn!(
             image = %image.plan.name,

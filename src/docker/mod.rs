@@ -174,24 +174,12 @@ impl Engine {
     ) -> Result<BuiltImage, DockerError> {
         let mut progress = BuildProgress::new(request.image);
         let id = session_id(request.image);
+        let solve_request = solve::solve_request(&request, &id);
         let registry_auth = request.registry_auth.unwrap_or_default();
         let session =
             (self.open_session(&id, request.image, request.secrets, registry_auth, context))
                 .await?;
         let control = solve::connect(&self.address, &self.api_prefix).await?;
-        let spec = solve::SolveSpec {
-            build_ref: id.clone(),
-            session: &id,
-            name: request.reference,
-            dockerfile: SYNCED_DOCKERFILE,
-            target: request.target,
-            platform: request.platform,
-            network: request.network,
-            build_args: request.build_args,
-            labels: request.labels,
-            cache: request.cache,
-        };
-        let solve_request = solve::solve_request(&spec);
         let outcome = solve::run(control, solve_request, |update| progress.status(update)).await;
         if let Err(status) = outcome {
             let changed = session.context().failure();

@@ -25,6 +25,9 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::context::SYNCED_DOCKERFILE;
+
+use super::BuildRequest;
 use super::host::EngineAddr;
 use super::session::server_error;
 
@@ -92,43 +95,30 @@ pub(crate) struct CacheSpec {
     pub imports: Vec<String>,
 }
 
-/// One image's solve: the dockerfile frontend on the session's "context" and "dockerfile"
-/// directories, exported into the engine (`moby`) under `name`.
-pub(super) struct SolveSpec<'a> {
-    pub build_ref: String,
-    pub session: &'a str,
-    pub name: &'a str,
-    pub dockerfile: &'a str,
-    pub target: Option<&'a str>,
-    pub platform: Option<&'a str>,
-    pub network: Option<&'a str>,
-    pub build_args: &'a [(String, String)],
-    pub labels: &'a [(String, String)],
-    pub cache: &'a CacheSpec,
-}
-
-/// The request for `spec`: what buildx sends for `docker buildx build` on the docker driver.
-pub(super) fn solve_request(spec: &SolveSpec<'_>) -> SolveRequest {
+/// The request for one image's build on `session` (also the build's ref): the dockerfile frontend on
+/// the session's "context" and "dockerfile" directories, exported into the engine (`moby`) under
+/// the request's reference; what buildx sends for `docker buildx build` on the docker driver.
+pub(super) fn solve_request(request: &BuildRequest<'_>, session: &str) -> SolveRequest {
     // No `attest:*` attribute: a single-platform image stays one manifest, with no attestation.
     let mut attrs: HashMap<String, String> =
-        HashMap::from([("filename".into(), spec.dockerfile.into())]);
+        HashMap::from([("filename".into(), SYNCED_DOCKERFILE.into())]);
     let optional = [
-        ("target", spec.target),
-        ("platform", spec.platform),
-        ("force-network-mode", spec.network),
+        ("target", request.target),
+        ("platform", request.platform),
+        ("force-network-mode", request.network),
     ];
     for (key, value) in optional {
         if let Some(value) = value {
             attrs.insert(key.into(), value.into());
         }
     }
-    for (key, value) in spec.build_args {
+    for (key, value) in request.build_args {
         attrs.insert(format!("build-arg:{key}"), value.clone());
     }
-    for (key, value) in spec.labels {
+    for (key, value) in request.labels {
         attrs.insert(format!("label:{key}"), value.clone());
     }
-    let imports: Vec<CacheOptionsEntry> = (spec.cache.imports.iter())
+    let imports: Vec<CacheOptionsEntry> = (request.cache.imports.iter())
         .map(|reference| cache_entry("registry", [("ref", reference.as_str())]))
         .collect();
     if !imports.is_empty() {
@@ -141,7 +131,7 @@ pub(super) fn solve_request(spec: &SolveSpec<'_>) -> SolveRequest {
         );
     }
     let mut exports = Vec::new();
-    if let Some((reference, mode)) = &spec.cache.export {
+    if let Some((reference, mode)) = &request.cache.export {
         exports.push(cache_entry(
             "registry",
             [
@@ -155,21 +145,21 @@ pub(super) fn solve_request(spec: &SolveSpec<'_>) -> SolveRequest {
             ],
         ));
     }
-    if spec.cache.inline {
+    if request.cache.inline {
         exports.push(cache_entry("inline", []));
     }
-    let entitlements = match spec.network {
+    let entitlements = match request.network {
         Some("host") => vec!["network.host".to_owned()],
         _ => Vec::new(),
     };
     SolveRequest {
-        r#ref: spec.build_ref.clone(),
-        session: spec.session.to_owned(),
+        r#ref: session.to_owned(),
+        session: session.to_owned(),
         frontend: "dockerfile.v0".into(),
         frontend_attrs: attrs,
         exporters: vec![Exporter {
             r#type: "moby".into(),
-            attrs: HashMap::from([("name".to_owned(), spec.name.to_owned())]),
+            attrs: HashMap::from([("name".to_owned(), request.reference.to_owned())]),
         }],
         cache: Some(CacheOptions {
             exports,
@@ -229,18 +219,20 @@ pub(super) async fn run(
 mod tests {
     use super::*;
 
-    fn spec<'a>(cache: &'a CacheSpec, args: &'a [(String, String)]) -> SolveSpec<'a> {
-        SolveSpec {
-            build_ref: "ref1".into(),
-            session: "session1",
-            name: "127.0.0.1:5000/web:abc",
-            dockerfile: "Dockerfile",
+    fn build<'a>(cache: &'a CacheSpec, args: &'a [(String, String)]) -> BuildRequest<'a> {
+        BuildRequest {
+            image: "web",
+            reference: "127.0.0.1:5000/web:abc",
+            dockerfile: "docker/Dockerfile",
             target: Some("release"),
-            platform: None,
             network: Some("none"),
+            platform: None,
+            builder: crate::config::Builder::Buildkit,
             build_args: args,
             labels: &[],
+            registry_auth: None,
             cache,
+            secrets: HashMap::from([("token".to_owned(), b"s3cret".to_vec())]),
         }
     }
 
@@ -252,9 +244,12 @@ mod tests {
             imports: vec!["r.example/web:buildcache".into()],
         };
         let args = [("VERSION".to_owned(), "1".to_owned())];
-        let request = solve_request(&spec(&cache, &args));
+        let request = solve_request(&build(&cache, &args), "session1");
         assert_eq!(request.frontend, "dockerfile.v0");
         assert_eq!(request.session, "session1");
+        assert_eq!(request.r#ref, "session1");
+        // Secrets travel on the session only, when BuildKit asks.
+        assert!(!format!("{request:?}").contains("s3cret"));
         let attrs = &request.frontend_attrs;
         assert_eq!(attrs["filename"], "Dockerfile");
         assert_eq!(attrs["target"], "release");
@@ -281,9 +276,9 @@ mod tests {
             inline: true,
             ..CacheSpec::default()
         };
-        let mut spec = spec(&cache, &[]);
-        spec.network = Some("host");
-        let request = solve_request(&spec);
+        let mut build = build(&cache, &[]);
+        build.network = Some("host");
+        let request = solve_request(&build, "session1");
         let options = request.cache.unwrap();
         assert_eq!(options.exports.len(), 1);
         assert_eq!(options.exports[0].r#type, "inline");

@@ -257,12 +257,8 @@ impl Engine {
     /// registry digest it was pulled by (its repo digest for that name), else its image ID.
     /// `None` where the engine has no such image.
     pub(crate) async fn local_image(&self, reference: &str) -> Result<Option<String>, DockerError> {
-        let inspected = match self.docker.inspect_image(reference).await {
-            Ok(inspected) => inspected,
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(None),
-            Err(err) => return Err(err.into()),
+        let Some(inspected) = self.inspect(reference).await? else {
+            return Ok(None);
         };
         let name = reference
             .split_once('@')
@@ -301,8 +297,19 @@ impl Engine {
 
     /// The ID of the image the engine has under `reference`, if it has one.
     pub(crate) async fn image_id(&self, reference: &str) -> Result<Option<String>, DockerError> {
+        Ok(self
+            .inspect(reference)
+            .await?
+            .and_then(|inspected| inspected.id))
+    }
+
+    /// The image the engine has under `reference`, if it has one.
+    async fn inspect(
+        &self,
+        reference: &str,
+    ) -> Result<Option<bollard::models::ImageInspect>, DockerError> {
         match self.docker.inspect_image(reference).await {
-            Ok(inspected) => Ok(inspected.id),
+            Ok(inspected) => Ok(Some(inspected)),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),

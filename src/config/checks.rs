@@ -1,8 +1,6 @@
 //! The checks of a plan's parts that need nothing but the part.
 
-use super::{
-    ArtifactsPlan, ArtifactsSettings, Builder, CacheMode, FileSetting, ImagePlan, first_duplicate,
-};
+use super::{ArtifactsPlan, ArtifactsSettings, Builder, CacheMode, FileSetting, ImagePlan};
 use crate::reference::check_repository;
 use crate::tags::TagTemplate;
 
@@ -179,4 +177,12 @@ pub(super) fn check_file_name(name: &str) -> Result<(), String> {
         return Err("must be a plain file name inside the artifacts directory".into());
     }
     Ok(())
+}
+
+/// The first item that comes twice.
+fn first_duplicate<'a, T: AsRef<str> + ?Sized + 'a>(
+    items: impl Iterator<Item = &'a T>,
+) -> Option<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    items.map(AsRef::as_ref).find(|item| !seen.insert(*item))
 }

@@ -583,13 +583,6 @@ fn clean(path: &Path) -> PathBuf {
     path.components().collect()
 }
 
-fn first_duplicate<'a, T: AsRef<str> + ?Sized + 'a>(
-    items: impl Iterator<Item = &'a T>,
-) -> Option<&'a str> {
-    let mut seen = std::collections::HashSet::new();
-    items.map(AsRef::as_ref).find(|item| !seen.insert(*item))
-}
-
 /// `--secret ID=SOURCE`
 fn parse_secret_overrides(
     args: &PlanArgs,

@@ -231,66 +231,59 @@ fn stage_reads(
     global: &Vars,
     build_args: &HashMap<&str, &str>,
 ) -> Result<StageReads, Whole> {
-    let stage = &stages[index];
     let mut reads = StageReads {
         paths: Vec::new(),
         stages: Vec::new(),
     };
-    if let Base::Stage(base) = stage.base {
+    if let Base::Stage(base) = stages[index].base {
         reads.stages.push(base);
     }
-    let mut vars = inherited_env(stages, &stage.base, global, build_args)?;
-    for instruction in &stage.instructions {
-        match instruction.keyword.as_str() {
-            "ONBUILD" => {
-                return whole("ONBUILD runs instructions in builds this analysis cannot see");
-            }
-            "ARG" => declare_args(&mut vars, &instruction.args, global, build_args),
-            "ENV" => {
-                declare_env(&mut vars, &instruction.args, &stage.base)?;
-            }
-            "COPY" | "ADD" => copy_reads(stages, instruction, &vars, &stage.base, &mut reads)?,
-            "RUN" => mount_reads(stages, instruction, &vars, &stage.base, &mut reads)?,
-            _ => {}
-        }
-    }
+    walk_stage(stages, index, global, build_args, Some(&mut reads))?;
     Ok(reads)
 }
 
-/// The variables a stage starts with: the ENV its base stage leaves it (an image's are not known).
-fn inherited_env(
-    stages: &[Stage],
-    base: &Base,
-    global: &Vars,
-    build_args: &HashMap<&str, &str>,
-) -> Result<Vars, Whole> {
-    match base {
-        Base::Stage(base) => stage_env(stages, *base, global, build_args),
-        Base::Scratch | Base::Image => Ok(Vars::new()),
-    }
-}
-
-/// The variables a stage leaves to a stage built on it: its ENV (ARGs do not carry over).
-fn stage_env(
+/// Walks the stage at `index`: what it reads, where `reads` is given; returns the ENV its image
+/// carries to a stage built on it (its base's, then its own). An ARG only expands words in the
+/// stage: it wins over an ENV of the same name there, as in BuildKit, and does not carry over.
+fn walk_stage(
     stages: &[Stage],
     index: usize,
     global: &Vars,
     build_args: &HashMap<&str, &str>,
+    mut reads: Option<&mut StageReads>,
 ) -> Result<Vars, Whole> {
     let stage = &stages[index];
-    let mut vars = inherited_env(stages, &stage.base, global, build_args)?;
-    let mut env_names = Vec::new();
+    let mut env = match stage.base {
+        Base::Stage(base) => walk_stage(stages, base, global, build_args, None)?,
+        Base::Scratch | Base::Image => Vars::new(),
+    };
+    let mut vars = env.clone();
+    let root = root_base(stages, &stage.base);
     for instruction in &stage.instructions {
-        match instruction.keyword.as_str() {
-            "ARG" => declare_args(&mut vars, &instruction.args, global, build_args),
-            "ENV" => {
-                env_names.extend(declare_env(&mut vars, &instruction.args, &stage.base)?);
+        match (instruction.keyword.as_str(), reads.as_deref_mut()) {
+            ("ARG", _) => declare_args(&mut vars, &instruction.args, global, build_args),
+            ("ENV", _) => {
+                for name in declare_env(&mut vars, &instruction.args, root)? {
+                    env.insert(name.clone(), vars[&name].clone());
+                }
             }
+            ("ONBUILD", Some(_)) => {
+                return whole("ONBUILD runs instructions in builds this analysis cannot see");
+            }
+            ("COPY" | "ADD", Some(reads)) => copy_reads(stages, instruction, &vars, root, reads)?,
+            ("RUN", Some(reads)) => mount_reads(stages, instruction, &vars, root, reads)?,
             _ => {}
         }
     }
-    vars.retain(|name, _| env_names.contains(name));
-    Ok(vars)
+    Ok(env)
+}
+
+/// Where a chain of stages starts: scratch, or an image whose ENV is not known here.
+fn root_base<'a>(stages: &'a [Stage], base: &'a Base) -> &'a Base {
+    match base {
+        Base::Stage(index) => root_base(stages, &stages[*index].base),
+        other => other,
+    }
 }
 
 fn declare_args(vars: &mut Vars, args: &str, global: &Vars, build_args: &HashMap<&str, &str>) {

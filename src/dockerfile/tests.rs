@@ -273,3 +273,21 @@ fn base_images_are_the_froms_and_from_flags_that_name_no_stage() {
     let unknown = "FROM --platform=$BUILDPLATFORM golang AS b\nFROM ${BUILDPLATFORM}\n";
     assert!(base_images(unknown, &facts).is_err());
 }
+
+#[test]
+fn env_carries_through_every_stage_of_a_chain() {
+    assert_eq!(
+        paths(
+            "FROM scratch AS a\nENV DIR=src\nFROM a AS b\nARG X=1\nRUN true\nFROM b\nCOPY ${DIR} /x\n"
+        ),
+        ["src"]
+    );
+    // A chain that starts at an image: the image's ENV may set what a path uses.
+    assert!(whole_reason("FROM node AS a\nFROM a\nCOPY $DIR /x\n").contains("$DIR"));
+    // An ARG wins over an ENV of the same name in its stage (BuildKit's order), and only the ENV
+    // carries to a stage built on it.
+    let mut read =
+        paths("FROM scratch AS a\nENV D=envdir\nARG D=argdir\nCOPY $D /x\nFROM a\nCOPY $D /y\n");
+    read.sort();
+    assert_eq!(read, ["argdir", "envdir"]);
+}

@@ -18,8 +18,8 @@ use crate::reuse::{Repository, ReuseTarget};
 use crate::secrets::SecretValues;
 
 use super::steps::{
-    BuildSpec, RecipeBases, RunContext, build_image, known_digest, mark_built, outcome, push_tags,
-    tag_conflict,
+    BuildSpec, RecipeBases, RunContext, build_image, dry_run_outcome, known_digest, mark_built,
+    outcome, push_tags, tag_conflict,
 };
 
 /// Builds or finds every platform of `image`, then puts their index under the run's tags. The
@@ -47,16 +47,7 @@ pub(super) async fn build(
                 .await?
                 .id;
         }
-        let result = Outcome::BuiltDryRun;
-        let done = (last, result);
-        return Ok(outcome(
-            run,
-            &image,
-            started,
-            done,
-            InputsSource::NotYetKnown,
-            note(result),
-        ));
+        return Ok(dry_run_outcome(run, &image, started, last));
     };
     let registry = run.repository(access, &image);
     let mut children = Vec::with_capacity(image.variants.len());

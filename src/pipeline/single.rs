@@ -7,13 +7,13 @@ use crate::bases;
 use crate::decide::{self, Action};
 use crate::error::Result;
 use crate::prepare::PreparedImage;
-use crate::report::{self, ImageOutcome, InputsSource, Outcome};
+use crate::report::{self, ImageOutcome, Outcome};
 use crate::reuse::Repository;
 use crate::secrets::SecretValues;
 
 use super::steps::{
-    BuildSpec, KnownDigest, RecipeBases, RunContext, build_image, known_digest, mark_built,
-    outcome, push_tags, tag_conflict,
+    BuildSpec, KnownDigest, RecipeBases, RunContext, build_image, dry_run_outcome, known_digest,
+    mark_built, outcome, push_tags, tag_conflict,
 };
 
 /// The image, from its prepared context to its outcome.
@@ -28,17 +28,7 @@ pub(super) async fn build(
     let Some(access) = &run.access else {
         let _slot = run.build_slot().await?;
         let built = build_image(run, &image, secrets, None, spec(run, &image, &recipe)).await?;
-        let result = Outcome::BuiltDryRun;
-        let note = plain_note(result);
-        let done = (built.id, result);
-        return Ok(outcome(
-            run,
-            &image,
-            started,
-            done,
-            InputsSource::NotYetKnown,
-            note,
-        ));
+        return Ok(dry_run_outcome(run, &image, started, built.id));
     };
     let repository = image.plan.repository.as_str();
     let repository_uri = run.repository_uri(&image);

@@ -17,7 +17,7 @@ use crate::prepare::PreparedImage;
 use crate::reference;
 use crate::reference::RepositoryUri;
 use crate::registry::manifest::{BASES_LABEL, INPUTS_LABEL, RECIPE_LABEL, REVISION_LABEL};
-use crate::report::{ImageOutcome, InputsSource, Outcome};
+use crate::report::{self, ImageOutcome, InputsSource, Outcome};
 use crate::retry;
 use crate::reuse::Repository;
 use crate::secrets::SecretValues;
@@ -145,6 +145,20 @@ pub(super) fn outcome(
         inputs,
         note,
     }
+}
+
+/// The outcome of `image` built in a dry run (`image_id`: the last image built): nothing was
+/// looked up, so where the inputs that decided came from is not yet known.
+pub(super) fn dry_run_outcome(
+    run: &RunContext<'_>,
+    image: &PreparedImage,
+    started: Instant,
+    image_id: String,
+) -> ImageOutcome {
+    let result = Outcome::BuiltDryRun;
+    let note = report::inputs_note(&image.inputs, result, None, &[]);
+    let done = (image_id, result);
+    outcome(run, image, started, done, InputsSource::NotYetKnown, note)
 }
 
 /// A recipe with its base images resolved: its key, and the bases' digests or why they did not

@@ -69,7 +69,7 @@ pub fn redactor() -> &'static Redactor {
 /// probes, whose failures (no IMDS on a laptop) are expected and explained by our own error. bollard
 /// and hyper stay at warn at every level: their debug output includes request headers, and
 /// X-Registry-Auth carries the password.
-pub fn filter(verbose: u8, quiet: bool) -> EnvFilter {
+pub fn log_levels(verbose: u8, quiet: bool) -> EnvFilter {
     let directives = match (quiet, verbose) {
         (true, _) => "warn,aws_config::imds=error",
         (false, 0) => "warn,ecr_build=info,aws_config::imds=error",
@@ -84,7 +84,7 @@ pub fn filter(verbose: u8, quiet: bool) -> EnvFilter {
 pub fn init(verbose: u8, quiet: bool) {
     VERBOSE.store(verbose > 0, std::sync::atomic::Ordering::Relaxed);
     tracing_subscriber::fmt()
-        .with_env_filter(filter(verbose, quiet))
+        .with_env_filter(log_levels(verbose, quiet))
         .event_format(PlainLines {
             whole_lines: verbose > 0,
         })
@@ -286,10 +286,10 @@ mod tests {
 
     #[test]
     fn sdk_and_docker_client_stay_quiet_by_default() {
-        let shown = filter(0, false).to_string();
+        let shown = log_levels(0, false).to_string();
         assert!(shown.contains("ecr_build=info"), "{shown}");
         for verbose in 0..4 {
-            let shown = filter(verbose, false).to_string();
+            let shown = log_levels(verbose, false).to_string();
             assert!(
                 !shown.contains("bollard") && !shown.contains("hyper"),
                 "{shown}"

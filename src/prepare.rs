@@ -53,9 +53,12 @@ struct RunWide {
 }
 
 /// Walks and hashes every image's context, in parallel, off the async threads. The run's own
-/// artifacts and output files are never sent.
-pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedImage>> {
-    let mut withheld = plan.artifacts.paths();
+/// artifacts (`withheld`) and output files are never sent.
+pub(crate) async fn prepare(
+    plan: &Plan,
+    withheld: &[PathBuf],
+) -> crate::error::Result<Vec<PreparedImage>> {
+    let mut withheld = withheld.to_vec();
     withheld.extend(own_output_files());
     // Images that share a context (a monorepo's `context = "."`) share one walk and one hash per
     // file; contexts are walked in parallel, off the async threads.
@@ -94,28 +97,25 @@ pub(crate) async fn prepare(plan: &Plan) -> crate::error::Result<Vec<PreparedIma
     Ok(prepared.into_iter().map(|(_, image)| image).collect())
 }
 
-fn prepare_one(
-    image: ImagePlan,
-    run: &RunWide,
+/// The image's context, with the files the run writes withheld (from the shared walk where
+/// there is one), and its Dockerfile's text, checked.
+fn read_context(
+    image: &ImagePlan,
     withheld: &[PathBuf],
     shared: Option<&SharedWalk>,
-) -> crate::error::Result<PreparedImage> {
+) -> crate::error::Result<(ContextFiles, String)> {
     let name = image.name.as_str();
     let dockerfile = match &image.dockerfile_inline {
         Some(text) => DockerfileSource::Inline(text),
         None => DockerfileSource::Path(&image.dockerfile),
     };
-    let invalid = |err: ContextError| ConfigError::Invalid {
-        origin: format!("image {name}"),
-        message: err.to_string(),
-    };
     let from_shared = match shared {
-        Some(shared) => shared.image_context(dockerfile).map_err(invalid)?,
+        Some(shared) => shared.image_context(dockerfile).map_err(invalid(name))?,
         None => None,
     };
     let mut files = match from_shared {
         Some(files) => files,
-        None => collect_with(&image.context, dockerfile).map_err(invalid)?,
+        None => collect_with(&image.context, dockerfile).map_err(invalid(name))?,
     };
     for path in files.withhold(withheld) {
         tracing::debug!(image = name, "not sending {path}: ecr-build writes it");
@@ -128,21 +128,71 @@ fn prepare_one(
             message: format!("the Dockerfile {}: {err}", image.dockerfile.display()),
         }
     })?;
-    let (digest, inputs, variants) = digest_image(&image, run, &mut files, &dockerfile_text)?;
-    let recipe = match variants.as_slice() {
-        [] => recipe_for(
+    Ok((files, dockerfile_text))
+}
+
+fn invalid(image: &str) -> impl Fn(ContextError) -> ConfigError + '_ {
+    move |err| ConfigError::Invalid {
+        origin: format!("image {image}"),
+        message: err.to_string(),
+    }
+}
+
+fn prepare_one(
+    image: ImagePlan,
+    run: &RunWide,
+    withheld: &[PathBuf],
+    shared: Option<&SharedWalk>,
+) -> crate::error::Result<PreparedImage> {
+    let (mut files, dockerfile_text) = read_context(&image, withheld, shared)?;
+    let name = image.name.as_str();
+    let platforms: Vec<Option<&str>> = match image.platforms.as_slice() {
+        [] => vec![None],
+        platforms => platforms.iter().map(|p| Some(p.as_str())).collect(),
+    };
+    let mut guesses = Vec::with_capacity(platforms.len());
+    for platform in platforms {
+        guesses.push(guess_for(
             &image,
             run,
-            &files,
+            &mut files,
             &dockerfile_text,
-            image.platforms.first(),
-        ),
-        _ => variants[0].recipe.clone(),
+            platform,
+        )?);
+    }
+    let PlatformGuess {
+        recipe,
+        inputs,
+        input_digests,
+        ..
+    } = guesses[0].clone();
+    let (digest, variants) = match guesses.len() {
+        1 => (guesses[0].digest.clone(), Vec::new()),
+        _ => {
+            let all: Vec<&str> = guesses.iter().map(|g| g.digest.as_str()).collect();
+            let digest = format!("{:x}", Sha256::digest(all.join("\n")));
+            let variants = (image.platforms.iter().zip(guesses))
+                .map(|(platform, guess)| Variant {
+                    platform: platform.clone(),
+                    digest: guess.digest,
+                    recipe: guess.recipe,
+                })
+                .collect();
+            (digest, variants)
+        }
     };
-    let input_digests = match &inputs {
-        ContextInputs::Paths(patterns) => files.input_digests(patterns).map_err(invalid)?,
-        ContextInputs::WholeContext(_) => BTreeMap::new(),
-    };
+    match &inputs {
+        ContextInputs::Paths(paths) => {
+            tracing::debug!(
+                image = name,
+                "inputs from the context: {}",
+                paths.join(", ")
+            )
+        }
+        ContextInputs::WholeContext(reason) => {
+            tracing::debug!(image = name, "the whole context is an input: {reason}")
+        }
+    }
     tracing::debug!(
         image = name,
         "context {}: {} files, {} bytes, digest {digest}",
@@ -161,52 +211,43 @@ fn prepare_one(
     })
 }
 
-/// The image's recipe for `platform` (or none): its settings, and its base images as named.
-fn recipe_for(
-    image: &ImagePlan,
-    run: &RunWide,
-    files: &ContextFiles,
-    dockerfile_text: &str,
-    platform: Option<&String>,
-) -> Recipe {
-    let platform = platform.map(String::as_str);
-    let dockerfile = files.dockerfile_in_context();
-    let inputs = digest_inputs(image, run, dockerfile, platform);
-    let network = image.network.as_deref().or(run.network.as_deref());
-    let facts = BuildFacts {
-        target: image.target.as_deref(),
-        build_args: &image.build_args,
-        platform,
-    };
-    Recipe {
-        settings: decide::recipe_settings(&inputs, dockerfile_text, files.ignore_rules(), network),
-        bases: dockerfile::base_images(dockerfile_text, &facts),
-    }
+/// One platform's recipe, and the first guess: its digest, and what the analysis says the
+/// Dockerfile reads.
+#[derive(Clone)]
+struct PlatformGuess {
+    recipe: Recipe,
+    digest: String,
+    inputs: ContextInputs,
+    /// With narrow inputs: each input's short digest.
+    input_digests: BTreeMap<String, String>,
 }
 
-fn digest_inputs(
-    image: &ImagePlan,
-    run: &RunWide,
-    dockerfile: &str,
-    platform: Option<&str>,
-) -> Vec<u8> {
-    let inputs = RunInputs {
-        builder: run.builder,
-        base_image_mirror: run.base_image_mirror.as_deref(),
-        cache: run.cache,
-    };
-    decide::digest_inputs(image, &inputs, dockerfile, platform)
-}
-
-/// The first guess's digest for `platform` (or none) and what the analysis says the Dockerfile
-/// reads: the digest covers that where it is proven narrow, else all the context sends.
+/// The image's recipe for `platform` (or none): its settings and its base images as named; and
+/// the first guess's digest, which covers what the Dockerfile reads where the analysis proves it
+/// narrow, else all the context sends.
 fn guess_for(
     image: &ImagePlan,
     run: &RunWide,
     files: &mut ContextFiles,
     dockerfile_text: &str,
     platform: Option<&str>,
-) -> crate::error::Result<(String, ContextInputs)> {
+) -> crate::error::Result<PlatformGuess> {
+    let run_inputs = RunInputs {
+        builder: run.builder,
+        base_image_mirror: run.base_image_mirror.as_deref(),
+        cache: run.cache,
+    };
+    let dockerfile = files.dockerfile_in_context().to_owned();
+    let settings = decide::digest_inputs(image, &run_inputs, &dockerfile, platform);
+    let network = image.network.as_deref().or(run.network.as_deref());
+    let recipe_settings =
+        decide::recipe_settings(&settings, dockerfile_text, files.ignore_rules(), network);
+    let facts = BuildFacts {
+        target: image.target.as_deref(),
+        build_args: &image.build_args,
+        platform,
+    };
+    let bases = dockerfile::base_images(dockerfile_text, &facts);
     let cannot_hash = || {
         format!(
             "image {}: cannot hash the context {}",
@@ -214,62 +255,37 @@ fn guess_for(
             image.context.display()
         )
     };
-    let dockerfile = files.dockerfile_in_context().to_owned();
-    let extra = digest_inputs(image, run, &dockerfile, platform);
-    let facts = BuildFacts {
-        target: image.target.as_deref(),
-        build_args: &image.build_args,
-        platform,
-    };
-    let inputs = match context_inputs(dockerfile_text, &facts) {
+    let narrow = match context_inputs(dockerfile_text, &facts) {
         ContextInputs::Paths(patterns) => {
-            match (files.inputs_digest(&extra, &patterns)).with_context(cannot_hash)? {
-                Ok(digest) => return Ok((digest, ContextInputs::Paths(patterns))),
-                Err(reason) => ContextInputs::WholeContext(reason),
+            match (files.inputs_digest(&settings, &patterns)).with_context(cannot_hash)? {
+                Ok(digest) => Ok((digest, patterns)),
+                Err(reason) => Err(ContextInputs::WholeContext(reason)),
             }
         }
-        whole => whole,
+        whole => Err(whole),
     };
-    Ok((files.digest(&extra).with_context(cannot_hash)?, inputs))
-}
-
-/// The image's first-guess digest (for several platforms, a digest of theirs, and each one's
-/// digest and recipe) and what the analysis says its Dockerfile reads.
-fn digest_image(
-    image: &ImagePlan,
-    run: &RunWide,
-    files: &mut ContextFiles,
-    dockerfile_text: &str,
-) -> crate::error::Result<(String, ContextInputs, Vec<Variant>)> {
-    let mut guess = |platform| guess_for(image, run, files, dockerfile_text, platform);
-    let ((digest, inputs), variants) = match image.platforms.as_slice() {
-        [] => (guess(None)?, Vec::new()),
-        [one] => (guess(Some(one))?, Vec::new()),
-        several => {
-            let mut guesses = Vec::new();
-            for platform in several {
-                guesses.push((platform, guess(Some(platform))?));
-            }
-            let all: Vec<&str> = guesses.iter().map(|(_, (d, _))| d.as_str()).collect();
-            let digest = format!("{:x}", Sha256::digest(all.join("\n")));
-            let inputs = guesses[0].1.1.clone();
-            ((digest, inputs), guesses)
+    let (digest, inputs, input_digests) = match narrow {
+        Ok((digest, patterns)) => {
+            let input_digests =
+                (files.input_digests(&patterns)).map_err(|err| ConfigError::Invalid {
+                    origin: format!("image {}", image.name),
+                    message: err.to_string(),
+                })?;
+            (digest, ContextInputs::Paths(patterns), input_digests)
+        }
+        Err(whole) => {
+            let digest = files.digest(&settings).with_context(cannot_hash)?;
+            (digest, whole, BTreeMap::new())
         }
     };
-    let variants = (variants.into_iter())
-        .map(|(platform, (digest, _))| Variant {
-            platform: platform.clone(),
-            digest,
-            recipe: recipe_for(image, run, files, dockerfile_text, Some(platform)),
-        })
-        .collect();
-    match &inputs {
-        ContextInputs::Paths(paths) => {
-            tracing::debug!(image = %image.name, "inputs from the context: {}", paths.join(", "))
-        }
-        ContextInputs::WholeContext(reason) => {
-            tracing::debug!(image = %image.name, "the whole context is an input: {reason}")
-        }
-    }
-    Ok((digest, inputs, variants))
+    let recipe = Recipe {
+        settings: recipe_settings,
+        bases,
+    };
+    Ok(PlatformGuess {
+        recipe,
+        digest,
+        inputs,
+        input_digests,
+    })
 }

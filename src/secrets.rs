@@ -31,11 +31,11 @@ pub(crate) async fn resolve(
     ssm: Option<(&aws_sdk_ssm::Client, &str)>,
 ) -> Result<Vec<SecretValues>> {
     let from_ssm = match ssm {
-        Some((client, region)) => read_ssm(plan, client, region).await?,
         None => {
             check_dry_run(plan)?;
             SsmValues::default()
         }
+        Some((client, region)) => read_ssm(plan, client, region).await?,
     };
     plan.images
         .iter()
@@ -62,10 +62,11 @@ async fn read_ssm(plan: &Plan, client: &aws_sdk_ssm::Client, region: &str) -> Re
     }
     for path in plan.images.iter().filter_map(|i| i.ssm_path.as_ref()) {
         if !values.by_path.contains_key(path) {
-            let parameters = ssm::get_parameters_by_path(client, region, path).await?;
-            values
-                .by_path
-                .insert(path.clone(), ids_under_path(path, parameters)?);
+            let ids = ids_under_path(
+                path,
+                ssm::get_parameters_by_path(client, region, path).await?,
+            )?;
+            values.by_path.insert(path.clone(), ids);
         }
     }
     Ok(values)

@@ -82,9 +82,14 @@ fn run_tags(
         }
         format!("{:x}", hasher.finalize())[..40].to_owned()
     });
-    let git = |args: &[&str]| git::output(&plan.source_dir, args);
-    tags::resolve_run_tags(&plan.tags, sha_flag, &environment.build, git, stand_in)
-        .map_err(|err| Error::usage(err.to_string()))
+    tags::resolve_run_tags(
+        &plan.tags,
+        sha_flag,
+        &environment.build,
+        |args| git::output(&plan.source_dir, args),
+        stand_in,
+    )
+    .map_err(|err| Error::usage(err.to_string()))
 }
 
 /// `ecr-build plan`: the JSON on stdout, nothing built.
@@ -93,7 +98,8 @@ pub(crate) async fn plan(
     sha_flag: Option<&str>,
     environment: &RunEnvironment,
 ) -> Result<()> {
-    let prepared = prepare::prepare(&plan).await?;
+    let withheld = plan.artifacts.paths();
+    let prepared = prepare::prepare(&plan, &withheld).await?;
     let run_tags = run_tags(&plan, sha_flag, &prepared, false, environment)?;
     let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), &environment.aws);
     tracing::info!("registry {registry} (from {source})");
@@ -145,24 +151,31 @@ async fn remote_side(
     HashMap<String, TagRules>,
     Vec<SecretValues>,
 )> {
-    if dry_run {
-        let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), env);
-        tracing::info!(
-            "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
-        );
-        let secrets = secrets::resolve(plan, None).await?;
-        return Ok((registry, None, HashMap::new(), secrets));
-    }
-    // A cache repository of its own is checked too, and its tag rules are known.
-    let mut repositories: Vec<&str> = plan.images.iter().map(|i| i.repository.as_str()).collect();
-    for image in &plan.images {
-        if !repositories.contains(&image.cache_repository()) {
-            repositories.push(image.cache_repository());
+    let (registry, session) = match dry_run {
+        true => {
+            let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), env);
+            tracing::info!(
+                "dry run: registry {registry} (from {source}); nothing is pushed, no AWS call is made"
+            );
+            (registry, None)
         }
-    }
-    let aws = aws::connect(plan.registry.as_deref(), &repositories, env).await?;
-    let secrets = secrets::resolve(plan, Some((&aws.ssm, &aws.region))).await?;
-    Ok((aws.registry, Some(aws.access), aws.rules, secrets))
+        false => {
+            // A cache repository of its own is checked too, and its tag rules are known.
+            let mut checked = std::collections::HashSet::new();
+            let repositories: Vec<&str> = (plan.images.iter().map(|i| i.repository.as_str()))
+                .chain(plan.images.iter().map(|i| i.cache_repository()))
+                .filter(|repository| checked.insert(*repository))
+                .collect();
+            let session = aws::connect(plan.registry.as_deref(), &repositories, env).await?;
+            (session.registry.clone(), Some(session))
+        }
+    };
+    let ssm = (session.as_ref()).map(|session| (&session.ssm, session.region.as_str()));
+    let secrets = secrets::resolve(plan, ssm).await?;
+    Ok(match session {
+        Some(session) => (registry, Some(session.access), session.rules, secrets),
+        None => (registry, None, HashMap::new(), secrets),
+    })
 }
 
 /// Every image, at most [`REGISTRY_FAN_OUT`] at once (builds wait for a `--jobs` slot): each
@@ -188,10 +201,11 @@ async fn build_all(
 }
 
 /// One line, once, where images want a registry cache that the engine cannot export.
-fn say_if_no_registry_cache(plan: &Plan, engine: &Engine, dry_run: bool) {
+fn say_if_no_registry_cache(run: &RunContext<'_>, images: &[PreparedImage]) {
     let wanted =
-        (plan.images.iter()).any(|image| image.cache_mode(plan.cache).wants_registry_cache());
-    if wanted && plan.builder == Builder::Buildkit && !dry_run && !engine.can_export_cache() {
+        (images.iter()).any(|image| image.plan.cache_mode(run.cache).wants_registry_cache());
+    let pushes = run.access.is_some();
+    if wanted && run.builder == Builder::Buildkit && pushes && !run.engine.can_export_cache() {
         tracing::warn!(
             "the engine keeps its images in the classic image store, which cannot export BuildKit's \
              cache: building with the inline cache only; turn on the containerd image store \
@@ -208,6 +222,8 @@ pub(crate) async fn build(
     settings: BuildSettings,
     environment: &RunEnvironment,
 ) -> Result<()> {
+    // The artifacts this run writes are never sent with a context.
+    let withheld = plan.artifacts.paths();
     // A run that pushes knows its tags without the contexts: a missing commit fails before any call.
     let early_tags = match settings.dry_run {
         false => Some(run_tags(&plan, sha_flag, &[], false, environment)?),
@@ -217,7 +233,7 @@ pub(crate) async fn build(
     // checked, the secrets are read and the engine is reached (CodeBuild's dockerd may be starting).
     let ((prepared, engine), (registry, access, rules, secrets)) = tokio::try_join!(
         async {
-            tokio::try_join!(prepare::prepare(&plan), async {
+            tokio::try_join!(prepare::prepare(&plan, &withheld), async {
                 Ok(Engine::connect(settings.docker_timeout, &environment.host).await?)
             })
         },
@@ -239,7 +255,6 @@ pub(crate) async fn build(
         std::iter::once(&image.recipe).chain(image.variants.iter().map(|v| &v.recipe))
     });
     let resolved_bases = bases::resolve_all(&engine, &registries, recipes).await;
-    say_if_no_registry_cache(&plan, &engine, access.is_none());
     let run = RunContext {
         engine: &engine,
         registry: &registry,
@@ -258,6 +273,7 @@ pub(crate) async fn build(
         base_image_mirror: plan.base_image_mirror.as_deref(),
         mirrored: Default::default(),
     };
+    say_if_no_registry_cache(&run, &prepared);
     let succeeded = report::summarize(build_all(&run, prepared, secrets).await, &run_tags.tags)?;
     if plan.partial {
         tracing::info!(

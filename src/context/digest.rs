@@ -162,26 +162,7 @@ impl ContextFiles {
         }
         Ok(hashes)
     }
-}
 
-/// The sha256 of the first `size` bytes: what the walk saw. What a growing file (a log) appends
-/// after that is not part of the context.
-fn hash_file(path: &Path, size: u64, buffer: &mut [u8]) -> Result<[u8; 32], ContextError> {
-    let file = File::open(path).map_err(read_error(path))?;
-    let mut reader = SizedPrefix::new(file, size, path.to_owned());
-    let mut hasher = Sha256::new();
-    loop {
-        let read = reader
-            .read(buffer)
-            .map_err(|err| ContextError::from_io(path, err))?;
-        if read == 0 {
-            return Ok(hasher.finalize().into());
-        }
-        hasher.update(&buffer[..read]);
-    }
-}
-
-impl ContextFiles {
     /// For each pattern, a short digest of what it matches: what a later build compares to say
     /// which of an image's inputs changed. Call after a digest (files hashed).
     pub(crate) fn input_digests(
@@ -200,6 +181,23 @@ impl ContextFiles {
             digests.insert(pattern.clone(), digest[..16].to_owned());
         }
         Ok(digests)
+    }
+}
+
+/// The sha256 of the first `size` bytes: what the walk saw. What a growing file (a log) appends
+/// after that is not part of the context.
+fn hash_file(path: &Path, size: u64, buffer: &mut [u8]) -> Result<[u8; 32], ContextError> {
+    let file = File::open(path).map_err(read_error(path))?;
+    let mut reader = SizedPrefix::new(file, size, path.to_owned());
+    let mut hasher = Sha256::new();
+    loop {
+        let read = reader
+            .read(buffer)
+            .map_err(|err| ContextError::from_io(path, err))?;
+        if read == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buffer[..read]);
     }
 }
 

@@ -177,9 +177,7 @@ impl ContextFiles {
             shared_key,
         })
     }
-}
 
-impl ContextFiles {
     /// sha256 (hex) over what the file sync offers for `requests`: each request, then every entry
     /// it selects (path, Go mode, size, symlink target, content hash), as [`SyncDir::select`]
     /// serves them. The same requests over the same files give the same digest; any byte, mode or

@@ -49,6 +49,14 @@ impl DockerError {
             _ => false,
         }
     }
+
+    /// BuildKit lost a layer's snapshot to the garbage collector while it unpacked the image
+    /// (moby/buildkit#6521 and its kin, on the containerd image store; fixed upstream by #6558):
+    /// nothing was wrong with the build, and the next attempt finds every step in its cache.
+    pub fn is_lost_snapshot(&self) -> bool {
+        matches!(self, DockerError::BuildFailed { message, .. }
+            if message.contains("snapshot") && message.contains("does not exist: not found"))
+    }
 }
 
 fn is_transient_registry_message(message: &str) -> bool {
@@ -116,6 +124,39 @@ mod tests {
         ] {
             assert!(!is_transient_registry_message(message), "{message}");
         }
+    }
+
+    #[test]
+    fn only_a_snapshot_the_engine_lost_is_built_again() {
+        let failed = |step: &str, message: &str| DockerError::BuildFailed {
+            step: Some(step.to_owned()),
+            message: message.to_owned(),
+        };
+        for (step, message) in [
+            (
+                "exporting to image",
+                "failed to prepare extraction snapshot \"extract-316870553-xNeJ sha256:86296d89\": \
+                 parent snapshot sha256:e5c67d61 does not exist: not found",
+            ),
+            (
+                "RUN make",
+                "snapshot extract-2tnrifjtpyxujo9lliuz0e5bz sha256:f4b82550 does not exist: not found",
+            ),
+        ] {
+            assert!(failed(step, message).is_lost_snapshot(), "{message}");
+        }
+        for message in [
+            "process \"/bin/sh -c make\" did not complete successfully: exit code: 2",
+            "failed to compute cache key: \"/app\": not found",
+            "pull access denied, repository does not exist or may require authorization",
+        ] {
+            assert!(!failed("RUN make", message).is_lost_snapshot(), "{message}");
+        }
+        let push = DockerError::PushFailed {
+            reference: "r/a:1".to_owned(),
+            message: "snapshot sha256:1 does not exist: not found".to_owned(),
+        };
+        assert!(!push.is_lost_snapshot());
     }
 
     #[test]

@@ -400,7 +400,7 @@ pub(super) async fn build_image(
         image.files.total_bytes()
     );
     let dockerfile = image.files.dockerfile_in_context().to_owned();
-    let request = BuildRequest {
+    let request = || BuildRequest {
         image: name,
         cache: &cache,
         reference: &primary,
@@ -418,21 +418,9 @@ pub(super) async fn build_image(
                 login.docker_credentials(run.registry),
             )])
         }),
-        secrets,
+        secrets: secrets.clone(),
     };
-    let built = (run.engine).build(request, image.files.clone()).await;
-    let built = match (built, spec.platform) {
-        (Err(err), Some(platform)) if err.to_string().contains("exec format error") => {
-            return Err(anyhow::Error::new(err)
-                .context(format!(
-                    "the engine cannot run {platform} programs: register QEMU's binfmt handlers on the \
-                     host (in privileged mode: docker run --privileged tonistiigi/binfmt --install all), \
-                     or build {platform} on a host of its own (ecr-build build --platform {platform})"
-                ))
-                .into());
-        }
-        (built, _) => built?,
-    };
+    let built = run_build(run, image, request, spec.platform).await?;
     tracing::info!(image = name, "built {primary} ({})", built.id);
     for tag in &spec.tags[1..] {
         run.engine
@@ -440,6 +428,47 @@ pub(super) async fn build_image(
             .await?;
     }
     Ok(built)
+}
+
+/// How many times a build is run where the engine loses a snapshot ([`DockerError::is_lost_snapshot`]).
+const BUILD_ATTEMPTS: u32 = 3;
+
+/// Runs the build on the engine: again where BuildKit lost a snapshot while it unpacked the image
+/// (every step is cached by then); a platform the engine cannot run is named with the fix.
+async fn run_build<'a>(
+    run: &RunContext<'_>,
+    image: &PreparedImage,
+    request: impl Fn() -> BuildRequest<'a>,
+    platform: Option<&str>,
+) -> Result<BuiltImage> {
+    let name = image.plan.name.as_str();
+    let mut attempt = 1;
+    let built = loop {
+        match (run.engine).build(request(), image.files.clone()).await {
+            Err(err) if err.is_lost_snapshot() && attempt < BUILD_ATTEMPTS => {
+                attempt += 1;
+                tracing::warn!(
+                    image = name,
+                    "the engine lost a snapshot of the image's layers (BuildKit's snapshot race, \
+                     moby/buildkit#6521): building it again from its cache, attempt {attempt} of \
+                     {BUILD_ATTEMPTS}"
+                );
+            }
+            built => break built,
+        }
+    };
+    match (built, platform) {
+        (Err(err), Some(platform)) if err.to_string().contains("exec format error") => {
+            Err(anyhow::Error::new(err)
+                .context(format!(
+                    "the engine cannot run {platform} programs: register QEMU's binfmt handlers on the \
+                     host (in privileged mode: docker run --privileged tonistiigi/binfmt --install all), \
+                     or build {platform} on a host of its own (ecr-build build --platform {platform})"
+                ))
+                .into())
+        }
+        (built, _) => Ok(built?),
+    }
 }
 
 /// Pushes `push` in order; every tag must be stored under the same digest, which is returned.

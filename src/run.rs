@@ -61,7 +61,7 @@ fn environment() -> (HashMap<String, String>, RunEnvironment) {
 async fn plan(args: PlanArgs) -> Result<()> {
     let (variables, environment) = environment();
     let plan = config::load(&args, ArtifactFlags::default(), &current_dir()?, &variables)?;
-    pipeline::plan(plan, args.sha.as_deref(), &environment).await
+    pipeline::plan(plan, &environment).await
 }
 
 /// `--jobs` when not given: the number of CPUs, but at least this.
@@ -90,5 +90,5 @@ async fn build(args: BuildArgs) -> Result<()> {
         jobs,
         docker_timeout: Duration::from_secs(args.docker_timeout),
     };
-    pipeline::build(plan, args.plan.sha.as_deref(), settings, &environment).await
+    pipeline::build(plan, settings, &environment).await
 }

@@ -248,6 +248,9 @@ pub(crate) struct Plan {
     pub cache: CacheMode,
     pub artifacts: ArtifactsPlan,
     pub images: Vec<ImagePlan>,
+    /// The commit `--sha` (`ECR_BUILD_SHA`) names, checked; `None`: CodeBuild's variables, then
+    /// git, say which.
+    pub commit: Option<String>,
     /// Where `git rev-parse HEAD` is asked for the commit.
     pub source_dir: PathBuf,
     /// Restricted by --only or --platform: push the part under its ctx- tags, no run tags, no index,
@@ -368,7 +371,10 @@ pub(crate) fn load(
     cwd: &Path,
     environment: &HashMap<String, String>,
 ) -> Result<Plan, ConfigError> {
-    let plan = load_all(args, flags, cwd, environment)?;
+    let mut plan = load_all(args, flags, cwd, environment)?;
+    plan.commit = (args.sha.as_deref().map(crate::tags::check_commit))
+        .transpose()
+        .map_err(|err| ConfigError::Usage(err.to_string()))?;
     restrict(plan, &args.only, &args.platforms).map_err(ConfigError::Usage)
 }
 
@@ -574,6 +580,7 @@ fn finish(mut parts: PlanParts, origin: &str) -> Result<Plan, ConfigError> {
         artifacts,
         images: parts.images,
         source_dir: parts.source_dir,
+        commit: None,
         partial: false,
     })
 }
@@ -960,6 +967,40 @@ build_args = { PHP_HOST = "127.0.0.1", PORT = 8080, DEBUG = false }
             root.join("mine"),
             "the toml's own, beside it"
         );
+    }
+
+    /// `--sha` is part of the plan: checked before anything runs, never replaced by another source.
+    #[test]
+    fn the_commit_flag_is_checked_into_the_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_with = |sha: &str| {
+            let flags = ["--repository", "web", "--sha", sha];
+            load(
+                &args(&flags),
+                ArtifactFlags::default(),
+                dir.path(),
+                &HashMap::new(),
+            )
+        };
+        let upper = "0123456789ABCDEF0123456789ABCDEF01234567";
+        let plan = load_with(upper).unwrap();
+        assert_eq!(
+            plan.commit.as_deref(),
+            Some(upper.to_ascii_lowercase().as_str())
+        );
+        let err = load_with("abc1234").unwrap_err();
+        assert!(matches!(err, ConfigError::Usage(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`abc1234` is not a 40-character hex commit SHA")
+        );
+        let plan = load(
+            &args(&["--repository", "web"]),
+            ArtifactFlags::default(),
+            dir.path(),
+            &HashMap::new(),
+        );
+        assert_eq!(plan.unwrap().commit, None);
     }
 
     #[test]

@@ -68,7 +68,6 @@ pub(crate) struct BuildSettings {
 /// The run's tags; a dry run without a commit tags with a hash of every image's context digest.
 fn run_tags(
     plan: &Plan,
-    sha_flag: Option<&str>,
     prepared: &[PreparedImage],
     dry_run: bool,
     environment: &RunEnvironment,
@@ -84,7 +83,7 @@ fn run_tags(
     });
     tags::resolve_run_tags(
         &plan.tags,
-        sha_flag,
+        plan.commit.as_deref(),
         &environment.build,
         |args| git::output(&plan.source_dir, args),
         stand_in,
@@ -93,14 +92,10 @@ fn run_tags(
 }
 
 /// `ecr-build plan`: the JSON on stdout, nothing built.
-pub(crate) async fn plan(
-    plan: Plan,
-    sha_flag: Option<&str>,
-    environment: &RunEnvironment,
-) -> Result<()> {
+pub(crate) async fn plan(plan: Plan, environment: &RunEnvironment) -> Result<()> {
     let withheld = plan.artifacts.paths();
     let prepared = prepare::prepare(&plan, &withheld).await?;
-    let run_tags = run_tags(&plan, sha_flag, &prepared, false, environment)?;
+    let run_tags = run_tags(&plan, &prepared, false, environment)?;
     let (registry, source) = ecr::offline_registry(plan.registry.as_deref(), &environment.aws);
     tracing::info!("registry {registry} (from {source})");
     let registries = bases::Registries {
@@ -218,7 +213,6 @@ fn say_if_no_registry_cache(run: &RunContext<'_>, images: &[PreparedImage]) {
 /// `ecr-build build`.
 pub(crate) async fn build(
     plan: Plan,
-    sha_flag: Option<&str>,
     settings: BuildSettings,
     environment: &RunEnvironment,
 ) -> Result<()> {
@@ -226,7 +220,7 @@ pub(crate) async fn build(
     let withheld = plan.artifacts.paths();
     // A run that pushes knows its tags without the contexts: a missing commit fails before any call.
     let early_tags = match settings.dry_run {
-        false => Some(run_tags(&plan, sha_flag, &[], false, environment)?),
+        false => Some(run_tags(&plan, &[], false, environment)?),
         true => None,
     };
     // No idle waits: the contexts are walked and hashed while ECR logs in, the repositories are
@@ -241,7 +235,7 @@ pub(crate) async fn build(
     )?;
     let run_tags = match early_tags {
         Some(tags) => tags,
-        None => run_tags(&plan, sha_flag, &prepared, true, environment)?,
+        None => run_tags(&plan, &prepared, true, environment)?,
     };
     let labels = (run_tags.sha.iter())
         .map(|sha| (REVISION_LABEL.to_owned(), sha.clone()))

@@ -10,17 +10,7 @@ fn single_image(ws: &Workspace) {
 }
 
 fn build_single(ws: &Workspace, repository: &str) -> EcrBuild {
-    ws.ecr_build()
-        .args([
-            "build",
-            "--repository",
-            repository,
-            "--registry",
-            &services().registry,
-            "--network",
-            "none",
-        ])
-        .env("ECR_BUILD_SHA", new_sha())
+    ws.build_one(repository, &services().registry, &new_sha())
 }
 
 #[test]

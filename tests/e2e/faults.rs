@@ -19,17 +19,7 @@ const ARTIFACTS: [&str; 3] = ["imagedefinitions.json", "imageDetail.json", "buil
 
 /// A single-image build pushed to `registry`, for a repository created in the shared moto.
 fn push_build(ws: &Workspace, repository: &str, registry: &str, sha: &str) -> EcrBuild {
-    ws.ecr_build()
-        .args([
-            "build",
-            "--repository",
-            repository,
-            "--registry",
-            registry,
-            "--network",
-            "none",
-        ])
-        .env("ECR_BUILD_SHA", sha)
+    ws.build_one(repository, registry, sha)
 }
 
 /// A repository of this test's own in the shared moto; the image is called `app`.

@@ -70,6 +70,15 @@ impl Workspace {
     pub fn ecr_build(&self) -> EcrBuild {
         EcrBuild::new(self.path())
     }
+
+    /// `build` of the workspace's one image into `repository` at `registry`, for `commit`, its
+    /// RUN steps without a network.
+    pub fn build_one(&self, repository: &str, registry: &str, commit: &str) -> EcrBuild {
+        let flags = ["build", "--repository", repository, "--registry", registry];
+        (self.ecr_build().args(flags))
+            .args(["--network", "none"])
+            .env("ECR_BUILD_SHA", commit)
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {

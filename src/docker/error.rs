@@ -52,10 +52,13 @@ impl DockerError {
 
     /// BuildKit lost a layer's snapshot to the garbage collector while it unpacked the image
     /// (moby/buildkit#6521 and its kin, on the containerd image store; fixed upstream by #6558):
-    /// nothing was wrong with the build, and the next attempt finds every step in its cache.
+    /// nothing was wrong with the build, and the next attempt finds every step in its cache. A
+    /// RUN that failed is never one, whatever its command line says: its message ends with its
+    /// exit code.
     pub fn is_lost_snapshot(&self) -> bool {
         matches!(self, DockerError::BuildFailed { message, .. }
-            if message.contains("snapshot") && message.contains("does not exist: not found"))
+            if message.contains("snapshot")
+                && message.trim_end().ends_with("does not exist: not found"))
     }
 }
 
@@ -147,6 +150,8 @@ mod tests {
         }
         for message in [
             "process \"/bin/sh -c make\" did not complete successfully: exit code: 2",
+            "process \"/bin/sh -c echo snapshot x does not exist: not found; exit 1\" did not \
+             complete successfully: exit code: 1",
             "failed to compute cache key: \"/app\": not found",
             "pull access denied, repository does not exist or may require authorization",
         ] {

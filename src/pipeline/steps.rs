@@ -431,7 +431,7 @@ pub(super) async fn build_image(
 }
 
 /// How many times a build is run where the engine loses a snapshot ([`DockerError::is_lost_snapshot`]).
-const BUILD_ATTEMPTS: u32 = 3;
+const BUILD_ATTEMPTS: u32 = 5;
 
 /// Runs the build on the engine: again where BuildKit lost a snapshot while it unpacked the image
 /// (every step is cached by then); a platform the engine cannot run is named with the fix.

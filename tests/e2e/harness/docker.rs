@@ -169,6 +169,22 @@ impl PrivateDockerd {
     }
 }
 
+impl PrivateDockerd {
+    /// Makes the tests' base image (`services().base_image`) in this engine, as in the shared one.
+    #[track_caller]
+    pub fn add_base_image(&self) {
+        let output = services_sh("ecr_build_base_image \"\"", &self.dir)
+            .env("DOCKER_HOST", self.docker_host())
+            .output()
+            .expect("bash runs");
+        assert!(
+            output.status.success(),
+            "ecr_build_base_image failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 impl Drop for PrivateDockerd {
     fn drop(&mut self) {
         // A start still under way must end first, or it would start a dockerd after the stop.

@@ -4,6 +4,11 @@ use super::{ArtifactsPlan, ArtifactsSettings, Builder, CacheMode, FileSetting, I
 use crate::reference::check_repository;
 use crate::tags::TagTemplate;
 
+/// The commit `--sha` names, in lower case: 40 hex digits or a usage error.
+pub(super) fn check_commit(flag: Option<&str>) -> Result<Option<String>, String> {
+    (flag.map(crate::tags::check_commit).transpose()).map_err(|err| err.to_string())
+}
+
 /// The tag templates, parsed: at least one, none twice.
 pub(super) fn check_tags(tags: &[String]) -> Result<Vec<TagTemplate>, String> {
     if tags.is_empty() {

@@ -17,7 +17,7 @@ mod from_compose;
 mod from_file;
 mod from_flags;
 
-use checks::{artifacts_plan, check_images, check_network, check_tags};
+use checks::{artifacts_plan, check_commit, check_images, check_network, check_tags};
 
 use from_compose::plan_from_compose;
 use from_file::{ConfigFile, parse_config_file, plan_from_file};
@@ -372,9 +372,7 @@ pub(crate) fn load(
     environment: &HashMap<String, String>,
 ) -> Result<Plan, ConfigError> {
     let mut plan = load_all(args, flags, cwd, environment)?;
-    plan.commit = (args.sha.as_deref().map(crate::tags::check_commit))
-        .transpose()
-        .map_err(|err| ConfigError::Usage(err.to_string()))?;
+    plan.commit = check_commit(args.sha.as_deref()).map_err(ConfigError::Usage)?;
     restrict(plan, &args.only, &args.platforms).map_err(ConfigError::Usage)
 }
 

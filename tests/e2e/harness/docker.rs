@@ -117,8 +117,15 @@ fn services_sh(script: &str, dir: &Path) -> Command {
 /// Runs a function of scripts/services.sh against the shared engine; panics with its output if it fails.
 #[track_caller]
 pub fn services_function(script: &str) {
+    services_function_on(&services().docker_host, script);
+}
+
+/// Runs a function of scripts/services.sh against the engine at `docker_host`; panics with its
+/// output if it fails.
+#[track_caller]
+pub fn services_function_on(docker_host: &str, script: &str) {
     let output = services_sh(script, Path::new(env!("CARGO_MANIFEST_DIR")))
-        .env("DOCKER_HOST", &services().docker_host)
+        .env("DOCKER_HOST", docker_host)
         .output()
         .expect("bash runs");
     assert!(
@@ -173,15 +180,7 @@ impl PrivateDockerd {
     /// Makes the tests' base image (`services().base_image`) in this engine, as in the shared one.
     #[track_caller]
     pub fn add_base_image(&self) {
-        let output = services_sh("ecr_build_base_image \"\"", &self.dir)
-            .env("DOCKER_HOST", self.docker_host())
-            .output()
-            .expect("bash runs");
-        assert!(
-            output.status.success(),
-            "ecr_build_base_image failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        services_function_on(&self.docker_host(), "ecr_build_base_image \"\"");
     }
 }
 

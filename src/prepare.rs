@@ -131,6 +131,7 @@ fn read_context(
     Ok((files, dockerfile_text))
 }
 
+/// A context error as the image's invalid input (exit 2).
 fn invalid(image: &str) -> impl Fn(ContextError) -> ConfigError + '_ {
     move |err| ConfigError::Invalid {
         origin: format!("image {image}"),
@@ -266,11 +267,8 @@ fn guess_for(
     };
     let (digest, inputs, input_digests) = match narrow {
         Ok((digest, patterns)) => {
-            let input_digests =
-                (files.input_digests(&patterns)).map_err(|err| ConfigError::Invalid {
-                    origin: format!("image {}", image.name),
-                    message: err.to_string(),
-                })?;
+            // Patterns the digest just above has compiled: this fails only where that would.
+            let input_digests = (files.input_digests(&patterns)).with_context(cannot_hash)?;
             (digest, ContextInputs::Paths(patterns), input_digests)
         }
         Err(whole) => {

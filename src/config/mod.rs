@@ -248,8 +248,8 @@ pub(crate) struct Plan {
     pub cache: CacheMode,
     pub artifacts: ArtifactsPlan,
     pub images: Vec<ImagePlan>,
-    /// The commit `--sha` (`ECR_BUILD_SHA`) names, checked; `None`: CodeBuild's variables, then
-    /// git, say which.
+    /// The commit `--sha` (`ECR_BUILD_SHA`) names, checked; `None`: the run asks CodeBuild's
+    /// variables, then git.
     pub commit: Option<String>,
     /// Where `git rev-parse HEAD` is asked for the commit.
     pub source_dir: PathBuf,

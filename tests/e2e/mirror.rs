@@ -8,25 +8,10 @@ use crate::harness::*;
 /// Hub name that nothing has), with `/base.txt` saying `content`; returns NAME and the mirror's
 /// reference. The engine does not have it.
 fn only_in_the_mirror(prefix: &str, content: &str) -> (String, String) {
-    let registry = &services().registry;
     let name = unique("someimage");
     let mirrored = format!("{prefix}/library/{name}");
     create_repository(&mirrored);
-    let base = Workspace::empty();
-    base.write(
-        "Dockerfile",
-        &format!("FROM {}\nCOPY base.txt /base.txt\n", services().base_image),
-    );
-    base.write("base.txt", content);
-    base.ecr_build()
-        .args(["build", "--registry", registry, "--repository", &mirrored])
-        .args(["--network", "none", "--tag", "1"])
-        .env("ECR_BUILD_SHA", new_sha())
-        .run()
-        .success();
-    let mirror_ref = format!("{registry}/{mirrored}:1");
-    docker(&["rmi", "-f", &mirror_ref]);
-    (name, mirror_ref)
+    (name, base_only_in_registry(&mirrored, content))
 }
 
 #[test]

@@ -284,28 +284,8 @@ fn a_base_image_tag_that_moved() {
     let base_repository = unique("e2e-skip/moving-base");
     create_repository(&base_repository);
     let registry = &services().registry;
-    let push_base = |content: &str| {
-        let ws = Workspace::empty();
-        ws.write(
-            "Dockerfile",
-            &format!("FROM {}\nCOPY base.txt /base.txt\n", services().base_image),
-        );
-        ws.write("base.txt", content);
-        ws.ecr_build()
-            .args([
-                "build",
-                "--registry",
-                registry,
-                "--repository",
-                &base_repository,
-            ])
-            .args(["--network", "none", "--tag", "1"])
-            .env("ECR_BUILD_SHA", new_sha())
-            .run()
-            .success();
-        // As on a fresh host: the engine does not have it, BuildKit pulls it.
-        docker(&["rmi", "-f", &format!("{registry}/{base_repository}:1")]);
-    };
+    // As on a fresh host: the engine does not have it, BuildKit pulls it.
+    let push_base = |content: &str| base_only_in_registry(&base_repository, content);
     push_base("base one\n");
     let app = App::new(
         "moved-base",

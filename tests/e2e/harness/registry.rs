@@ -12,6 +12,28 @@ fn registry_auth() -> String {
 }
 
 /// HEAD of a manifest in the test registry: `Some(digest)` if the tag exists.
+/// Pushes a base image (the test base with `/base.txt` saying `content`) as `repository:1` in the
+/// test registry, and removes it from the engine, as on a fresh host: a build that uses it pulls
+/// it. Returns its reference.
+pub fn base_only_in_registry(repository: &str, content: &str) -> String {
+    let registry = &services().registry;
+    let ws = Workspace::empty();
+    ws.write(
+        "Dockerfile",
+        &format!("FROM {}\nCOPY base.txt /base.txt\n", services().base_image),
+    );
+    ws.write("base.txt", content);
+    (ws.ecr_build())
+        .args(["build", "--registry", registry, "--repository", repository])
+        .args(["--network", "none", "--tag", "1"])
+        .env("ECR_BUILD_SHA", new_sha())
+        .run()
+        .success();
+    let reference = format!("{registry}/{repository}:1");
+    docker(&["rmi", "-f", &reference]);
+    reference
+}
+
 pub fn registry_digest(repository: &str, tag: &str) -> Option<String> {
     registry_digest_at(&services().registry, repository, tag)
 }
